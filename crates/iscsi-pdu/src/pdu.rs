@@ -163,7 +163,7 @@ impl Pdu {
             out.put_u8(t.0);
             out.put_u8(0);
             out.put_slice(d);
-            while out.len() % 4 != 0 {
+            while !out.len().is_multiple_of(4) {
                 out.put_u8(0);
             }
         }

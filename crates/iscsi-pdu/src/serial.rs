@@ -7,7 +7,8 @@ use std::fmt;
 /// A 32-bit iSCSI sequence number (CmdSN, ExpCmdSN, MaxCmdSN, StatSN, DataSN, R2TSN ...).
 ///
 /// Ordering follows RFC 1982: `a < b` when `b` is ahead of `a` by less than 2^31. Two numbers
-/// exactly 2^31 apart are incomparable, so `partial_cmp` returns `None` for them.
+/// exactly 2^31 apart are incomparable, so `partial_cmp` returns `None` for them and every
+/// comparison operator is false.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct SerialNumber(pub u32);
 
@@ -16,44 +17,18 @@ const HALF: u32 = 1 << 31;
 
 impl SerialNumber {
     /// The number `n` steps after this one (RFC 1982 addition, n < 2^31).
-    pub fn add(self, n: u32) -> SerialNumber {
+    pub fn plus(self, n: u32) -> SerialNumber {
         SerialNumber(self.0.wrapping_add(n))
     }
 
     /// The next number in sequence.
     pub fn next(self) -> SerialNumber {
-        self.add(1)
+        self.plus(1)
     }
 
     /// How far `later` is ahead of `self`, modulo 2^32.
     pub fn distance_to(self, later: SerialNumber) -> u32 {
         later.0.wrapping_sub(self.0)
-    }
-
-    /// `self < other` in serial order.
-    pub fn lt(self, other: SerialNumber) -> bool {
-        matches!(self.partial_cmp(&other), Some(Ordering::Less))
-    }
-
-    /// `self <= other` in serial order.
-    pub fn le(self, other: SerialNumber) -> bool {
-        matches!(
-            self.partial_cmp(&other),
-            Some(Ordering::Less | Ordering::Equal)
-        )
-    }
-
-    /// `self > other` in serial order.
-    pub fn gt(self, other: SerialNumber) -> bool {
-        matches!(self.partial_cmp(&other), Some(Ordering::Greater))
-    }
-
-    /// `self >= other` in serial order.
-    pub fn ge(self, other: SerialNumber) -> bool {
-        matches!(
-            self.partial_cmp(&other),
-            Some(Ordering::Greater | Ordering::Equal)
-        )
     }
 
     /// Whether `self` lies in the closed window `[low, high]` (serial order, `low <= high`).
@@ -105,8 +80,8 @@ mod tests {
         let a = SerialNumber(u32::MAX);
         let b = a.next();
         assert_eq!(b, SerialNumber(0));
-        assert!(a.lt(b));
-        assert!(b.gt(a));
+        assert!(a < b);
+        assert!(b > a);
         assert_eq!(a.distance_to(b), 1);
     }
 
@@ -115,7 +90,7 @@ mod tests {
         let a = SerialNumber(0);
         let b = SerialNumber(HALF);
         assert_eq!(a.partial_cmp(&b), None);
-        assert!(!a.lt(b) && !a.gt(b));
+        assert!(a.partial_cmp(&b).is_none());
     }
 
     #[test]
@@ -136,15 +111,15 @@ mod tests {
         #[test]
         fn add_is_ahead(a in any::<u32>(), n in 1u32..HALF) {
             let s = SerialNumber(a);
-            prop_assert!(s.lt(s.add(n)));
-            prop_assert!(s.add(n).gt(s));
-            prop_assert_eq!(s.distance_to(s.add(n)), n);
+            prop_assert!(s < s.plus(n));
+            prop_assert!(s.plus(n) > s);
+            prop_assert_eq!(s.distance_to(s.plus(n)), n);
         }
 
         #[test]
         fn antisymmetric(a in any::<u32>(), b in any::<u32>()) {
             let (x, y) = (SerialNumber(a), SerialNumber(b));
-            prop_assert_eq!(x.lt(y), y.gt(x));
+            prop_assert_eq!(x < y, y > x);
         }
     }
 }
