@@ -1,1 +1,7 @@
-//! placeholder
+//! Sans-IO iSCSI state machines for both roles: login (security and operational
+//! negotiation, CHAP), discovery, and the full feature phase. Time is passed in; PDUs to send,
+//! deadlines and events are returned, never performed.
+
+pub mod params;
+
+pub use params::{ConnectionParams, SessionParams, SessionType};
