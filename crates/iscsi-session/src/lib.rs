@@ -3,5 +3,6 @@
 //! deadlines and events are returned, never performed.
 
 pub mod params;
+pub mod target;
 
 pub use params::{ConnectionParams, SessionParams, SessionType};
