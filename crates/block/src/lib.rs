@@ -1,1 +1,172 @@
-//! placeholder
+//! Block-device vocabulary shared by every layer of mpath.
+//!
+//! Pure: no I/O, no runtime. The exports (NBD, FUSE) consume [`BlockDevice`]; the multipath
+//! engine implements it and drives paths; errors carry an [`IoErrorKind`] that says what the
+//! layer above should do next (DESIGN §4):
+//!
+//! | kind | meaning | what the caller does |
+//! |---|---|---|
+//! | `Path` | the path failed (transport, timeout, ALUA standby/unavailable) | retry the same request elsewhere |
+//! | `Target` | the storage answered with an error (MEDIUM ERROR, ILLEGAL REQUEST…) | fail it up; no path is at fault |
+//! | `NoPath` | no usable path is left | queue or fail per policy |
+//! | `Invalid` | the request itself is wrong (out of range, misaligned) | fail it up |
+
+use std::fmt;
+use std::future::Future;
+
+use bytes::Bytes;
+
+/// A logical block address, in units of the device's logical block size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Lba(pub u64);
+
+/// A number of logical blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct BlockCount(pub u64);
+
+/// A byte offset on a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ByteOffset(pub u64);
+
+impl Lba {
+    pub fn to_bytes(self, block_size: u32) -> ByteOffset {
+        ByteOffset(self.0 * block_size as u64)
+    }
+}
+
+impl ByteOffset {
+    /// The block holding this offset, if it is block-aligned.
+    pub fn to_lba(self, block_size: u32) -> Option<Lba> {
+        self.0
+            .is_multiple_of(block_size as u64)
+            .then(|| Lba(self.0 / block_size as u64))
+    }
+}
+
+/// One block operation, as the exports submit it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BlockOp {
+    Read {
+        offset: ByteOffset,
+        len: u32,
+    },
+    /// `fua`: the data is on stable storage when the write completes.
+    Write {
+        offset: ByteOffset,
+        data: Bytes,
+        fua: bool,
+    },
+    /// Everything completed before it is on stable storage.
+    Flush,
+    /// The range may be deallocated; reads afterwards return zeroes or old data.
+    Discard {
+        offset: ByteOffset,
+        len: u64,
+    },
+    /// The range reads back as zeroes; `may_unmap` allows deallocating it.
+    WriteZeroes {
+        offset: ByteOffset,
+        len: u64,
+        may_unmap: bool,
+    },
+}
+
+impl BlockOp {
+    /// Bytes this operation moves over the wire (selectors weigh paths by it).
+    pub fn transfer_len(&self) -> u64 {
+        match self {
+            BlockOp::Read { len, .. } => *len as u64,
+            BlockOp::Write { data, .. } => data.len() as u64,
+            _ => 0,
+        }
+    }
+
+    pub fn is_write(&self) -> bool {
+        !matches!(self, BlockOp::Read { .. })
+    }
+}
+
+/// A successful completion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Data of a read.
+    Data(Bytes),
+    /// A write, flush, discard or write-zeroes completed.
+    Done,
+}
+
+/// What an error means to the layer above (see the crate docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IoErrorKind {
+    Path,
+    Target,
+    NoPath,
+    Invalid,
+}
+
+impl fmt::Display for IoErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IoErrorKind::Path => "path error",
+            IoErrorKind::Target => "target error",
+            IoErrorKind::NoPath => "no usable path",
+            IoErrorKind::Invalid => "invalid request",
+        })
+    }
+}
+
+/// A failed block operation: its kind and a human-readable reason with context.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {detail}")]
+pub struct IoError {
+    pub kind: IoErrorKind,
+    pub detail: String,
+}
+
+impl IoError {
+    pub fn new(kind: IoErrorKind, detail: impl Into<String>) -> IoError {
+        IoError {
+            kind,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Static facts about a block device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Capacity in bytes.
+    pub size: u64,
+    /// Logical block size (512 or 4096).
+    pub block_size: u32,
+    /// Largest single transfer the device accepts, in bytes.
+    pub max_transfer: u32,
+    pub supports_discard: bool,
+    pub supports_write_zeroes: bool,
+    /// The device has a volatile write cache: FLUSH and FUA mean something.
+    pub volatile_write_cache: bool,
+}
+
+/// What the exports consume: a device that takes block operations.
+pub trait BlockDevice: Send + Sync {
+    fn info(&self) -> DeviceInfo;
+    fn submit(&self, op: BlockOp) -> impl Future<Output = Result<Outcome, IoError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets() {
+        assert_eq!(Lba(3).to_bytes(512), ByteOffset(1536));
+        assert_eq!(ByteOffset(4096).to_lba(4096), Some(Lba(1)));
+        assert_eq!(ByteOffset(100).to_lba(512), None);
+    }
+
+    #[test]
+    fn errors_say_what_to_do() {
+        let e = IoError::new(IoErrorKind::Path, "connection reset by 127.0.0.2:3260");
+        assert_eq!(e.to_string(), "path error: connection reset by 127.0.0.2:3260");
+    }
+}
