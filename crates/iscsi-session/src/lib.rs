@@ -2,6 +2,8 @@
 //! negotiation, CHAP), discovery, and the full feature phase. Time is passed in; PDUs to send,
 //! deadlines and events are returned, never performed.
 
+pub mod chap;
+pub mod negotiate;
 pub mod params;
 pub mod target;
 
