@@ -160,7 +160,9 @@ impl ChapTarget {
 
     /// Answer the initiator's `CHAP_A` with our algorithm, identifier and challenge.
     pub fn challenge(&self, text: &TextParams) -> Result<TextParams, ChapError> {
-        let offer = text.get("CHAP_A").ok_or(ChapError::Missing { key: "CHAP_A" })?;
+        let offer = text
+            .get("CHAP_A")
+            .ok_or(ChapError::Missing { key: "CHAP_A" })?;
         let a = select_algorithm(offer)?;
         let mut out = TextParams::new();
         out.push("CHAP_A", a.to_string());
@@ -172,7 +174,9 @@ impl ChapTarget {
     /// Verify the initiator's `CHAP_N`/`CHAP_R`; when it sent `CHAP_I`/`CHAP_C` too (mutual
     /// CHAP), return our `CHAP_N`/`CHAP_R` (else an empty text).
     pub fn verify(&self, text: &TextParams) -> Result<TextParams, ChapError> {
-        let name = text.get("CHAP_N").ok_or(ChapError::Missing { key: "CHAP_N" })?;
+        let name = text
+            .get("CHAP_N")
+            .ok_or(ChapError::Missing { key: "CHAP_N" })?;
         let r = binary(text, "CHAP_R")?;
         if name != self.initiator.user {
             return Err(ChapError::WrongName {
@@ -247,7 +251,9 @@ impl ChapInitiator {
     /// Answer the target's `CHAP_A`/`CHAP_I`/`CHAP_C` with `CHAP_N`/`CHAP_R`, plus our own
     /// `CHAP_I`/`CHAP_C` for mutual CHAP.
     pub fn respond(&self, text: &TextParams) -> Result<TextParams, ChapError> {
-        let a = text.get("CHAP_A").ok_or(ChapError::Missing { key: "CHAP_A" })?;
+        let a = text
+            .get("CHAP_A")
+            .ok_or(ChapError::Missing { key: "CHAP_A" })?;
         if parse_numeric(a) != Some(CHAP_MD5 as u64) {
             return Err(ChapError::NoMd5 {
                 offered: a.chars().take(80).collect(),
@@ -279,7 +285,9 @@ impl ChapInitiator {
         let Some(mutual) = &self.mutual else {
             return Ok(());
         };
-        let name = text.get("CHAP_N").ok_or(ChapError::Missing { key: "CHAP_N" })?;
+        let name = text
+            .get("CHAP_N")
+            .ok_or(ChapError::Missing { key: "CHAP_N" })?;
         let r = binary(text, "CHAP_R")?;
         if name != mutual.user {
             return Err(ChapError::WrongName {

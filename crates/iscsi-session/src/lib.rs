@@ -3,8 +3,16 @@
 //! deadlines and events are returned, never performed.
 
 pub mod chap;
+pub mod login;
 pub mod negotiate;
 pub mod params;
 pub mod target;
 
+pub use chap::ChapCredentials;
+pub use login::{
+    InitiatorLogin, InitiatorLoginComplete, InitiatorLoginConfig, InitiatorLoginStep,
+    LoginDirectory, LoginFailure, LoginIdentity, LoginRefusal, TargetLogin, TargetLoginComplete,
+    TargetLoginConfig, TargetLoginOutcome, TargetLoginOutput, TargetLoginPolicy,
+};
+pub use negotiate::{Digest, Negotiation, Proposal, Role};
 pub use params::{ConnectionParams, SessionParams, SessionType};

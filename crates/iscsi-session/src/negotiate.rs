@@ -397,9 +397,15 @@ impl Key {
                 Both,
                 false,
             ),
-            Key::MaxBurstLength | Key::FirstBurstLength => {
-                def(Min { lo: 512, hi: MAX_24 }, LeadingOnly, Both, true)
-            }
+            Key::MaxBurstLength | Key::FirstBurstLength => def(
+                Min {
+                    lo: 512,
+                    hi: MAX_24,
+                },
+                LeadingOnly,
+                Both,
+                true,
+            ),
             Key::DefaultTime2Wait => def(Max { lo: 0, hi: 3600 }, LeadingOnly, Both, false),
             Key::DefaultTime2Retain => def(Min { lo: 0, hi: 3600 }, LeadingOnly, Both, false),
             Key::MaxOutstandingR2T => def(Min { lo: 1, hi: 65_535 }, LeadingOnly, Both, true),
@@ -583,12 +589,7 @@ impl Negotiation {
     pub fn operational_offers(&mut self, private: &TextParams) -> TextParams {
         let p = self.proposal.clone();
         let mut out = TextParams::new();
-        let digests = |l: &[Digest]| {
-            l.iter()
-                .map(|d| d.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
-        };
+        let digests = |l: &[Digest]| l.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(",");
         let yes_no = |b: bool| if b { "Yes" } else { "No" }.to_string();
         let mut offers: Vec<(Key, String)> = vec![
             (Key::HeaderDigest, digests(&p.header_digest)),
@@ -636,7 +637,8 @@ impl Negotiation {
         let mut out = TextParams::new();
         if !self.we_declared_max_recv {
             self.we_declared_max_recv = true;
-            self.connection.max_recv_data_segment_length = self.proposal.max_recv_data_segment_length;
+            self.connection.max_recv_data_segment_length =
+                self.proposal.max_recv_data_segment_length;
             out.push(
                 Key::MaxRecvDataSegmentLength.name(),
                 self.proposal.max_recv_data_segment_length.to_string(),
@@ -771,7 +773,17 @@ impl Negotiation {
                     });
                 }
                 self.states[key as usize] = KeyState::Done;
-                Ok(Some(self.answer(key, def, value)))
+                let answer = self.answer(key, def, value);
+                // An initiator leaves out answers whose result the offer already decides (RFC
+                // 7143 §6.2.2), so such an offer in a target's final Login Response (tgtd
+                // sends IFMarker=No unasked) needs no further request. A target answers
+                // everything, as tgtd and LIO do.
+                let decided = answer_optional(key, value)
+                    || (matches!(def.rule, Rule::Obsolete { .. }) && value == "No");
+                if self.role == Role::Initiator && decided {
+                    return Ok(None);
+                }
+                Ok(Some(answer))
             }
         }
     }
@@ -831,8 +843,9 @@ impl Negotiation {
                     return IRRELEVANT.to_string();
                 }
                 let ours = match key {
-                    Key::FirstBurstLength => (p.first_burst_length as u64)
-                        .min(self.session.max_burst_length as u64),
+                    Key::FirstBurstLength => {
+                        (p.first_burst_length as u64).min(self.session.max_burst_length as u64)
+                    }
                     _ => self.our_numeric(key),
                 };
                 let result = match def.rule {
@@ -898,10 +911,14 @@ impl Negotiation {
                 let offered = parse_numeric(offer).unwrap_or(n);
                 match def.rule {
                     Rule::Min { .. } if n > offered => {
-                        return Err(illegal("larger than offered, but the result is the minimum"))
+                        return Err(illegal(
+                            "larger than offered, but the result is the minimum",
+                        ))
                     }
                     Rule::Max { .. } if n < offered => {
-                        return Err(illegal("smaller than offered, but the result is the maximum"))
+                        return Err(illegal(
+                            "smaller than offered, but the result is the maximum",
+                        ))
                     }
                     _ => {}
                 }
@@ -1230,7 +1247,11 @@ mod tests {
                 ("MaxOutstandingR2T", "4"),
             ]))
             .unwrap();
-        assert_eq!(r.answers.get("MaxRecvDataSegmentLength"), None, "declarative");
+        assert_eq!(
+            r.answers.get("MaxRecvDataSegmentLength"),
+            None,
+            "declarative"
+        );
         let (s, c) = n.finish().unwrap();
         assert!(c.header_digest && !c.data_digest);
         assert_eq!(c.max_send_data_segment_length, 65536);
@@ -1291,7 +1312,10 @@ mod tests {
     fn duplicates_and_renegotiation_fail() {
         let mut n = target();
         let e = n
-            .receive(&text(&[("MaxBurstLength", "512"), ("MaxBurstLength", "1024")]))
+            .receive(&text(&[
+                ("MaxBurstLength", "512"),
+                ("MaxBurstLength", "1024"),
+            ]))
             .unwrap_err();
         assert!(matches!(e, NegotiationError::Duplicate { .. }));
         assert_eq!(e.status(), LoginStatus::INITIATOR_ERROR);
@@ -1309,7 +1333,9 @@ mod tests {
     #[test]
     fn reserved_constants_are_not_offers() {
         let mut n = target();
-        let e = n.receive(&text(&[("MaxBurstLength", "Reject")])).unwrap_err();
+        let e = n
+            .receive(&text(&[("MaxBurstLength", "Reject")]))
+            .unwrap_err();
         assert!(matches!(e, NegotiationError::ReservedOffer { .. }));
     }
 
