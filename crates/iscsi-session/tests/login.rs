@@ -871,6 +871,33 @@ fn stages_only_move_forward() {
 }
 
 #[test]
+fn security_stage_straight_to_full_feature_phase() {
+    // AuthMethod=None and T=1 with NSG=FullFeaturePhase: the operational stage is skipped,
+    // every operational key keeps its RFC default, and the target still declares its
+    // MaxRecvDataSegmentLength in the final response.
+    let dir = Directory::open();
+    let mut keys = identity_keys();
+    keys.push(("AuthMethod", "CHAP,None"));
+    let out = feed(
+        &dir,
+        vec![request(Stage::SECURITY, Stage::FULL_FEATURE, true, &keys)],
+    );
+    let resp = out[0].response.as_ref().unwrap();
+    let lr = login_response(resp);
+    assert!(lr.transit && lr.csg == Stage::SECURITY && lr.nsg == Stage::FULL_FEATURE);
+    let t = text_of(resp);
+    assert_eq!(t.get("AuthMethod"), Some("None"));
+    assert_eq!(t.get("MaxRecvDataSegmentLength"), Some("262144"));
+    match &out[0].outcome {
+        Some(TargetLoginOutcome::Complete(c)) => {
+            assert_eq!(c.session.max_burst_length, 262_144, "RFC default");
+            assert!(c.session.initial_r2t, "RFC default");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn connection_added_to_a_session() {
     let dir = Directory::open();
     let mut c = config();
@@ -1149,5 +1176,67 @@ proptest! {
             }
         }
         prop_assert!(ended, "the login did not end within {} PDUs", MAX_LOGIN_PDUS + 1);
+    }
+}
+
+fn arb_response() -> impl Strategy<Value = Pdu> {
+    (
+        any::<(bool, bool, u8, u8)>(),
+        prop_oneof![Just(0u16), Just(0), Just(0), Just(0x0201), Just(0x0101)],
+        prop_oneof![Just(0u16), Just(0x10)],
+        arb_text(),
+        0u8..20,
+    )
+        .prop_map(|((t, c, csg, nsg), status, tsih, data, kind)| {
+            if kind == 0 {
+                return Pdu::new(Bhs::NopIn(Default::default()));
+            }
+            Pdu::with_data(
+                Bhs::LoginResponse(iscsi_pdu::LoginResponse {
+                    transit: t,
+                    continue_bit: c && kind % 3 == 0,
+                    csg: Stage(csg % 4),
+                    nsg: Stage(nsg % 4),
+                    isid: ISID,
+                    tsih: Tsih(tsih),
+                    itt: if kind == 1 { Itt(2) } else { Itt(0x11) },
+                    status: LoginStatus(status),
+                    ..Default::default()
+                }),
+                data,
+            )
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Whatever a target answers, the initiator never panics and its login ends within its
+    /// PDU budget; every request it sends fits a login PDU.
+    #[test]
+    fn initiator_login_is_total_and_bounded(
+        pdus in proptest::collection::vec(arb_response(), 1..12),
+        chap in any::<bool>(),
+    ) {
+        let mut c = config();
+        if chap {
+            c.chap = Some(ChapCredentials::new("host", "initiator-secret"));
+            c.mutual_chap = Some(ChapCredentials::new("disk", "target-secret!"));
+        }
+        let mut init = InitiatorLogin::new(c).unwrap();
+        let first = init.start(&mut random);
+        prop_assert!(first.data.len() <= LOGIN_MAX_DATA_SEGMENT_LENGTH);
+        let mut ended = false;
+        for p in pdus.iter().cycle().take(MAX_LOGIN_PDUS as usize + 1) {
+            match init.handle(p.clone()) {
+                InitiatorLoginStep::Send(r) => {
+                    prop_assert!(!ended, "a request after the login ended");
+                    prop_assert!(r.data.len() <= LOGIN_MAX_DATA_SEGMENT_LENGTH);
+                    let _ = wire(&r);
+                }
+                InitiatorLoginStep::Complete(_) | InitiatorLoginStep::Failed(_) => ended = true,
+            }
+        }
+        prop_assert!(ended);
     }
 }
