@@ -12,8 +12,8 @@
 //! feature phase. A target whose policy requires CHAP never lets the initiator past the
 //! security stage without it (AUTHENTICATION_FAILURE, 0x0201).
 //!
-//! Long texts: each login PDU carries at most 8192 bytes of data (RFC 7143 §6.2: the login
-//! phase always uses the default MaxRecvDataSegmentLength). Longer texts are split with the
+//! Long texts: each login PDU carries at most 8192 bytes of data (MaxRecvDataSegmentLength
+//! keeps its default for the whole login phase; declared values apply after it). Longer texts are split with the
 //! C bit; the receiver acknowledges each piece (the target with an empty Login Response, the
 //! initiator with an empty Login Request) and reassembles before decoding.
 //!
@@ -35,8 +35,8 @@ use crate::chap::{ChapCredentials, ChapInitiator, ChapTarget, CHAP_CHALLENGE_LEN
 use crate::negotiate::{parse_session_type, Negotiation, Proposal, Role};
 use crate::params::{ConnectionParams, SessionParams, SessionType};
 
-/// Largest data segment of a login PDU in either direction: RFC 7143 §6.2 keeps
-/// MaxRecvDataSegmentLength at its default of 8192 for the whole login phase.
+/// Largest data segment of a login PDU in either direction: MaxRecvDataSegmentLength keeps its
+/// default of 8192 for the whole login phase (declared values take effect after it).
 pub const LOGIN_MAX_DATA_SEGMENT_LENGTH: usize = 8192;
 
 /// Most text one side may send in one continued (C bit) sequence. A complete operational key
@@ -49,7 +49,7 @@ pub const MAX_LOGIN_TEXT: usize = 65_536;
 /// peer that never finishes.
 pub const MAX_LOGIN_PDUS: u32 = 64;
 
-/// The only iSCSI version there is (RFC 7143 §11.12.4: version-max/min 0x00).
+/// The only iSCSI version there is (RFC 7143 §11.12: Version-max/Version-min 0x00).
 const ISCSI_VERSION: u8 = 0x00;
 
 // ---- target -----------------------------------------------------------------------------
@@ -496,7 +496,7 @@ impl<D: LoginDirectory> TargetLogin<D> {
             if req.continue_bit {
                 return Err(refuse(
                     LoginStatus::INITIATOR_ERROR,
-                    "Login Request with both T and C bits (RFC 7143 §11.12.2)",
+                    "Login Request with both T and C bits (RFC 7143 §11.12)",
                 ));
             }
             let forward = req.nsg == Stage::OPERATIONAL || req.nsg == Stage::FULL_FEATURE;
@@ -1243,7 +1243,7 @@ impl InitiatorLogin {
         }
         if resp.transit && resp.continue_bit {
             return Err(local_failure(
-                "Login Response with both T and C bits (RFC 7143 §11.13.2)",
+                "Login Response with both T and C bits (RFC 7143 §11.13)",
             ));
         }
         if self.partial.len() + pdu.data.len() > MAX_LOGIN_TEXT {

@@ -23,8 +23,8 @@
 //!   in a discovery session, leading-only (session-wide) keys on a connection added to an
 //!   existing session, and `FirstBurstLength` when `InitialR2T=Yes` and `ImmediateData=No`;
 //! - unknown keys, including every `X-` and `X#` private key, are answered "NotUnderstood";
-//! - the obsolete RFC 3720 marker keys: `IFMarker`/`OFMarker` are answered "No" (RFC 7143
-//!   §13.26 allows it), `IFMarkInt`/`OFMarkInt` "Reject" (§13.26 requires it);
+//! - the obsolete RFC 3720 marker keys: `IFMarker`/`OFMarker` are answered "No" (RFC 7143's
+//!   "Obsoleted Keys" section allows it), `IFMarkInt`/`OFMarkInt` "Reject" (it requires that);
 //! - `FirstBurstLength` never exceeds `MaxBurstLength`: checked once all keys are known.
 
 use std::fmt;
