@@ -329,6 +329,12 @@ mod tests {
         }
 
         #[test]
+        fn stpg_round_trip(groups in proptest::collection::vec((any::<u16>(), 0u8..4), 0..8)) {
+            let s = SetTargetPortGroups { groups: groups.into_iter().map(|(id, st)| (id, AluaState(st))).collect() };
+            prop_assert_eq!(SetTargetPortGroups::parse(&s.build()), Ok(s));
+        }
+
+        #[test]
         fn rtpg_round_trip(
             extended in any::<bool>(),
             itt in any::<u8>(),

@@ -660,6 +660,28 @@ mod tests {
         }
 
         #[test]
+        fn standard_inquiry_round_trip(
+            q in 0u8..8, t in 0u8..32, rmb in any::<bool>(), v in any::<u8>(), flags in any::<[bool; 8]>(), tpgs in 0u8..4,
+            vendor in "[A-Z0-9]{0,8}", product in "[A-Z0-9-]{0,16}", rev in "[0-9]{0,4}",
+            vds in proptest::collection::vec(1u16.., 0..8),
+        ) {
+            let inq = StandardInquiry {
+                qualifier: q, device_type: PeripheralType(t), removable: rmb, version: v,
+                hisup: flags[0], response_data_format: 2, sccs: flags[1], tpgs, three_pc: flags[2],
+                protect: flags[3], encserv: flags[4], multip: flags[5], cmdque: flags[6],
+                vendor, product, revision: rev, version_descriptors: vds,
+            };
+            prop_assert_eq!(StandardInquiry::parse(&inq.build()), Ok(inq));
+        }
+
+        #[test]
+        fn lbp_round_trip(te in any::<u8>(), f in any::<[bool; 6]>(), pt in 0u8..8) {
+            let l = LogicalBlockProvisioning { threshold_exponent: te, lbpu: f[0], lbpws: f[1], lbpws10: f[2],
+                lbprz: f[3], anc_sup: f[4], dp: f[5], provisioning_type: pt };
+            prop_assert_eq!(LogicalBlockProvisioning::parse(&l.build(0)), Ok(l));
+        }
+
+        #[test]
         fn serial_round_trip(s in "[A-Za-z0-9]{1,32}") {
             let u = UnitSerialNumber { serial: s };
             prop_assert_eq!(UnitSerialNumber::parse(&u.build(0)), Ok(u));

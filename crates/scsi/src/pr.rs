@@ -729,6 +729,24 @@ mod tests {
         }
 
         #[test]
+        fn pr_out_params_round_trip(rk in any::<u64>(), sk in any::<u64>(), all in any::<bool>(), aptpl in any::<bool>(),
+                                    tids in proptest::collection::vec(arb_tid(), 0..3)) {
+            let p = PrOutParams { reservation_key: rk, service_action_key: sk, spec_i_pt: !tids.is_empty(),
+                all_tg_pt: all, aptpl, transport_ids: tids };
+            prop_assert_eq!(PrOutParams::parse(&p.build(), PrOutAction::REGISTER), Ok(p));
+        }
+
+        #[test]
+        fn reservation_and_caps_round_trip(gen in any::<u32>(), key in any::<u64>(), t in 0u8..16, held in any::<bool>(),
+                                           flags in any::<[bool; 6]>(), ac in 0u8..8, mask in any::<u16>()) {
+            let rr = ReadReservation { generation: gen, reservation: held.then_some(ReservationInfo { key, scope: 0, pr_type: PrType(t) }) };
+            prop_assert_eq!(ReadReservation::parse(&rr.build()), Ok(rr));
+            let c = Capabilities { crh: flags[0], sip_c: flags[1], atp_c: flags[2], ptpl_c: flags[3], tmv: flags[4],
+                allow_commands: ac, ptpl_a: flags[5], type_mask: mask };
+            prop_assert_eq!(Capabilities::parse(&c.build()), Ok(c));
+        }
+
+        #[test]
         fn read_keys_round_trip(gen in any::<u32>(), keys in proptest::collection::vec(any::<u64>(), 0..8)) {
             let rk = ReadKeys { generation: gen, keys };
             prop_assert_eq!(ReadKeys::parse(&rk.build()), Ok(rk));

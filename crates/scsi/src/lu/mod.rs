@@ -1406,10 +1406,15 @@ impl LogicalUnit {
         let mut at = lba;
         while at < cap && descriptors.len() < max {
             let remaining = (cap - at).min(u64::from(u32::MAX));
-            let (mapped, run) = self
-                .backend
-                .map_status(self.offset(at), remaining * self.block_size)
-                .map_err(|_| read_error(at))?;
+            // Without LBPME every LBA is mapped (SBC-3 4.7.1), whatever the
+            // backend's allocation looks like.
+            let (mapped, run) = if self.config.thin {
+                self.backend
+                    .map_status(self.offset(at), remaining * self.block_size)
+                    .map_err(|_| read_error(at))?
+            } else {
+                (true, remaining * self.block_size)
+            };
             let run_blocks = (run / self.block_size).clamp(1, remaining);
             descriptors.push(LbaStatusDescriptor {
                 lba: at,

@@ -116,9 +116,6 @@ pub(crate) struct PrState {
     next_id: u64,
     registrations: Vec<Registration>,
     reservation: Option<Reservation>,
-    /// APTPL as last requested; accepted, but nothing persists across a
-    /// restart (REPORT CAPABILITIES says PTPL_C=0).
-    aptpl: bool,
     /// SPC-2 RESERVE holder (initiator port, relative target port).
     spc2_holder: Option<(String, u16)>,
 }
@@ -314,10 +311,9 @@ impl PrState {
         if action == PrOutAction::REGISTER_AND_MOVE {
             return self.register_and_move(n, data, ports);
         }
+        // APTPL is accepted but nothing persists across a restart; REPORT
+        // CAPABILITIES says so (PTPL_C=0).
         let p = PrOutParams::parse(data, action).map_err(|e| e.sense())?;
-        if p.aptpl {
-            self.aptpl = true;
-        }
         match action {
             PrOutAction::REGISTER | PrOutAction::REGISTER_AND_IGNORE_EXISTING_KEY => {
                 self.register(n, tid, action, &p, uas)
@@ -664,9 +660,6 @@ impl PrState {
         if p.unreg {
             let me = self.registrations[i].id;
             self.registrations.retain(|g| g.id != me);
-        }
-        if p.aptpl {
-            self.aptpl = true;
         }
         self.generation = self.generation.wrapping_add(1);
         Ok(PrStatus::Good)
