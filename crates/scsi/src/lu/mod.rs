@@ -303,247 +303,6 @@ const MAX_NEXUSES: usize = 4096;
 /// dropped (the oldest, which include any reset, are the important ones).
 const MAX_PENDING_UAS: usize = 8;
 
-/// FNV-1a: the nexus table is keyed by initiator port strings on every
-/// command; SipHash's DoS resistance buys nothing for a table bounded by
-/// `MAX_NEXUSES` and keyed by authenticated sessions.
-#[derive(Default)]
-struct Fnv(u64);
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for &b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        self.0 = h;
-    }
-}
-
-/// Per-I_T-nexus state.
-#[derive(Debug)]
-struct NexusSlot {
-    rtp: u16,
-    /// TargetPorts generation this nexus has been told about.
-    alua_gen: u64,
-    /// Pending unit attention conditions, reported oldest first.
-    ua: Vec<Asc>,
-}
-
-impl NexusSlot {
-    fn push_ua(&mut self, asc: Asc) {
-        // A reset supersedes every older condition (SAM-5 6.3.5).
-        if asc.code == sense::POWER_ON_RESET_OR_BUS_DEVICE_RESET_OCCURRED.code {
-            self.ua.clear();
-        }
-        if !self.ua.contains(&asc) && self.ua.len() < MAX_PENDING_UAS {
-            self.ua.push(asc);
-        }
-    }
-
-    fn pop_ua(&mut self) -> Option<Asc> {
-        if self.ua.is_empty() {
-            None
-        } else {
-            Some(self.ua.remove(0))
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct NexusTable {
-    by_port: HashMap<Box<str>, Vec<NexusSlot>, BuildHasherDefault<Fnv>>,
-    count: usize,
-}
-
-impl NexusTable {
-    /// The slot of `n`, created (with POWER ON/RESET pending) on first
-    /// sight. Also turns an unseen ALUA generation into 2a/06.
-    fn slot(&mut self, n: &ItNexus<'_>, alua_gen: u64) -> Option<&mut NexusSlot> {
-        if !self.by_port.contains_key(n.port) {
-            self.make_room();
-            self.by_port.insert(n.port.into(), Vec::with_capacity(1));
-        }
-        let slots = self.by_port.get_mut(n.port)?;
-        let i = match slots.iter().position(|s| s.rtp == n.rtp) {
-            Some(i) => i,
-            None => {
-                let mut s = NexusSlot {
-                    rtp: n.rtp,
-                    alua_gen,
-                    ua: Vec::new(),
-                };
-                s.push_ua(sense::POWER_ON_RESET_OR_BUS_DEVICE_RESET_OCCURRED);
-                slots.push(s);
-                self.count += 1;
-                slots.len() - 1
-            }
-        };
-        let s = &mut slots[i];
-        if s.alua_gen != alua_gen {
-            s.alua_gen = alua_gen;
-            s.push_ua(sense::ASYMMETRIC_ACCESS_STATE_CHANGED);
-        }
-        Some(s)
-    }
-
-    /// The nexus caused generation `gen` itself (SET TARGET PORT GROUPS):
-    /// it is not told about it, unless it had an older change pending.
-    fn acknowledge_alua(&mut self, n: &ItNexus<'_>, gen: u64) {
-        if let Some(s) = self
-            .by_port
-            .get_mut(n.port)
-            .and_then(|v| v.iter_mut().find(|s| s.rtp == n.rtp))
-        {
-            if s.alua_gen.wrapping_add(1) == gen {
-                s.alua_gen = gen;
-            }
-        }
-    }
-
-    /// Forget idle nexuses when the table is full.
-    fn make_room(&mut self) {
-        if self.count < MAX_NEXUSES {
-            return;
-        }
-        let mut removed = 0;
-        self.by_port.retain(|_, slots| {
-            let before = slots.len();
-            slots.retain(|s| !s.ua.is_empty());
-            removed += before - slots.len();
-            !slots.is_empty()
-        });
-        self.count -= removed;
-        if self.count >= MAX_NEXUSES {
-            // Everyone has something pending: drop the lot rather than grow.
-            self.by_port.clear();
-            self.count = 0;
-        }
-    }
-
-    fn remove(&mut self, n: &ItNexus<'_>) {
-        if let Some(slots) = self.by_port.get_mut(n.port) {
-            let before = slots.len();
-            slots.retain(|s| s.rtp != n.rtp);
-            self.count -= before - slots.len();
-            if slots.is_empty() {
-                self.by_port.remove(n.port);
-            }
-        }
-    }
-
-    fn for_each(&mut self, mut f: impl FnMut(&str, &mut NexusSlot)) {
-        for (port, slots) in self.by_port.iter_mut() {
-            for s in slots.iter_mut() {
-                f(port, s);
-            }
-        }
-    }
-
-    /// Queue `asc` for every known nexus except `except`.
-    fn broadcast(&mut self, asc: Asc, except: Option<&ItNexus<'_>>) {
-        self.for_each(|port, s| {
-            if except.is_some_and(|e| e.port == port && e.rtp == s.rtp) {
-                return;
-            }
-            s.push_ua(asc);
-        });
-    }
-
-    fn deliver(&mut self, targets: &[UaTarget]) {
-        if targets.is_empty() {
-            return;
-        }
-        self.for_each(|port, s| {
-            for t in targets {
-                if t.matches(port, s.rtp) {
-                    s.push_ua(t.asc);
-                }
-            }
-        });
-    }
-}
-
-/// Current values of the changeable mode parameters.
-#[derive(Clone, Copy, Debug)]
-struct ModeState {
-    wce: bool,
-    d_sense: bool,
-    swp: bool,
-}
-
-#[derive(Debug)]
-struct LuState {
-    nexuses: NexusTable,
-    pr: PrState,
-    mode: ModeState,
-}
-
-/// Why a command did not complete with GOOD.
-enum Failure {
-    Check(Sense),
-    Conflict,
-}
-
-impl From<Sense> for Failure {
-    fn from(s: Sense) -> Failure {
-        Failure::Check(s)
-    }
-}
-
-impl From<CdbError> for Failure {
-    fn from(e: CdbError) -> Failure {
-        Failure::Check(e.sense())
-    }
-}
-
-impl From<ParamError> for Failure {
-    fn from(e: ParamError) -> Failure {
-        Failure::Check(e.sense())
-    }
-}
-
-type CmdResult = Result<Bytes, Failure>;
-
-fn lba_out_of_range() -> Sense {
-    Sense::illegal_request(sense::LOGICAL_BLOCK_ADDRESS_OUT_OF_RANGE)
-}
-
-fn read_error(lba: u64) -> Sense {
-    Sense::new(SenseKey::MEDIUM_ERROR, sense::UNRECOVERED_READ_ERROR).with_info(lba)
-}
-
-fn write_error(lba: u64) -> Sense {
-    Sense::new(SenseKey::MEDIUM_ERROR, sense::WRITE_ERROR).with_info(lba)
-}
-
-fn miscompare(offset: u64) -> Sense {
-    Sense::new(
-        SenseKey::MISCOMPARE,
-        sense::MISCOMPARE_DURING_VERIFY_OPERATION,
-    )
-    .with_info(offset)
-}
-
-fn vec_to_bytes(v: Vec<u8>, alloc_len: u32) -> Bytes {
-    Bytes::from(truncate_to(v, alloc_len))
-}
-
-/// The Data-Out bytes holding a parameter list of `param_len` bytes.
-fn param_list(data_out: &[u8], param_len: u64) -> Result<&[u8], Sense> {
-    let n = usize::try_from(param_len).unwrap_or(usize::MAX);
-    data_out
-        .get(..n)
-        .ok_or(Sense::illegal_request(sense::PARAMETER_LIST_LENGTH_ERROR))
-}
-
 /// A direct-access logical unit.
 pub struct LogicalUnit {
     config: LuConfig,
@@ -1701,15 +1460,6 @@ impl LogicalUnit {
     }
 }
 
-/// Given a chunk's offset in the range and its medium bytes, the index of
-/// the first byte that differs from what is expected there.
-type Comparator<'a> = &'a dyn Fn(usize, &[u8]) -> Option<usize>;
-
-/// Index of the first byte where `a` and `b` differ.
-fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
-    a.iter().zip(b).position(|(x, y)| x != y)
-}
-
 /// REPORT LUNS for a target: LU-independent, so the transport answers it
 /// from its LUN list (and for LUN 0 when no LU is mapped there).
 pub fn report_luns(cdb: &[u8], luns: &[Lun]) -> Response {
@@ -1764,6 +1514,258 @@ pub fn lun_not_supported(cdb: &[u8]) -> Response {
         }
         _ => Response::check_condition(&not_supported, SenseFormat::Fixed),
     }
+}
+
+// ---- internals ----
+
+/// FNV-1a: the nexus table is keyed by initiator port strings on every
+/// command; SipHash's DoS resistance buys nothing for a table bounded by
+/// `MAX_NEXUSES` and keyed by authenticated sessions.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+/// Per-I_T-nexus state.
+#[derive(Debug)]
+struct NexusSlot {
+    rtp: u16,
+    /// TargetPorts generation this nexus has been told about.
+    alua_gen: u64,
+    /// Pending unit attention conditions, reported oldest first.
+    ua: Vec<Asc>,
+}
+
+impl NexusSlot {
+    fn push_ua(&mut self, asc: Asc) {
+        // A reset supersedes every older condition (SAM-5 6.3.5).
+        if asc.code == sense::POWER_ON_RESET_OR_BUS_DEVICE_RESET_OCCURRED.code {
+            self.ua.clear();
+        }
+        if !self.ua.contains(&asc) && self.ua.len() < MAX_PENDING_UAS {
+            self.ua.push(asc);
+        }
+    }
+
+    fn pop_ua(&mut self) -> Option<Asc> {
+        if self.ua.is_empty() {
+            None
+        } else {
+            Some(self.ua.remove(0))
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct NexusTable {
+    by_port: HashMap<Box<str>, Vec<NexusSlot>, BuildHasherDefault<Fnv>>,
+    count: usize,
+}
+
+impl NexusTable {
+    /// The slot of `n`, created (with POWER ON/RESET pending) on first
+    /// sight. Also turns an unseen ALUA generation into 2a/06.
+    fn slot(&mut self, n: &ItNexus<'_>, alua_gen: u64) -> Option<&mut NexusSlot> {
+        if !self.by_port.contains_key(n.port) {
+            self.make_room();
+            self.by_port.insert(n.port.into(), Vec::with_capacity(1));
+        }
+        let slots = self.by_port.get_mut(n.port)?;
+        let i = match slots.iter().position(|s| s.rtp == n.rtp) {
+            Some(i) => i,
+            None => {
+                let mut s = NexusSlot {
+                    rtp: n.rtp,
+                    alua_gen,
+                    ua: Vec::new(),
+                };
+                s.push_ua(sense::POWER_ON_RESET_OR_BUS_DEVICE_RESET_OCCURRED);
+                slots.push(s);
+                self.count += 1;
+                slots.len() - 1
+            }
+        };
+        let s = &mut slots[i];
+        if s.alua_gen != alua_gen {
+            s.alua_gen = alua_gen;
+            s.push_ua(sense::ASYMMETRIC_ACCESS_STATE_CHANGED);
+        }
+        Some(s)
+    }
+
+    /// The nexus caused generation `gen` itself (SET TARGET PORT GROUPS):
+    /// it is not told about it, unless it had an older change pending.
+    fn acknowledge_alua(&mut self, n: &ItNexus<'_>, gen: u64) {
+        if let Some(s) = self
+            .by_port
+            .get_mut(n.port)
+            .and_then(|v| v.iter_mut().find(|s| s.rtp == n.rtp))
+        {
+            if s.alua_gen.wrapping_add(1) == gen {
+                s.alua_gen = gen;
+            }
+        }
+    }
+
+    /// Forget idle nexuses when the table is full.
+    fn make_room(&mut self) {
+        if self.count < MAX_NEXUSES {
+            return;
+        }
+        let mut removed = 0;
+        self.by_port.retain(|_, slots| {
+            let before = slots.len();
+            slots.retain(|s| !s.ua.is_empty());
+            removed += before - slots.len();
+            !slots.is_empty()
+        });
+        self.count -= removed;
+        if self.count >= MAX_NEXUSES {
+            // Everyone has something pending: drop the lot rather than grow.
+            self.by_port.clear();
+            self.count = 0;
+        }
+    }
+
+    fn remove(&mut self, n: &ItNexus<'_>) {
+        if let Some(slots) = self.by_port.get_mut(n.port) {
+            let before = slots.len();
+            slots.retain(|s| s.rtp != n.rtp);
+            self.count -= before - slots.len();
+            if slots.is_empty() {
+                self.by_port.remove(n.port);
+            }
+        }
+    }
+
+    fn for_each(&mut self, mut f: impl FnMut(&str, &mut NexusSlot)) {
+        for (port, slots) in self.by_port.iter_mut() {
+            for s in slots.iter_mut() {
+                f(port, s);
+            }
+        }
+    }
+
+    /// Queue `asc` for every known nexus except `except`.
+    fn broadcast(&mut self, asc: Asc, except: Option<&ItNexus<'_>>) {
+        self.for_each(|port, s| {
+            if except.is_some_and(|e| e.port == port && e.rtp == s.rtp) {
+                return;
+            }
+            s.push_ua(asc);
+        });
+    }
+
+    fn deliver(&mut self, targets: &[UaTarget]) {
+        if targets.is_empty() {
+            return;
+        }
+        self.for_each(|port, s| {
+            for t in targets {
+                if t.matches(port, s.rtp) {
+                    s.push_ua(t.asc);
+                }
+            }
+        });
+    }
+}
+
+/// Current values of the changeable mode parameters.
+#[derive(Clone, Copy, Debug)]
+struct ModeState {
+    wce: bool,
+    d_sense: bool,
+    swp: bool,
+}
+
+#[derive(Debug)]
+struct LuState {
+    nexuses: NexusTable,
+    pr: PrState,
+    mode: ModeState,
+}
+
+/// Why a command did not complete with GOOD.
+enum Failure {
+    Check(Sense),
+    Conflict,
+}
+
+impl From<Sense> for Failure {
+    fn from(s: Sense) -> Failure {
+        Failure::Check(s)
+    }
+}
+
+impl From<CdbError> for Failure {
+    fn from(e: CdbError) -> Failure {
+        Failure::Check(e.sense())
+    }
+}
+
+impl From<ParamError> for Failure {
+    fn from(e: ParamError) -> Failure {
+        Failure::Check(e.sense())
+    }
+}
+
+type CmdResult = Result<Bytes, Failure>;
+
+fn lba_out_of_range() -> Sense {
+    Sense::illegal_request(sense::LOGICAL_BLOCK_ADDRESS_OUT_OF_RANGE)
+}
+
+fn read_error(lba: u64) -> Sense {
+    Sense::new(SenseKey::MEDIUM_ERROR, sense::UNRECOVERED_READ_ERROR).with_info(lba)
+}
+
+fn write_error(lba: u64) -> Sense {
+    Sense::new(SenseKey::MEDIUM_ERROR, sense::WRITE_ERROR).with_info(lba)
+}
+
+fn miscompare(offset: u64) -> Sense {
+    Sense::new(
+        SenseKey::MISCOMPARE,
+        sense::MISCOMPARE_DURING_VERIFY_OPERATION,
+    )
+    .with_info(offset)
+}
+
+fn vec_to_bytes(v: Vec<u8>, alloc_len: u32) -> Bytes {
+    Bytes::from(truncate_to(v, alloc_len))
+}
+
+/// The Data-Out bytes holding a parameter list of `param_len` bytes.
+fn param_list(data_out: &[u8], param_len: u64) -> Result<&[u8], Sense> {
+    let n = usize::try_from(param_len).unwrap_or(usize::MAX);
+    data_out
+        .get(..n)
+        .ok_or(Sense::illegal_request(sense::PARAMETER_LIST_LENGTH_ERROR))
+}
+
+/// Given a chunk's offset in the range and its medium bytes, the index of
+/// the first byte that differs from what is expected there.
+type Comparator<'a> = &'a dyn Fn(usize, &[u8]) -> Option<usize>;
+
+/// Index of the first byte where `a` and `b` differ.
+fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+    a.iter().zip(b).position(|(x, y)| x != y)
 }
 
 #[cfg(test)]

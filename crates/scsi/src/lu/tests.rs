@@ -1764,3 +1764,38 @@ proptest! {
         }
     }
 }
+
+/// libiscsi's tests derive both initiators' keys from the same seed, so
+/// they usually register the same key: holders must be told apart by
+/// registration, not by key.
+#[test]
+fn identical_keys_on_two_nexuses() {
+    let r = rig();
+    let (a, b) = (nexus(1, 1), nexus(2, 2));
+    r.login(&a);
+    r.login(&b);
+    r.pr_ok(
+        &a,
+        PrOutAction::REGISTER_AND_IGNORE_EXISTING_KEY,
+        PrType(0),
+        0,
+        K1,
+    );
+    r.pr_ok(
+        &b,
+        PrOutAction::REGISTER_AND_IGNORE_EXISTING_KEY,
+        PrType(0),
+        0,
+        K1,
+    );
+    r.pr_ok(&a, PrOutAction::RESERVE, PrType::EXCLUSIVE_ACCESS, K1, 0);
+    assert_eq!(access(&r, &a), (true, true));
+    assert_eq!(access(&r, &b), (false, false), "same key, not the holder");
+    // B unregisters with the shared key; A keeps the reservation.
+    r.pr_ok(&b, PrOutAction::REGISTER, PrType(0), K1, 0);
+    assert_eq!(r.keys(&a).keys, vec![K1]);
+    assert!(r.reservation(&a).reservation.is_some());
+    // A unregisters: the reservation goes with it.
+    r.pr_ok(&a, PrOutAction::REGISTER, PrType(0), K1, 0);
+    assert_eq!(r.reservation(&a).reservation, None);
+}
