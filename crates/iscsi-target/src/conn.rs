@@ -584,6 +584,18 @@ impl<'a> FullFeature<'a> {
             _ => None,
         };
         let mut cdb = task.cdb.clone();
+        // COMPARE AND WRITE must carry exactly its compare and write data: a different
+        // Data-Out length (including a NUMBER OF LOGICAL BLOCKS of 0 with data) cannot be
+        // a residual, since half the buffer would be compared against the other half's
+        // blocks (libiscsi CompareAndWrite.InvalidDataOutSize).
+        if cdb.first() == Some(&0x89) && data_out_wanted != Some(edtl) {
+            let r = scsi::Response::check_condition(
+                &scsi::Sense::invalid_field_in_cdb(13, None),
+                scsi::SenseFormat::Fixed,
+            );
+            self.session.conn.complete(itt, outcome(r, None));
+            return;
+        }
         if let Some(n) = data_out_wanted {
             if n > edtl {
                 // FCP-4 option (a): process the command, transferring only what the

@@ -1067,9 +1067,10 @@ impl LogicalUnit {
         if blocks == 0 {
             return Ok(Bytes::new());
         }
-        let all_zero = pattern.iter().all(|&b| b == 0);
-        if ws.unmap && all_zero {
-            // LBPRZ: deallocated blocks read as zeroes, exactly the data.
+        if ws.unmap {
+            // SBC-3 5.50: with UNMAP set the device server deallocates the range whatever
+            // the pattern (as LIO does, and as libiscsi's UnmapUntilEnd tests expect);
+            // LBPRZ tells the initiator the blocks now read as zeroes.
             self.backend
                 .unmap(self.offset(ws.lba), blocks * self.block_size)
                 .map_err(|_| write_error(ws.lba))?;
