@@ -167,6 +167,9 @@ mod tests {
     #[test]
     fn errors_say_what_to_do() {
         let e = IoError::new(IoErrorKind::Path, "connection reset by 127.0.0.2:3260");
-        assert_eq!(e.to_string(), "path error: connection reset by 127.0.0.2:3260");
+        assert_eq!(
+            e.to_string(),
+            "path error: connection reset by 127.0.0.2:3260"
+        );
     }
 }
