@@ -226,6 +226,10 @@ impl Backend for MemBackend {
     fn volatile_write_cache(&self) -> bool {
         false
     }
+
+    fn try_read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        self.read_at(buf, offset).map(|()| true)
+    }
 }
 
 /// A file or block device accessed with pread/pwrite; `fdatasync` for flush; hole punching
@@ -235,6 +239,9 @@ pub struct FileBackend {
     size: u64,
     direct: bool,
     path: PathBuf,
+    /// Cleared when the kernel or filesystem refuses `RWF_NOWAIT`: then every read goes
+    /// to a blocking thread.
+    nowait: std::sync::atomic::AtomicBool,
 }
 
 /// O_DIRECT needs buffer addresses, offsets and lengths aligned to the logical block size
@@ -273,6 +280,8 @@ impl FileBackend {
             size,
             direct,
             path: path.to_path_buf(),
+            // O_DIRECT reads always need the device: trying them first only costs a call.
+            nowait: std::sync::atomic::AtomicBool::new(!direct),
         })
     }
 
@@ -429,6 +438,50 @@ impl Backend for FileBackend {
             true,
             (hole.saturating_sub(offset)).clamp(1, len.max(1)).min(len),
         ))
+    }
+
+    fn try_read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        use std::sync::atomic::Ordering;
+        if !self.nowait.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let mut done = 0usize;
+        while done < buf.len() {
+            let iov = libc::iovec {
+                iov_base: buf[done..].as_mut_ptr().cast(),
+                iov_len: buf.len() - done,
+            };
+            // SAFETY: iov points into `buf`, valid and exclusively borrowed for the call.
+            let n = unsafe {
+                libc::preadv2(
+                    self.file.as_raw_fd(),
+                    &iov,
+                    1,
+                    (offset + done as u64) as libc::off_t,
+                    libc::RWF_NOWAIT,
+                )
+            };
+            if n > 0 {
+                done += n as usize;
+                continue;
+            }
+            if n == 0 {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+            }
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                // Not cached: the caller reads on a thread that may block.
+                Some(libc::EAGAIN) => Ok(false),
+                Some(libc::EINTR) => continue,
+                // Kernel or filesystem without RWF_NOWAIT: stop trying.
+                Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL) => {
+                    self.nowait.store(false, Ordering::Relaxed);
+                    Ok(false)
+                }
+                _ => Err(e),
+            };
+        }
+        Ok(true)
     }
 
     fn volatile_write_cache(&self) -> bool {

@@ -619,22 +619,34 @@ impl<'a> FullFeature<'a> {
                 .slice(..(n.min(edtl) as usize).min(task.data_out.len())),
             None => task.data_out.clone(),
         };
-        let nexus = self.nexus.clone();
         let attr = TaskAttribute(task.attr.0);
-        let run = move || {
-            let r = lu.execute(&Request {
-                nexus: &nexus,
-                cdb: &cdb,
-                data_out: &data,
-                task_attr: attr,
-            });
-            outcome(r, data_out_wanted)
+        let req = Request {
+            nexus: &self.nexus,
+            cdb: &cdb,
+            data_out: &data,
+            task_attr: attr,
         };
-        if lun.may_block {
-            self.blocking.spawn_blocking(move || (itt, run()));
+        // Memory LUs run here. For files, page-cache hits are served here too; only reads
+        // that must wait for the device, and writes, go to a blocking thread.
+        let quick = if lun.may_block {
+            lun.lu.try_execute(&req)
         } else {
-            let o = run();
-            self.session.conn.complete(itt, o);
+            Some(lun.lu.execute(&req))
+        };
+        match quick {
+            Some(r) => self.session.conn.complete(itt, outcome(r, data_out_wanted)),
+            None => {
+                let nexus = self.nexus.clone();
+                self.blocking.spawn_blocking(move || {
+                    let r = lu.execute(&Request {
+                        nexus: &nexus,
+                        cdb: &cdb,
+                        data_out: &data,
+                        task_attr: attr,
+                    });
+                    (itt, outcome(r, data_out_wanted))
+                });
+            }
         }
     }
 

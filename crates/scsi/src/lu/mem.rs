@@ -191,6 +191,10 @@ impl Backend for MemBackend {
     fn volatile_write_cache(&self) -> bool {
         self.volatile
     }
+
+    fn try_read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        self.read_at(buf, offset).map(|()| true)
+    }
 }
 
 #[cfg(test)]

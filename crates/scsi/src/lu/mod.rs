@@ -79,6 +79,14 @@ pub trait Backend: Send + Sync {
     /// True when writes sit in a volatile cache until `flush` (a file
     /// without O_DIRECT|O_SYNC); memory is not volatile in this sense.
     fn volatile_write_cache(&self) -> bool;
+    /// Read only if that needs no waiting (the data is in memory, e.g. the
+    /// page cache): `Ok(true)` when `buf` was filled, `Ok(false)` when the
+    /// read would block (`buf` may then hold anything). The default never
+    /// tries, which is right for a backend that cannot tell.
+    fn try_read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        let _ = (buf, offset);
+        Ok(false)
+    }
 }
 
 /// SCSI STATUS (SAM-5 table 43). Prints in hex.
@@ -473,6 +481,31 @@ impl LogicalUnit {
 
     /// Execute one command.
     pub fn execute(&self, req: &Request<'_>) -> Response {
+        self.execute_as(req, false)
+            .unwrap_or_else(|| self.check(read_error(0)))
+    }
+
+    /// Execute `req` only if it can be done without blocking on the backend:
+    /// a READ whose data [`Backend::try_read_at`] serves at once. `None`
+    /// means nothing happened and [`execute`](Self::execute) must run on a
+    /// thread that may block. Lets a transport serve page-cache hits inline
+    /// and send only real disk reads to a thread pool.
+    pub fn try_execute(&self, req: &Request<'_>) -> Option<Response> {
+        match CommandType::classify(req.cdb) {
+            Ok(
+                CommandType::Read6
+                | CommandType::Read10
+                | CommandType::Read12
+                | CommandType::Read16,
+            ) => self.execute_as(req, true),
+            _ => None,
+        }
+    }
+
+    /// `nowait`: reads that would block return `None` instead. Reads have no side effect
+    /// but their data, and the checks before them pop a unit attention only by answering
+    /// with it, so an abandoned attempt leaves nothing behind.
+    fn execute_as(&self, req: &Request<'_>, nowait: bool) -> Option<Response> {
         let classified = CommandType::classify(req.cdb);
         let parsed = classified.and_then(|t| Command::parse_as(t, req.cdb).map(|c| (t, c)));
         let n = req.nexus.it();
@@ -483,32 +516,37 @@ impl LogicalUnit {
             if let Some(slot) = st.nexuses.slot(&n, gen) {
                 if reports_ua {
                     if let Some(asc) = slot.pop_ua() {
-                        return self.check(Sense::unit_attention(asc));
+                        return Some(self.check(Sense::unit_attention(asc)));
                     }
                 }
             }
             let (ty, cmd) = match parsed {
                 Ok(p) => p,
-                Err(e) => return self.check(e.sense()),
+                Err(e) => return Some(self.check(e.sense())),
             };
             if let Some(s) = self.access_refusal(ty, n.rtp) {
-                return self.check(s);
+                return Some(self.check(s));
             }
             if st.pr.any_reservation() && st.pr.conflicts(&n, ty) {
-                return Response::with_status(Status::RESERVATION_CONFLICT);
+                return Some(Response::with_status(Status::RESERVATION_CONFLICT));
             }
             if let Command::RequestSense { desc, alloc_len } = cmd {
-                return self.request_sense(&mut st, &n, desc, alloc_len);
+                return Some(self.request_sense(&mut st, &n, desc, alloc_len));
             }
             (ty, cmd)
         };
         if ty.writes_medium() && (self.config.read_only || self.swp.load(Ordering::Relaxed)) {
-            return self.check(Sense::new(SenseKey::DATA_PROTECT, sense::WRITE_PROTECTED));
+            return Some(self.check(Sense::new(SenseKey::DATA_PROTECT, sense::WRITE_PROTECTED)));
         }
-        match self.dispatch(req, &n, ty, cmd) {
-            Ok(data) => Response::good(data),
-            Err(Failure::Check(s)) => self.check(s),
-            Err(Failure::Conflict) => Response::with_status(Status::RESERVATION_CONFLICT),
+        let result = match cmd {
+            Command::Read(rw) if nowait => self.read(rw, true),
+            cmd => self.dispatch(req, &n, ty, cmd),
+        };
+        match result {
+            Ok(data) => Some(Response::good(data)),
+            Err(Failure::Check(s)) => Some(self.check(s)),
+            Err(Failure::Conflict) => Some(Response::with_status(Status::RESERVATION_CONFLICT)),
+            Err(Failure::WouldBlock) => None,
         }
     }
 
@@ -624,7 +662,7 @@ impl LogicalUnit {
                 self.read_capacity_16().build().to_vec(),
                 alloc_len,
             )),
-            Command::Read(rw) => self.read(rw),
+            Command::Read(rw) => self.read(rw, false),
             Command::Write(rw) => self.write(rw, req.data_out),
             Command::OrWrite(rw) => self.or_write(rw, req.data_out),
             Command::Verify(v) => self.verify(v, req.data_out),
@@ -872,7 +910,7 @@ impl LogicalUnit {
         self.backend.flush().map_err(|_| write_error(lba))
     }
 
-    fn read(&self, rw: ReadWrite) -> CmdResult {
+    fn read(&self, rw: ReadWrite, nowait: bool) -> CmdResult {
         self.check_transfer(rw.blocks, 0)?;
         self.check_range(rw.lba, u64::from(rw.blocks))?;
         if rw.blocks == 0 {
@@ -880,8 +918,16 @@ impl LogicalUnit {
         }
         // The only allocation of the read path: the data buffer itself.
         let mut buf = vec![0u8; self.len_of(u64::from(rw.blocks))];
+        let offset = self.offset(rw.lba);
+        if nowait {
+            match self.backend.try_read_at(&mut buf, offset) {
+                Ok(true) => return Ok(Bytes::from(buf)),
+                Ok(false) => return Err(Failure::WouldBlock),
+                Err(_) => return Err(read_error(rw.lba).into()),
+            }
+        }
         self.backend
-            .read_at(&mut buf, self.offset(rw.lba))
+            .read_at(&mut buf, offset)
             .map_err(|_| read_error(rw.lba))?;
         Ok(Bytes::from(buf))
     }
@@ -1706,6 +1752,8 @@ struct LuState {
 enum Failure {
     Check(Sense),
     Conflict,
+    /// Only from a `nowait` read: the backend would have to wait.
+    WouldBlock,
 }
 
 impl From<Sense> for Failure {

@@ -1799,3 +1799,81 @@ fn identical_keys_on_two_nexuses() {
     r.pr_ok(&a, PrOutAction::REGISTER, PrType(0), K1, 0);
     assert_eq!(r.reservation(&a).reservation, None);
 }
+
+fn plain<'a>(nexus: &'a Nexus, cdb: &'a [u8]) -> Request<'a> {
+    Request {
+        nexus,
+        cdb,
+        data_out: &[],
+        task_attr: TaskAttribute::SIMPLE,
+    }
+}
+
+/// A backend whose non-blocking reads always "would block".
+struct SlowReads(MemBackend);
+
+impl Backend for SlowReads {
+    fn len_bytes(&self) -> u64 {
+        self.0.len_bytes()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.0.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.0.write_at(buf, offset)
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.0.flush()
+    }
+    fn unmap(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.0.unmap(offset, len)
+    }
+    fn volatile_write_cache(&self) -> bool {
+        false
+    }
+}
+
+#[test]
+fn try_execute_serves_reads_without_blocking_and_nothing_else() {
+    let r = rig();
+    let n = nexus(1, 1);
+    let _ = r.exec(&n, &build::test_unit_ready(), &[]); // POWER ON UA
+    r.ok(&n, &build::write_16(8, 1, false), &[0x5a; 512]);
+    let req = |cdb| plain(&n, cdb);
+    let read = build::read_16(8, 1, false);
+    let got = r.lu.try_execute(&req(&read)).expect("memory never blocks");
+    assert_eq!(got.status, Status::GOOD);
+    assert_eq!(&got.data_in[..], &[0x5a; 512][..]);
+    // Anything but a READ goes to `execute`.
+    let (write, tur) = (build::write_16(8, 1, false), build::test_unit_ready());
+    assert!(r.lu.try_execute(&req(&write)).is_none());
+    assert!(r.lu.try_execute(&req(&tur)).is_none());
+}
+
+#[test]
+fn abandoned_try_execute_leaves_no_trace() {
+    let ports = ports(AluaMode::Both);
+    let cfg = LuConfig::new(Lun(1), 512, "SERIAL0002", naa());
+    let lu = LogicalUnit::new(
+        cfg,
+        Arc::new(SlowReads(MemBackend::new(BLOCKS * 512, false))),
+        ports.clone(),
+    )
+    .unwrap();
+    let n = nexus(2, 1);
+    let req = |cdb| plain(&n, cdb);
+    let read = build::read_16(0, 1, false);
+    // The first command of a nexus answers POWER ON/RESET: that is a complete answer.
+    let first = lu
+        .try_execute(&req(&read))
+        .expect("unit attention is an answer");
+    assert_eq!(first.status, Status::CHECK_CONDITION);
+    // Now the read itself would block: nothing happens, and `execute` does it.
+    assert!(lu.try_execute(&req(&read)).is_none());
+    assert_eq!(lu.execute(&req(&read)).status, Status::GOOD);
+    // A pending unit attention is reported by the attempt, not swallowed by it.
+    ports.set_state(2, AluaState::STANDBY).unwrap();
+    let ua = lu.try_execute(&req(&read)).expect("reports the UA");
+    assert!(ua.decoded_sense().unwrap().is_alua_state_changed());
+    assert!(lu.try_execute(&req(&read)).is_none());
+}
