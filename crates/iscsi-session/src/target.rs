@@ -223,8 +223,6 @@ struct WriteState {
     solicit_next: u32,
     r2t_sn: SerialNumber,
     r2ts: Vec<R2tState>,
-    /// The task failed while data was still arriving: swallow the rest.
-    failed: bool,
 }
 
 struct R2tState {
@@ -622,7 +620,6 @@ impl TargetConnection {
             solicit_next: unsol_end,
             r2t_sn: SerialNumber(0),
             r2ts: Vec::new(),
-            failed: false,
         };
         self.tasks.insert(
             itt,
@@ -664,9 +661,6 @@ impl TargetConnection {
             );
             return;
         };
-        if ws.failed {
-            return;
-        }
         let end = h.buffer_offset.checked_add(len);
         let check = if h.ttt == Ttt::RESERVED {
             if h.buffer_offset != ws.unsol_next {
@@ -1117,20 +1111,22 @@ impl TargetConnection {
             .push_back(Pdu::with_data(Bhs::Reject(r), header));
     }
 
-    /// Fail a write whose data went wrong: answer it now and swallow the rest of its data.
+    /// Fail a write whose data went wrong: answer it now and forget it. The status ends the
+    /// task for the initiator, which may reuse its ITT at once (a task kept in the table
+    /// would refuse that with Reject "task in progress" and hold a slot of the command
+    /// window forever); the rest of its data is then dropped as Data-Out for an unknown ITT.
     fn fail_write(&mut self, itt: Itt, sense: &'static [u8]) {
-        let Some(task) = self.tasks.get_mut(&itt) else {
-            return;
-        };
-        let TaskPhase::Collecting(ws) = &mut task.phase else {
-            return;
-        };
-        if ws.failed {
+        if !matches!(
+            self.tasks.get(&itt).map(|t| &t.phase),
+            Some(TaskPhase::Collecting(_))
+        ) {
             return;
         }
-        ws.failed = true;
-        ws.r2ts.clear();
+        let Some(task) = self.tasks.remove(&itt) else {
+            return;
+        };
         let (lun, edtl) = (task.lun, task.edtl);
+        self.refresh_window();
         self.send_completion(
             itt,
             lun,
