@@ -1,7 +1,7 @@
 //! Block-device vocabulary shared by every layer of mpath.
 //!
 //! Pure: no I/O, no runtime. The exports (NBD, FUSE) consume [`BlockDevice`]; the multipath
-//! engine implements it and drives paths; errors carry an [`IoErrorKind`] that says what the
+//! engine implements it and drives [`PathTransport`]s; errors carry an [`IoErrorKind`] that says what the
 //! layer above should do next (DESIGN §4):
 //!
 //! | kind | meaning | what the caller does |
@@ -11,10 +11,17 @@
 //! | `NoPath` | no usable path is left | queue or fail per policy |
 //! | `Invalid` | the request itself is wrong (out of range, misaligned) | fail it up |
 
+mod path;
+
 use std::fmt;
 use std::future::Future;
 
 use bytes::Bytes;
+
+pub use path::{
+    DataPhase, EventSink, PathEvent, PathFailKind, PathFailReason, PathTransport, ScsiFailure,
+    ScsiRequest, SubmitFuture,
+};
 
 /// A logical block address, in units of the device's logical block size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -121,6 +128,8 @@ impl fmt::Display for IoErrorKind {
 pub struct IoError {
     pub kind: IoErrorKind,
     pub detail: String,
+    /// The SCSI status and sense, when the error came from the target.
+    pub scsi: Option<ScsiFailure>,
 }
 
 impl IoError {
@@ -128,6 +137,16 @@ impl IoError {
         IoError {
             kind,
             detail: detail.into(),
+            scsi: None,
+        }
+    }
+
+    /// An error the target reported with this status and sense.
+    pub fn scsi(kind: IoErrorKind, detail: impl Into<String>, status: u8, sense: Bytes) -> IoError {
+        IoError {
+            kind,
+            detail: detail.into(),
+            scsi: Some(ScsiFailure { status, sense }),
         }
     }
 }
