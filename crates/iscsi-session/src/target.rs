@@ -444,8 +444,11 @@ impl TargetConnection {
             self.fail_write(h.itt, &SENSE_DATA_DIGEST);
         }
         // A command whose own PDU was lost never entered the task table; its CmdSN is
-        // consumed so the window does not stall behind it.
-        if matches!(bhs, Bhs::ScsiCommand(ref c) if !c.immediate && c.cmd_sn == self.exp_cmd_sn) {
+        // consumed so the window does not stall behind it. The same holds for every other
+        // PDU that takes a CmdSN (a NOP-Out ping or Text Request with data): with one
+        // connection nothing else could fill the gap, and every later command would be
+        // ignored as out of order.
+        if !bhs.is_immediate() && self.takes_cmd_sn(&bhs) && cmd_sn_of(&bhs) == self.exp_cmd_sn {
             self.exp_cmd_sn = self.exp_cmd_sn.next();
         }
         self.refresh_window();
