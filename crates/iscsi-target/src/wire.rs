@@ -104,9 +104,13 @@ async fn writer_task(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Msg
                     // SO_LINGER 0: close sends RST instead of FIN.
                     #[allow(deprecated)]
                     let _ = wr.as_ref().set_linger(Some(Duration::ZERO));
-                } else {
-                    let _ = wr.shutdown().await;
+                    // Dropping a write half shuts it down, which sends a FIN before the
+                    // RST: the initiator would read a clean end of stream. Leave the socket
+                    // to close (with the RST) when the read half is dropped.
+                    wr.forget();
+                    return;
                 }
+                let _ = wr.shutdown().await;
                 break;
             }
         }
