@@ -3,6 +3,7 @@
 //! deadlines and events are returned, never performed.
 
 pub mod chap;
+pub mod initiator;
 pub mod login;
 pub mod negotiate;
 pub mod params;
