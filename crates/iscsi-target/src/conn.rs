@@ -205,10 +205,15 @@ impl LoginDirectory for PortalDirectory<'_> {
                 )
             });
         }
+        let tpgt = target
+            .as_ref()
+            .and_then(|t| t.group_of(self.portal))
+            .unwrap_or_else(|| self.portal_tag());
         let a = sessions.admit(Candidate {
             initiator: &id.initiator_name,
             isid: id.isid,
             target: target.as_ref().map(|t| t.spec.iqn.as_str()),
+            tpgt,
             portal: self.portal,
             peer: self.peer,
             header_digest: false,

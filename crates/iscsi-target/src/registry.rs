@@ -31,6 +31,7 @@ struct Entry {
     initiator: String,
     isid: Isid,
     target: Option<String>,
+    tpgt: u16,
     portal: SocketAddr,
     peer: SocketAddr,
     since: Instant,
@@ -59,6 +60,8 @@ pub struct Candidate<'a> {
     pub initiator: &'a str,
     pub isid: Isid,
     pub target: Option<&'a str>,
+    /// The portal group logged in through: with the ISID, what identifies the session.
+    pub tpgt: u16,
     pub portal: SocketAddr,
     pub peer: SocketAddr,
     pub header_digest: bool,
@@ -74,8 +77,10 @@ pub struct Sessions {
 
 impl Sessions {
     /// Admit a new session (TSIH 0 in the Login Request). An existing session of the same
-    /// initiator name, ISID and target is reinstated: told to close, and handed to the caller
-    /// to wait for.
+    /// initiator name, ISID, target and target portal group is reinstated: told to close, and
+    /// handed to the caller to wait for. The same ISID through another portal group is
+    /// another session (RFC 7143 §4.4.3, the ISID rule): one initiator port reaching two
+    /// target ports is two paths, which must not close each other.
     pub fn admit(&mut self, c: Candidate<'_>) -> Admitted {
         let mut replaced = Vec::new();
         let same: Vec<u64> = self
@@ -83,6 +88,7 @@ impl Sessions {
             .iter()
             .filter(|(_, e)| {
                 e.isid == c.isid
+                    && e.tpgt == c.tpgt
                     && e.initiator.eq_ignore_ascii_case(c.initiator)
                     && match (&e.target, c.target) {
                         (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
@@ -115,6 +121,7 @@ impl Sessions {
                 initiator: c.initiator.to_string(),
                 isid: c.isid,
                 target: c.target.map(str::to_string),
+                tpgt: c.tpgt,
                 portal: c.portal,
                 peer: c.peer,
                 since: Instant::now(),
@@ -212,6 +219,7 @@ mod tests {
             initiator: "iqn.2026-01.test:init",
             isid: Isid([0x40, 0, 0, 0, 0, isid]),
             target: Some("iqn.2026-01.test:t"),
+            tpgt: 1,
             portal: "127.0.0.1:3260".parse().unwrap(),
             peer: "127.0.0.1:5000".parse().unwrap(),
             header_digest: false,
@@ -230,6 +238,16 @@ mod tests {
         assert_eq!(c.replaced.len(), 1);
         assert_eq!(*a.kill.borrow(), Some(Kill::Reinstated));
         assert_eq!(*b.kill.borrow(), None);
+        assert_eq!(s.infos().len(), 2);
+    }
+
+    #[test]
+    fn same_isid_in_another_portal_group_is_another_session() {
+        let mut s = Sessions::default();
+        let a = s.admit(cand(1));
+        let b = s.admit(Candidate { tpgt: 2, ..cand(1) });
+        assert!(b.replaced.is_empty());
+        assert_eq!(*a.kill.borrow(), None);
         assert_eq!(s.infos().len(), 2);
     }
 }

@@ -96,10 +96,7 @@ async fn alua_standby_and_lun_offline() {
         assert_eq!(r.sense_triplet(), Some((0x02, 0x04, 0x03)));
     }
     // INQUIRY is not media access.
-    assert!(s1
-        .execute(&build::inquiry(None, 96), &[], 96)
-        .await
-        .good());
+    assert!(s1.execute(&build::inquiry(None, 96), &[], 96).await.good());
     t.control.set_lun_online(TARGET, LUN, true).expect("online");
     for c in [&mut s1, &mut s2] {
         let seen = c.clear_unit_attentions().await;
@@ -109,11 +106,17 @@ async fn alua_standby_and_lun_offline() {
 
     // Errors name what is wrong and change nothing.
     assert!(t.control.set_alua(TARGET, 9, AluaState::Standby).is_err());
-    assert!(t.control.set_alua("iqn.2026-01.x:none", 1, AluaState::Standby).is_err());
+    assert!(t
+        .control
+        .set_alua("iqn.2026-01.x:none", 1, AluaState::Standby)
+        .is_err());
     assert!(t.control.set_lun_online(TARGET, 99, false).is_err());
     assert!(t
         .control
-        .set_fault("127.0.0.9:1".parse().unwrap(), iscsi_target::Fault::Blackhole)
+        .set_fault(
+            "127.0.0.9:1".parse().unwrap(),
+            iscsi_target::Fault::Blackhole
+        )
         .is_err());
     assert!(s2.read16(0, 8).await.good());
     assert_no_target_panics();
@@ -182,8 +185,11 @@ async fn send_targets(portal: std::net::SocketAddr, initiator: &str) -> TextPara
             cmd_sn: c.take_cmd_sn(),
             exp_stat_sn: c.exp_stat_sn,
         };
-        c.send(&Pdu::with_data(Bhs::TextRequest(h), std::mem::take(&mut body)))
-            .await;
+        c.send(&Pdu::with_data(
+            Bhs::TextRequest(h),
+            std::mem::take(&mut body),
+        ))
+        .await;
         let p = c.expect_pdu().await;
         let Bhs::TextResponse(r) = &p.bhs else {
             panic!("expected a Text Response, got {p:?}");

@@ -73,12 +73,18 @@ async fn idle_initiator_that_never_answers_is_dropped() {
     let how = c.expect_closed().await;
     assert!(how.is_closed(), "{how:?}");
     let took = since.elapsed();
-    assert!(took >= INTERVAL + TIMEOUT - Duration::from_millis(20), "{took:?}");
+    assert!(
+        took >= INTERVAL + TIMEOUT - Duration::from_millis(20),
+        "{took:?}"
+    );
     assert!(took < Duration::from_secs(5), "{took:?}");
     // The session is released.
     let deadline = tokio::time::Instant::now() + ANSWER;
     while !t.control.sessions().is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "session not released");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "session not released"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_no_target_panics();
@@ -108,7 +114,11 @@ async fn initiator_that_answers_pings_stays() {
             Err(e) => panic!("connection lost although pings were answered: {e:?}"),
         }
     }
-    assert!(pings >= 2, "only {pings} pings in {:?}", 4 * (INTERVAL + TIMEOUT));
+    assert!(
+        pings >= 2,
+        "only {pings} pings in {:?}",
+        4 * (INTERVAL + TIMEOUT)
+    );
     assert!(c.tur().await.good());
     assert_no_target_panics();
 }

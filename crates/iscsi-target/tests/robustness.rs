@@ -325,3 +325,99 @@ async fn cmd_sn_outside_the_window_is_ignored() {
     b.check().await;
     assert_no_target_panics();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_phase_and_wrong_direction_opcodes_get_protocol_error() {
+    let t = TestTarget::memory(&["127.0.0.1:0"]).await;
+    let mut b = Bystander::new(&t).await;
+    let mut a = ready_client(t.portal(), normal(1)).await;
+
+    // A Login Request in full feature phase, a target opcode (SCSI Response) from the
+    // initiator, and an unknown opcode with a data segment (which must be skipped whole).
+    let login = Pdu::new(Bhs::LoginRequest(LoginRequest {
+        transit: true,
+        csg: Stage::OPERATIONAL,
+        nsg: Stage::FULL_FEATURE,
+        isid: isid(1),
+        itt: Itt(0x77),
+        cmd_sn: a.cmd_sn,
+        exp_stat_sn: a.exp_stat_sn,
+        ..Default::default()
+    }));
+    let response = Pdu::new(Bhs::ScsiResponse(ScsiResponse {
+        itt: Itt(0x78),
+        ..Default::default()
+    }));
+    for pdu in [&login, &response] {
+        a.send(pdu).await;
+        let p = a.expect_pdu().await;
+        assert_eq!(reject_of(&p), RejectReason::PROTOCOL_ERROR, "for {pdu:?}");
+        assert_eq!(&p.data[..], &header(pdu)[..]);
+    }
+    let mut raw = vec![0u8; 48 + 100];
+    raw[0] = 0x1d;
+    raw[1] = 0x80;
+    raw[7] = 100;
+    raw[48..].fill(0x41);
+    a.send_bytes(&raw).await;
+    let p = a.expect_pdu().await;
+    assert_eq!(reject_of(&p), RejectReason::COMMAND_NOT_SUPPORTED);
+    assert_eq!(&p.data[..], &raw[..48]);
+
+    assert!(a.tur().await.good(), "the stream stayed in step");
+    b.check().await;
+    assert_no_target_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_ahs_gets_reject_invalid_pdu_field() {
+    let t = TestTarget::memory(&["127.0.0.1:0"]).await;
+    let mut b = Bystander::new(&t).await;
+    let mut a = ready_client(t.portal(), normal(1)).await;
+
+    let itt = a.next_itt();
+    let h = a.command(itt, &build::read_10(0, 1, false), 512, true, false);
+    let mut bytes = a.encode(&Pdu::new(Bhs::ScsiCommand(h))).to_vec();
+    // TotalAHSLength of one word holding an AHS that claims 100 bytes.
+    bytes[4] = 1;
+    bytes.splice(48..48, [0x00, 0x64, 0x01, 0x00]);
+    a.send_bytes(&bytes).await;
+    let p = a.expect_pdu().await;
+    assert_eq!(reject_of(&p), RejectReason::INVALID_PDU_FIELD);
+    assert_eq!(&p.data[..], &bytes[..48]);
+    // The command was discarded whole; the next one is served.
+    a.expect_silence().await;
+    assert!(a.tur().await.good());
+    b.check().await;
+    assert_no_target_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_larger_than_the_target_buffers_is_refused_without_data() {
+    let t = TestTarget::memory(&["127.0.0.1:0"]).await;
+    let mut b = Bystander::new(&t).await;
+    let mut a = ready_client(t.portal(), normal(1)).await;
+
+    // 64 MiB announced, nothing sent: refused at once, no R2T, nothing allocated.
+    let len: u32 = 64 << 20;
+    let itt = a.next_itt();
+    let h = a.command(
+        itt,
+        &build::write_16(0, len / BLOCK, false),
+        len,
+        false,
+        true,
+    );
+    a.send(&Pdu::new(Bhs::ScsiCommand(h))).await;
+    let c = a.finish(itt, &[]).await;
+    assert_eq!(c.status, CHECK_CONDITION);
+    assert_eq!(
+        c.sense_triplet().map(|s| s.0),
+        Some(0x05),
+        "ILLEGAL REQUEST"
+    );
+    assert!(c.r2ts.is_empty());
+    assert!(a.tur().await.good());
+    b.check().await;
+    assert_no_target_panics();
+}

@@ -135,3 +135,41 @@ async fn other_isids_and_tsih_logins() {
     assert_eq!(t.control.sessions().len(), 2);
     assert_no_target_panics();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_isid_through_another_portal_group_is_another_session() {
+    // Portal group 1 on 127.0.0.1, portal group 2 on 127.0.0.2 and 127.0.0.3.
+    let cfg = iscsi_target::ServerConfig {
+        targets: vec![target_spec(
+            TARGET,
+            vec![
+                group(1, &["127.0.0.1:0"]),
+                group(2, &["127.0.0.2:0", "127.0.0.3:0"]),
+            ],
+            mem_backing(),
+        )],
+        ..Default::default()
+    };
+    let t = TestTarget::start(cfg).await;
+    let (g1, g2a, g2b) = (t.portals[0], t.portals[1], t.portals[2]);
+
+    // RFC 7143 §4.4.3 (ISID rule): a session is the ISID and the target portal group; one
+    // initiator port reaching two target ports is two paths, not a reinstatement.
+    let mut path1 = ready_client(g1, normal(1)).await;
+    let mut path2 = ready_client(g2a, normal(1)).await;
+    assert!(
+        path1.tur().await.good(),
+        "path 1 survives a login on path 2"
+    );
+    assert!(path2.tur().await.good());
+    assert_eq!(t.control.sessions().len(), 2);
+
+    // Through another portal of the same portal group it is the same session: reinstated.
+    let mut again = login(g2b, normal(1)).await;
+    assert!(path2.expect_closed().await.is_closed());
+    assert_eq!(again.tur().await.sense_triplet(), Some((0x06, 0x29, 0x00)));
+    assert!(again.tur().await.good());
+    assert!(path1.tur().await.good(), "path 1 untouched");
+    assert_eq!(t.control.sessions().len(), 2);
+    assert_no_target_panics();
+}
