@@ -1,0 +1,1 @@
+//! Multipath engine (placeholder while the crate is written).

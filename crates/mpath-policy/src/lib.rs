@@ -1,0 +1,1 @@
+//! Multipath policy (placeholder while the crate is written).
