@@ -354,6 +354,18 @@ impl TargetConnection {
         }
     }
 
+    /// The owner stopped reading the connection for a while and reads again (a silenced
+    /// portal, under fault injection). The silence was ours, not the initiator's: the
+    /// keepalive starts over as if the initiator had just been heard from, since an answer
+    /// to a ping sent before may be waiting unread in the socket.
+    pub fn resume(&mut self, now: Instant) {
+        if self.state != State::Running {
+            return;
+        }
+        self.last_rx = now;
+        self.ping = None;
+    }
+
     /// A PDU arrived.
     pub fn handle_pdu(&mut self, pdu: Pdu, now: Instant) {
         if self.state != State::Running {

@@ -428,6 +428,7 @@ impl<'a> FullFeature<'a> {
         stop: &mut watch::Receiver<bool>,
     ) -> End {
         let mut kill = self.session.admitted.kill.clone();
+        let mut was_silent = false;
         loop {
             let silent = match cf.verdict() {
                 Verdict::Reset => {
@@ -437,6 +438,13 @@ impl<'a> FullFeature<'a> {
                 Verdict::Silent => true,
                 Verdict::Normal => false,
             };
+            // A silenced connection hears nothing, so its keepalive is suspended: it would
+            // otherwise time out and leave a connection that never answers again once the
+            // fault is cleared.
+            if was_silent && !silent {
+                self.session.conn.resume(std::time::Instant::now());
+            }
+            was_silent = silent;
             if !silent {
                 // Everything already buffered goes in before we wait again.
                 let decode = self.session.conn.decode_config();
@@ -496,7 +504,7 @@ impl<'a> FullFeature<'a> {
                         return End::close();
                     }
                 },
-                _ = sleep_until_opt(deadline) => {
+                _ = sleep_until_opt(deadline), if !silent => {
                     self.session.conn.handle_timeout(std::time::Instant::now());
                 }
             }

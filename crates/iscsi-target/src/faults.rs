@@ -2,7 +2,7 @@
 //!
 //! | fault | effect on connections through the portal |
 //! |---|---|
-//! | `blackhole` | the TCP connection stays open but nothing is read or answered any more — the silent path failure |
+//! | `blackhole` | the TCP connection stays open but nothing is read or answered any more, and the target's keepalive waits too — the silent path failure |
 //! | `reset` | every connection is closed at once with a TCP RST (one-shot) |
 //! | `delay N ms` | every PDU the target sends leaves N ms late (pipelining is kept) |
 //! | `drop-after N` | after N more PDUs from the initiator, the connection goes silent as in `blackhole` |

@@ -113,3 +113,32 @@ async fn drop_after_goes_silent_after_n_pdus() {
     assert!(c.tur().await.good());
     assert_no_target_panics();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackhole_outlasting_the_keepalive_still_resumes() {
+    // The target pings an idle initiator every 200 ms and gives up after 200 ms more; a
+    // blackhole four times that long must still end with the connection working, as a
+    // silenced connection neither reads, nor answers, nor times out.
+    let mut cfg = config(&["127.0.0.1:0"], mem_backing());
+    cfg.nop_in_interval = Some(Duration::from_millis(200));
+    cfg.nop_in_timeout = Duration::from_millis(200);
+    let t = TestTarget::start(cfg).await;
+    let mut c = ready_client(t.portal(), normal(1)).await;
+    let data = pattern(2, 4096);
+    assert!(c.write16(0, &data).await.good());
+
+    t.control
+        .set_fault(t.portal(), Fault::Blackhole)
+        .expect("set fault");
+    let itt = c.start(&build::read_10(0, 8, false), &[], 4096).await;
+    match c.recv(Duration::from_millis(1600)).await {
+        Err(NoPdu::Timeout) => {}
+        other => panic!("expected silence on an open connection, got {other:?}"),
+    }
+    t.control.set_fault(t.portal(), Fault::None).expect("clear");
+    // `finish` answers the target's pings on the way.
+    let r = c.finish(itt, &[]).await;
+    assert!(r.good() && r.data == data);
+    assert!(c.tur().await.good(), "the connection keeps working");
+    assert_no_target_panics();
+}

@@ -43,7 +43,10 @@ async fn logout_answers_then_closes() {
     };
     assert_eq!(r.itt, itt);
     assert_eq!(r.response, LogoutResponseCode::SUCCESS);
-    assert!(matches!(c.expect_closed().await, NoPdu::Eof), "a clean close");
+    assert!(
+        matches!(c.expect_closed().await, NoPdu::Eof),
+        "a clean close"
+    );
     wait_sessions(&t, 0).await;
     assert_no_target_panics();
 }
@@ -120,7 +123,12 @@ async fn abort_task_frees_the_itt_and_lu_reset_tells_the_others() {
     assert_eq!(t.control.sessions()[0].outstanding_tasks, 0);
 
     // LOGICAL UNIT RESET: the other session hears of it.
-    let req = tmf(&mut a, TmfFunction::LOGICAL_UNIT_RESET, Itt::RESERVED, SerialNumber(0));
+    let req = tmf(
+        &mut a,
+        TmfFunction::LOGICAL_UNIT_RESET,
+        Itt::RESERVED,
+        SerialNumber(0),
+    );
     a.send(&Pdu::new(Bhs::TaskMgmtRequest(req))).await;
     let p = a.expect_pdu().await;
     assert!(
@@ -150,7 +158,9 @@ async fn relogin_while_the_old_connection_is_silenced() {
     let data = pattern(4, 4096);
     assert!(a.write16(0, &data).await.good());
 
-    t.control.set_fault(p1, Fault::Blackhole).expect("blackhole");
+    t.control
+        .set_fault(p1, Fault::Blackhole)
+        .expect("blackhole");
     let stuck = a.start(&build::read_16(0, 8, false), &[], 4096).await;
     a.expect_silence().await;
 
@@ -188,6 +198,9 @@ async fn shutdown_closes_every_connection() {
     t.stop().await;
     assert!(a.expect_closed().await.is_closed());
     assert!(b.expect_closed().await.is_closed());
-    assert!(tokio::net::TcpStream::connect(portal).await.is_err(), "still listening");
+    assert!(
+        tokio::net::TcpStream::connect(portal).await.is_err(),
+        "still listening"
+    );
     assert_no_target_panics();
 }
