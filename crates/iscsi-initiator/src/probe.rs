@@ -1,0 +1,154 @@
+//! What a LU is, asked through a path: the questions `mpath iscsi probe` and the daemon ask.
+
+use block::{DataPhase, IoError, IoErrorKind, ScsiRequest};
+use bytes::Bytes;
+use scsi::alua::TargetPortGroupsData;
+use scsi::capacity::ReadCapacity16Data;
+use scsi::cdb::build;
+use scsi::inquiry::{
+    Association, DesignatorType, DeviceIdentification, StandardInquiry, UnitSerialNumber,
+};
+use scsi::luns::ReportLunsData;
+use scsi::AluaState;
+
+use crate::path::IscsiPath;
+
+/// Everything `probe` learns about one LU through one path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LuInfo {
+    pub lun: u16,
+    pub vendor: String,
+    pub product: String,
+    pub revision: String,
+    /// Peripheral device type (0 = disk).
+    pub device_type: u8,
+    pub block_size: u32,
+    pub blocks: u64,
+    /// `3` + the NAA identifier in hex (as Linux multipath prints WWIDs); else the serial.
+    pub wwid: Option<String>,
+    pub serial: Option<String>,
+    /// INQUIRY TPGS: 0 none, 1 implicit, 2 explicit, 3 both.
+    pub tpgs: u8,
+    pub relative_target_port: Option<u16>,
+    pub target_port_group: Option<u16>,
+    /// The ALUA state of this path's group, and its preferred bit.
+    pub alua: Option<(AluaState, bool)>,
+    pub thin: bool,
+}
+
+fn req(cdb: scsi::cdb::build::Cdb, len: u32) -> ScsiRequest {
+    ScsiRequest {
+        cdb: Bytes::copy_from_slice(cdb.as_bytes()),
+        data: DataPhase::In { len },
+    }
+}
+
+fn bad(what: &str, e: impl std::fmt::Display) -> IoError {
+    IoError::new(IoErrorKind::Target, format!("{what}: {e}"))
+}
+
+/// LUNs the target reports through this path (REPORT LUNS is answered for any LUN).
+pub async fn report_luns(path: &IscsiPath) -> Result<Vec<u16>, IoError> {
+    let d = path
+        .command(req(build::report_luns(0, 16384), 16384))
+        .await?;
+    let r = ReportLunsData::parse(&d).map_err(|e| bad("REPORT LUNS data", e))?;
+    Ok(r.luns.iter().map(|l| l.0).collect())
+}
+
+/// INQUIRY, VPD 0x80/0x83, READ CAPACITY(16) and, with ALUA, REPORT TARGET PORT GROUPS.
+pub async fn probe_lu(path: &IscsiPath) -> Result<LuInfo, IoError> {
+    let d = path.command(req(build::inquiry(None, 96), 96)).await?;
+    let inq = StandardInquiry::parse(&d).map_err(|e| bad("INQUIRY data", e))?;
+    let d = path.command(req(build::read_capacity_16(32), 32)).await?;
+    let cap = ReadCapacity16Data::parse(&d).map_err(|e| bad("READ CAPACITY(16) data", e))?;
+    let mut info = LuInfo {
+        lun: path.lun(),
+        vendor: inq.vendor.trim().to_string(),
+        product: inq.product.trim().to_string(),
+        revision: inq.revision.trim().to_string(),
+        device_type: inq.device_type.0,
+        block_size: cap.block_len,
+        blocks: cap.last_lba + 1,
+        wwid: None,
+        serial: None,
+        tpgs: inq.tpgs,
+        relative_target_port: None,
+        target_port_group: None,
+        alua: None,
+        thin: cap.lbpme,
+    };
+    if let Ok(d) = path
+        .command(req(build::inquiry(Some(0x80), 255), 255))
+        .await
+    {
+        if let Ok(s) = UnitSerialNumber::parse(&d) {
+            info.serial = Some(s.serial.trim().to_string());
+        }
+    }
+    if let Ok(d) = path
+        .command(req(build::inquiry(Some(0x83), 1024), 1024))
+        .await
+    {
+        if let Ok(id) = DeviceIdentification::parse(&d) {
+            for des in &id.designators {
+                match (des.association, des.designator_type) {
+                    (Association::LOGICAL_UNIT, DesignatorType::NAA) if info.wwid.is_none() => {
+                        let mut s = String::from("3");
+                        for b in &des.value {
+                            s.push_str(&format!("{b:02x}"));
+                        }
+                        info.wwid = Some(s);
+                    }
+                    (Association::TARGET_PORT, DesignatorType::RELATIVE_TARGET_PORT)
+                        if des.value.len() >= 4 =>
+                    {
+                        info.relative_target_port =
+                            Some(u16::from_be_bytes([des.value[2], des.value[3]]));
+                    }
+                    (Association::TARGET_PORT, DesignatorType::TARGET_PORT_GROUP)
+                        if des.value.len() >= 4 =>
+                    {
+                        info.target_port_group =
+                            Some(u16::from_be_bytes([des.value[2], des.value[3]]));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    if info.tpgs != 0 {
+        if let Ok(d) = path
+            .command(req(build::report_target_port_groups(false, 4096), 4096))
+            .await
+        {
+            if let Ok(r) = TargetPortGroupsData::parse(&d) {
+                let mine = r.groups.iter().find(|g| {
+                    Some(g.id) == info.target_port_group
+                        || info
+                            .relative_target_port
+                            .is_some_and(|p| g.relative_target_ports.contains(&p))
+                });
+                if let Some(g) = mine {
+                    info.alua = Some((g.state, g.preferred));
+                    info.target_port_group.get_or_insert(g.id);
+                }
+            }
+        }
+    }
+    Ok(info)
+}
+
+/// A human name for an ALUA state.
+pub fn alua_name(s: AluaState) -> &'static str {
+    match s {
+        AluaState::ACTIVE_OPTIMIZED => "active/optimized",
+        AluaState::ACTIVE_NON_OPTIMIZED => "active/non-optimized",
+        AluaState::STANDBY => "standby",
+        AluaState::UNAVAILABLE => "unavailable",
+        AluaState::TRANSITIONING => "transitioning",
+        AluaState::OFFLINE => "offline",
+        AluaState::LBA_DEPENDENT => "lba-dependent",
+        _ => "unknown",
+    }
+}
