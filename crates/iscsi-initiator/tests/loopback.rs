@@ -1,0 +1,368 @@
+//! Our initiator against our target, in-process on loopback, with the target's fault
+//! switches: data integrity, discovery, and every failure-detection promise.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use block::{DataPhase, IoErrorKind, PathEvent, PathFailKind, PathTransport, ScsiRequest};
+use bytes::Bytes;
+use iscsi_initiator::*;
+use iscsi_target::backend::BackingSpec;
+use iscsi_target::config::{
+    AluaMode, AluaState, LunSpec, PortalGroupSpec, ServerConfig, TargetSpec,
+};
+use iscsi_target::{Control, Fault, Server};
+use scsi::cdb::build;
+
+const IQN: &str = "iqn.2026-01.io.mpath:loop";
+
+struct Target {
+    portals: Vec<SocketAddr>,
+    control: Control,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Target {
+    async fn start(portals: &[&str]) -> Target {
+        let cfg = ServerConfig {
+            targets: vec![TargetSpec {
+                iqn: IQN.into(),
+                alias: None,
+                portal_groups: portals
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| PortalGroupSpec {
+                        tag: i as u16 + 1,
+                        portals: vec![p.parse().unwrap()],
+                        state: AluaState::ActiveOptimized,
+                        preferred: false,
+                    })
+                    .collect(),
+                luns: vec![LunSpec {
+                    id: 1,
+                    backing: BackingSpec::Memory { size: 64 << 20 },
+                    block_size: 512,
+                    serial: None,
+                    vendor: "MPATH".into(),
+                    product: "VIRTUAL-DISK".into(),
+                }],
+                allowed_initiators: vec![],
+                chap: None,
+                mutual_chap: None,
+                alua: AluaMode::Both,
+            }],
+            ..ServerConfig::default()
+        };
+        Target::serve(cfg).await
+    }
+
+    async fn serve(cfg: ServerConfig) -> Target {
+        let server = Server::bind(cfg).await.expect("bind");
+        let portals = server.portals();
+        let control = server.control();
+        let (stop, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(server.run(async {
+            let _ = rx.await;
+        }));
+        Target {
+            portals,
+            control,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = self.task.await;
+    }
+}
+
+fn cfg(portal: SocketAddr) -> SessionConfig {
+    let mut c = SessionConfig::new(portal, IQN);
+    c.replacement_timeout = Duration::ZERO;
+    c
+}
+
+fn read(lba: u64, blocks: u32) -> ScsiRequest {
+    ScsiRequest {
+        cdb: Bytes::copy_from_slice(build::read_16(lba, blocks, false).as_bytes()),
+        data: DataPhase::In { len: blocks * 512 },
+    }
+}
+
+fn write(lba: u64, data: Vec<u8>) -> ScsiRequest {
+    ScsiRequest {
+        cdb: Bytes::copy_from_slice(
+            build::write_16(lba, (data.len() / 512) as u32, false).as_bytes(),
+        ),
+        data: DataPhase::Out(Bytes::from(data)),
+    }
+}
+
+fn record(path: &IscsiPath) -> Arc<Mutex<Vec<(Instant, PathEvent)>>> {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let l = log.clone();
+    path.subscribe(Box::new(move |e| {
+        l.lock().unwrap().push((Instant::now(), e))
+    }));
+    log
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_read_verify_with_and_without_digests() {
+    let t = Target::start(&["127.0.0.1:0"]).await;
+    for digests in [false, true] {
+        let s = Session::open(cfg(t.portals[0]).with_digests(digests, digests))
+            .await
+            .unwrap();
+        let p = IscsiPath::new(s.clone(), 1, RetryPolicy::default());
+        // Sizes crossing immediate data, unsolicited Data-Out and R2T-driven bursts.
+        for (lba, blocks) in [(0u64, 1u32), (8, 8), (100, 600), (2000, 4096)] {
+            let data: Vec<u8> = (0..blocks as usize * 512)
+                .map(|i| (i as u64 * 31 + lba) as u8)
+                .collect();
+            p.command(write(lba, data.clone())).await.unwrap();
+            let back = p.command(read(lba, blocks)).await.unwrap();
+            assert!(back == data, "lba {lba} blocks {blocks} digests {digests}");
+        }
+        // 32 at once.
+        let futs: Vec<_> = (0..32u64).map(|i| p.submit(read(i * 8, 8))).collect();
+        for f in futs {
+            assert_eq!(f.await.unwrap().len(), 4096);
+        }
+        s.logout().await;
+        assert_eq!(s.state(), SessionState::Closed);
+    }
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_and_probe_through_both_portals() {
+    let t = Target::start(&["127.0.0.1:0", "127.0.0.2:0"]).await;
+    let found = discover(t.portals[0], &DiscoveryConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].name, IQN);
+    let socks: Vec<_> = found[0]
+        .portals
+        .iter()
+        .map(|p| (p.socket.unwrap(), p.tpgt))
+        .collect();
+    assert_eq!(socks, vec![(t.portals[0], 1), (t.portals[1], 2)]);
+    let mut wwids = Vec::new();
+    for (i, portal) in t.portals.iter().enumerate() {
+        let s = Session::open(cfg(*portal)).await.unwrap();
+        let p = IscsiPath::new(s.clone(), 1, RetryPolicy::default());
+        assert_eq!(probe::report_luns(&p).await.unwrap(), vec![1]);
+        let info = probe::probe_lu(&p).await.unwrap();
+        assert_eq!((info.block_size, info.blocks), (512, (64 << 20) / 512));
+        assert_eq!(info.target_port_group, Some(i as u16 + 1));
+        assert_eq!(
+            info.alua.map(|a| a.0),
+            Some(scsi::AluaState::ACTIVE_OPTIMIZED)
+        );
+        wwids.push(info.wwid.unwrap());
+        s.logout().await;
+    }
+    assert_eq!(wwids[0], wwids[1], "the same LU through both portals");
+    assert!(wwids[0].starts_with("36"));
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackhole_with_commands_outstanding_fails_them_all_within_1s() {
+    let t = Target::start(&["127.0.0.1:0"]).await;
+    let s = Session::open(cfg(t.portals[0])).await.unwrap();
+    let p = IscsiPath::new(s.clone(), 1, RetryPolicy::default());
+    let events = record(&p);
+    p.command(read(0, 8)).await.unwrap();
+    t.control.set_fault(t.portals[0], Fault::Blackhole).unwrap();
+    let start = Instant::now();
+    let futs: Vec<_> = (0..16u64).map(|i| p.submit(read(i, 1))).collect();
+    for f in futs {
+        let e = f.await.unwrap_err();
+        assert_eq!(e.kind, IoErrorKind::Path, "{e}");
+        assert!(e.detail.contains("stalled"), "{e}");
+    }
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    let ev = events.lock().unwrap().clone();
+    let failed = ev.iter().find_map(|(at, e)| match e {
+        PathEvent::Failed { reason } => Some((*at, reason.clone())),
+        _ => None,
+    });
+    let (at, reason) = failed.expect("Failed event");
+    assert_eq!(reason.kind, PathFailKind::Stalled);
+    assert!(at.duration_since(start) < Duration::from_secs(1));
+    eprintln!("blackhole detected in {:?}", at.duration_since(start));
+    // Clear the fault: the session recovers on its own and I/O goes on.
+    t.control.set_fault(t.portals[0], Fault::None).unwrap();
+    assert!(s.wait_up(Duration::from_secs(10)).await, "{:?}", s.state());
+    assert_eq!(p.command(read(0, 8)).await.unwrap().len(), 4096);
+    assert!(events
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(_, e)| matches!(e, PathEvent::Recovered)));
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_fails_at_once_and_recovers() {
+    let t = Target::start(&["127.0.0.1:0"]).await;
+    let s = Session::open(cfg(t.portals[0])).await.unwrap();
+    let p = IscsiPath::new(s.clone(), 1, RetryPolicy::default());
+    let events = record(&p);
+    // Hold the commands at the target, then reset the connection under them.
+    t.control
+        .set_fault(t.portals[0], Fault::Delay { ms: 500 })
+        .unwrap();
+    let futs: Vec<_> = (0..8u64).map(|i| p.submit(read(i, 1))).collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let start = Instant::now();
+    t.control.reset_portal(t.portals[0]).unwrap();
+    for f in futs {
+        assert_eq!(f.await.unwrap_err().kind, IoErrorKind::Path);
+    }
+    assert!(
+        start.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        start.elapsed()
+    );
+    let kinds: Vec<_> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(_, e)| match e {
+            PathEvent::Failed { reason } => Some(reason.kind.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        matches!(
+            kinds.first(),
+            Some(PathFailKind::ConnectionReset | PathFailKind::ConnectionClosed)
+        ),
+        "{kinds:?}"
+    );
+    t.control.set_fault(t.portals[0], Fault::None).unwrap();
+    assert!(s.wait_up(Duration::from_secs(5)).await);
+    p.command(read(0, 1)).await.unwrap();
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_300ms_late_is_not_failed() {
+    let t = Target::start(&["127.0.0.1:0"]).await;
+    let s = Session::open(cfg(t.portals[0])).await.unwrap();
+    let p = IscsiPath::new(s.clone(), 1, RetryPolicy::default());
+    let events = record(&p);
+    p.command(read(0, 1)).await.unwrap();
+    t.control
+        .set_fault(t.portals[0], Fault::Delay { ms: 300 })
+        .unwrap();
+    // Queue depth 1 (silence between answers) and 8 (bytes keep flowing).
+    for depth in [1usize, 8] {
+        for _ in 0..4 {
+            let futs: Vec<_> = (0..depth as u64).map(|i| p.submit(read(i, 8))).collect();
+            for f in futs {
+                f.await.expect("a slow target is not a dead one");
+            }
+        }
+    }
+    assert!(!events
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(_, e)| matches!(e, PathEvent::Failed { .. })));
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_restart_recovers_and_io_goes_on() {
+    let t = Target::start(&["127.0.0.1:0"]).await;
+    let portal = t.portals[0];
+    let mut c = cfg(portal);
+    // Standalone use: commands wait for recovery.
+    c.replacement_timeout = Duration::from_secs(10);
+    let s = Session::open(c).await.unwrap();
+    let p = IscsiPath::new(s.clone(), 1, RetryPolicy::default());
+    let events = record(&p);
+    p.command(write(0, vec![9u8; 512])).await.unwrap();
+    t.stop().await;
+    // Gone: the session notices, and recovery attempts back off.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        matches!(s.state(), SessionState::Recovering { .. }),
+        "{:?}",
+        s.state()
+    );
+    // A command issued now waits for the replacement timeout...
+    let pending = p.submit(read(0, 1));
+    // ... and the target comes back on the same portal (memory LU: contents are new).
+    let t2 = Target::start(&[&portal.to_string()]).await;
+    let got = pending.await.expect("completed after recovery");
+    assert_eq!(got.len(), 512);
+    let ev: Vec<_> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, e)| e.clone())
+        .collect();
+    assert!(ev.iter().any(|e| matches!(e, PathEvent::Failed { .. })));
+    assert!(ev
+        .iter()
+        .any(|e| matches!(e, PathEvent::Recovering { attempt, .. } if *attempt >= 2)));
+    assert!(ev.iter().any(|e| matches!(e, PathEvent::Recovered)));
+    t2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chap_right_and_wrong() {
+    let mut cfgt = ServerConfig::default();
+    let t0 = Target::start(&["127.0.0.1:0"]).await;
+    t0.stop().await;
+    cfgt.targets = vec![TargetSpec {
+        iqn: IQN.into(),
+        alias: None,
+        portal_groups: vec![PortalGroupSpec {
+            tag: 1,
+            portals: vec!["127.0.0.1:0".parse().unwrap()],
+            state: AluaState::ActiveOptimized,
+            preferred: false,
+        }],
+        luns: vec![LunSpec {
+            id: 1,
+            backing: BackingSpec::Memory { size: 1 << 20 },
+            block_size: 512,
+            serial: None,
+            vendor: "MPATH".into(),
+            product: "VIRTUAL-DISK".into(),
+        }],
+        allowed_initiators: vec![],
+        chap: Some(iscsi_target::config::Chap::parse("alice:alice-secret-1").unwrap()),
+        mutual_chap: Some(iscsi_target::config::Chap::parse("array:array-secret-2").unwrap()),
+        alua: AluaMode::Both,
+    }];
+    let t = Target::serve(cfgt).await;
+    let mut good = cfg(t.portals[0]);
+    good.chap = Some(ChapCredentials::new("alice", "alice-secret-1"));
+    good.mutual_chap = Some(ChapCredentials::new("array", "array-secret-2"));
+    let s = Session::open(good.clone()).await.expect("right secrets");
+    s.logout().await;
+    let mut wrong = good.clone();
+    wrong.chap = Some(ChapCredentials::new("alice", "not-it"));
+    let e = Session::open(wrong).await.unwrap_err();
+    assert!(e.to_string().contains("0x0201"), "{e}");
+    let mut bad_mutual = good;
+    bad_mutual.mutual_chap = Some(ChapCredentials::new("array", "wrong-expectation"));
+    let e = Session::open(bad_mutual).await.unwrap_err();
+    assert!(e.to_string().to_lowercase().contains("mutual"), "{e}");
+    t.stop().await;
+}
