@@ -378,7 +378,10 @@ impl TargetConnection {
         let opcode = pdu.opcode();
         if !pdu.bhs.is_immediate() && self.takes_cmd_sn(&pdu.bhs) {
             let cmd_sn = cmd_sn_of(&pdu.bhs);
-            if cmd_sn != self.exp_cmd_sn {
+            // With every slot taken ExpCmdSN is MaxCmdSN + 1: the next CmdSN is outside the
+            // window too, and taking it anyway would let an initiator that ignores MaxCmdSN
+            // queue commands (and their write buffers) past the queue depth.
+            if cmd_sn != self.exp_cmd_sn || cmd_sn > self.max_cmd_sn {
                 // RFC 7143 §4.2.2.1: outside [ExpCmdSN, MaxCmdSN] or a duplicate → silently
                 // ignore. Inside the window but ahead of ExpCmdSN can only come from a
                 // connection we do not have (MaxConnections=1): nothing will fill the gap.
@@ -460,7 +463,12 @@ impl TargetConnection {
         // PDU that takes a CmdSN (a NOP-Out ping or Text Request with data): with one
         // connection nothing else could fill the gap, and every later command would be
         // ignored as out of order.
-        if !bhs.is_immediate() && self.takes_cmd_sn(&bhs) && cmd_sn_of(&bhs) == self.exp_cmd_sn {
+        let cmd_sn = cmd_sn_of(&bhs);
+        if !bhs.is_immediate()
+            && self.takes_cmd_sn(&bhs)
+            && cmd_sn == self.exp_cmd_sn
+            && cmd_sn <= self.max_cmd_sn
+        {
             self.exp_cmd_sn = self.exp_cmd_sn.next();
         }
         self.refresh_window();

@@ -421,3 +421,61 @@ async fn write_larger_than_the_target_buffers_is_refused_without_data() {
     b.check().await;
     assert_no_target_panics();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_command_window_is_enforced() {
+    const DEPTH: u32 = 4;
+    let mut cfg = config(&["127.0.0.1:0"], mem_backing());
+    cfg.queue_depth = DEPTH;
+    let t = TestTarget::start(cfg).await;
+    let mut b = Bystander::new(&t).await;
+    let mut a = ready_client(t.portal(), normal(1)).await;
+    assert_eq!(
+        a.max_cmd_sn,
+        SerialNumber(a.cmd_sn.0 + DEPTH - 1),
+        "the window is the queue depth"
+    );
+
+    // Fill the window with WRITEs that wait for their data.
+    let data = pattern(3, 4096);
+    let mut writes = Vec::new();
+    for i in 0..DEPTH {
+        let itt = a.next_itt();
+        let h = a.command(
+            itt,
+            &build::write_10(64 + 8 * i, 8, false),
+            4096,
+            false,
+            true,
+        );
+        a.send(&Pdu::new(Bhs::ScsiCommand(h))).await;
+        let r2t = match a.expect_pdu().await.bhs {
+            Bhs::R2t(r) => r,
+            other => panic!("expected an R2T, got {other:?}"),
+        };
+        writes.push((itt, r2t));
+    }
+    // ExpCmdSN is now past MaxCmdSN: a command there is outside the window and ignored.
+    let itt = a.next_itt();
+    let tur = a.command(itt, &build::test_unit_ready(), 0, false, false);
+    assert!(tur.cmd_sn > a.max_cmd_sn);
+    a.send(&Pdu::new(Bhs::ScsiCommand(tur.clone()))).await;
+    a.expect_silence().await;
+
+    // One task completes: its response opens the window by one, and the same command
+    // sent again is served.
+    let (w_itt, r2t) = writes.remove(0);
+    let out = a.data_out_for(&r2t, &data, 4096);
+    a.send_bytes(&out).await;
+    assert!(a.finish(w_itt, &data).await.good());
+    assert!(a.max_cmd_sn >= tur.cmd_sn, "the window opened");
+    a.send(&Pdu::new(Bhs::ScsiCommand(tur))).await;
+    assert!(a.finish(itt, &[]).await.good());
+    for (w_itt, r2t) in writes {
+        let out = a.data_out_for(&r2t, &data, 4096);
+        a.send_bytes(&out).await;
+        assert!(a.finish(w_itt, &data).await.good());
+    }
+    b.check().await;
+    assert_no_target_panics();
+}
