@@ -166,8 +166,20 @@ async fn sessions_lists_initiator_isid_tsih() {
 
 /// SendTargets=All on a discovery session from `initiator`: the text answer, reassembled.
 async fn send_targets(portal: std::net::SocketAddr, initiator: &str) -> TextParams {
-    let cfg = InitiatorLoginConfig::discovery(initiator, isid(0x0d));
+    send_targets_with(portal, initiator, 8192).await.0
+}
+
+/// The same, declaring `max_recv` as MaxRecvDataSegmentLength; also the number of Text
+/// Responses the answer took.
+async fn send_targets_with(
+    portal: std::net::SocketAddr,
+    initiator: &str,
+    max_recv: u32,
+) -> (TextParams, usize) {
+    let mut cfg = InitiatorLoginConfig::discovery(initiator, isid(0x0d));
+    cfg.proposal.max_recv_data_segment_length = max_recv;
     let mut c = login(portal, cfg).await;
+    let mut responses = 0;
     let mut text = TextParams::new();
     text.push("SendTargets", "All");
     let itt = c.next_itt();
@@ -195,6 +207,8 @@ async fn send_targets(portal: std::net::SocketAddr, initiator: &str) -> TextPara
             panic!("expected a Text Response, got {p:?}");
         };
         assert_eq!(r.itt, itt);
+        assert!(p.data.len() <= max_recv as usize);
+        responses += 1;
         answer.extend_from_slice(&p.data);
         if !r.continue_bit {
             assert!(r.final_bit);
@@ -202,7 +216,8 @@ async fn send_targets(portal: std::net::SocketAddr, initiator: &str) -> TextPara
         }
         ttt = r.ttt;
     }
-    TextParams::decode(&answer).expect("SendTargets answer decodes")
+    let text = TextParams::decode(&answer).expect("SendTargets answer decodes");
+    (text, responses)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,5 +266,27 @@ async fn send_targets_lists_every_portal_and_honours_acls() {
     cfg.proposal = normal(1).proposal;
     let mut ok = login(p1, cfg).await;
     ok.clear_unit_attentions().await;
+    assert_no_target_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_send_targets_answer_is_continued() {
+    // Twelve targets with long names on both portals: well over 512 bytes of answer.
+    let mut cfg = config(&[P1, P2], mem_backing());
+    for i in 0..11 {
+        cfg.targets.push(target_spec(
+            &format!("iqn.2026-01.test.mpath:a-rather-long-target-name-number-{i:02}"),
+            vec![group(1, &[P1]), group(2, &[P2])],
+            mem_backing(),
+        ));
+    }
+    let t = TestTarget::start(cfg).await;
+    let (full, one) = send_targets_with(t.portals[0], INITIATOR, 8192).await;
+    assert_eq!(one, 1);
+    assert_eq!(full.count("TargetName"), 12);
+    assert_eq!(full.count("TargetAddress"), 24);
+    let (split, pieces) = send_targets_with(t.portals[0], INITIATOR, 512).await;
+    assert!(pieces > 2, "{pieces} Text Responses");
+    assert_eq!(split, full, "reassembled answer differs");
     assert_no_target_panics();
 }

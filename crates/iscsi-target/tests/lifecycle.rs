@@ -204,3 +204,60 @@ async fn shutdown_closes_every_connection() {
     );
     assert_no_target_panics();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_cold_reset_answers_then_closes() {
+    let t = TestTarget::memory(&["127.0.0.1:0"]).await;
+    let mut a = ready_client(t.portal(), normal(1)).await;
+    let mut b = ready_client(t.portal(), normal(2)).await;
+    let itt = a.next_itt();
+    let req = TaskMgmtRequest {
+        immediate: true,
+        function: TmfFunction::TARGET_COLD_RESET,
+        lun: Lun::default(),
+        itt,
+        referenced_task_tag: Itt::RESERVED,
+        cmd_sn: a.cmd_sn,
+        exp_stat_sn: a.exp_stat_sn,
+        ref_cmd_sn: SerialNumber(0),
+        exp_data_sn: SerialNumber(0),
+    };
+    a.send(&Pdu::new(Bhs::TaskMgmtRequest(req))).await;
+    let p = a.expect_pdu().await;
+    assert!(
+        matches!(p.bhs, Bhs::TaskMgmtResponse(ref r) if r.itt == itt && r.response == TmfResponse::COMPLETE),
+        "{p:?}"
+    );
+    assert!(matches!(a.expect_closed().await, NoPdu::Eof));
+    // The LU was reset for everyone.
+    assert_eq!(b.tur().await.sense_triplet(), Some((0x06, 0x29, 0x03)));
+    assert!(b.tur().await.good());
+    assert_no_target_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_to_a_missing_lun() {
+    let t = TestTarget::memory(&["127.0.0.1:0"]).await;
+    let mut a = ready_client(t.portal(), normal(1)).await;
+    let itt = a.next_itt();
+    let mut h = a.command(itt, &build::read_10(0, 1, false), 512, true, false);
+    h.lun = Lun::from_number(7);
+    a.send(&Pdu::new(Bhs::ScsiCommand(h))).await;
+    let r = a.finish(itt, &[]).await;
+    assert_eq!(r.status, CHECK_CONDITION);
+    assert_eq!(
+        r.sense_triplet(),
+        Some((0x05, 0x25, 0x00)),
+        "LOGICAL UNIT NOT SUPPORTED"
+    );
+    // REPORT LUNS is answered whichever LUN it is sent to.
+    let itt = a.next_itt();
+    let mut h = a.command(itt, &build::report_luns(0, 64), 64, true, false);
+    h.lun = Lun::from_number(7);
+    a.send(&Pdu::new(Bhs::ScsiCommand(h))).await;
+    let r = a.finish(itt, &[]).await;
+    assert!(r.good());
+    assert_eq!(&r.data[..4], &8u32.to_be_bytes(), "one LUN listed");
+    assert!(a.tur().await.good());
+    assert_no_target_panics();
+}

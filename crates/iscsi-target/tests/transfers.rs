@@ -206,3 +206,64 @@ async fn read_residuals() {
     assert_eq!(r.residual, 3584);
     assert_no_target_panics();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_commands_fill_the_whole_window() {
+    let t = TestTarget::memory(&["127.0.0.1:0"]).await;
+    let mut c = ready_client(t.portal(), normal(1)).await;
+    let data = pattern(6, 64 * BLOCK as usize);
+    assert!(c.write16(0, &data).await.good());
+
+    for round in 0..2 {
+        // Every CmdSN up to MaxCmdSN, sent back to back before reading any answer.
+        let n = c.max_cmd_sn.0.wrapping_sub(c.cmd_sn.0).wrapping_add(1);
+        assert_eq!(
+            n, t.config.queue_depth,
+            "round {round}: the whole window is open"
+        );
+        let mut itts = Vec::new();
+        for i in 0..n {
+            let lba = (i % 8) * 8;
+            let cdb = build::read_10(lba, 8, false);
+            itts.push((lba, c.start(&cdb, &[], 8 * BLOCK).await));
+        }
+        for (lba, itt) in itts {
+            let r = c.finish(itt, &[]).await;
+            assert!(r.good(), "{:?}", r.sense_triplet());
+            let off = (lba * BLOCK) as usize;
+            assert!(r.data[..] == data[off..off + 8 * BLOCK as usize]);
+        }
+    }
+    assert_no_target_panics();
+}
+
+async fn many_connections(t: &TestTarget) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..16u8 {
+        let portal = t.portal();
+        tasks.spawn(async move {
+            let mut c = ready_client(portal, normal(n)).await;
+            let lba = n as u64 * 2048;
+            for round in 0..6u8 {
+                let data = pattern(n ^ (round << 4), (16 + round as usize * 40) * 512);
+                let w = c.write16(lba, &data).await;
+                assert!(w.good(), "{:?}", w.sense_triplet());
+                let r = c.read16(lba, data.len() as u32 / BLOCK).await;
+                assert!(r.good() && r.data == data, "connection {n} round {round}");
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.expect("client task");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_connections_at_once() {
+    let t = TestTarget::memory(&["127.0.0.1:0"]).await;
+    many_connections(&t).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = TestTarget::start(config(&["127.0.0.1:0"], sparse_backing(dir.path()))).await;
+    many_connections(&t).await;
+    assert_no_target_panics();
+}
