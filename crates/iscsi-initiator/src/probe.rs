@@ -60,8 +60,23 @@ pub async fn report_luns(path: &IscsiPath) -> Result<Vec<u16>, IoError> {
 pub async fn probe_lu(path: &IscsiPath) -> Result<LuInfo, IoError> {
     let d = path.command(req(build::inquiry(None, 96), 96)).await?;
     let inq = StandardInquiry::parse(&d).map_err(|e| bad("INQUIRY data", e))?;
-    let d = path.command(req(build::read_capacity_16(32), 32)).await?;
-    let cap = ReadCapacity16Data::parse(&d).map_err(|e| bad("READ CAPACITY(16) data", e))?;
+    // Only direct-access LUs (type 0) have a capacity; others (a controller LUN 0) do not.
+    let cap = if inq.device_type.0 == 0 {
+        let d = path.command(req(build::read_capacity_16(32), 32)).await?;
+        ReadCapacity16Data::parse(&d).map_err(|e| bad("READ CAPACITY(16) data", e))?
+    } else {
+        ReadCapacity16Data {
+            last_lba: u64::MAX,
+            block_len: 0,
+            p_type: 0,
+            prot_en: false,
+            p_i_exponent: 0,
+            lbppbe: 0,
+            lbpme: false,
+            lbprz: false,
+            lowest_aligned_lba: 0,
+        }
+    };
     let mut info = LuInfo {
         lun: path.lun(),
         vendor: inq.vendor.trim().to_string(),
@@ -69,7 +84,7 @@ pub async fn probe_lu(path: &IscsiPath) -> Result<LuInfo, IoError> {
         revision: inq.revision.trim().to_string(),
         device_type: inq.device_type.0,
         block_size: cap.block_len,
-        blocks: cap.last_lba + 1,
+        blocks: cap.last_lba.wrapping_add(1),
         wwid: None,
         serial: None,
         tpgs: inq.tpgs,
@@ -91,15 +106,9 @@ pub async fn probe_lu(path: &IscsiPath) -> Result<LuInfo, IoError> {
         .await
     {
         if let Ok(id) = DeviceIdentification::parse(&d) {
+            info.wwid = wwid(&id);
             for des in &id.designators {
                 match (des.association, des.designator_type) {
-                    (Association::LOGICAL_UNIT, DesignatorType::NAA) if info.wwid.is_none() => {
-                        let mut s = String::from("3");
-                        for b in &des.value {
-                            s.push_str(&format!("{b:02x}"));
-                        }
-                        info.wwid = Some(s);
-                    }
                     (Association::TARGET_PORT, DesignatorType::RELATIVE_TARGET_PORT)
                         if des.value.len() >= 4 =>
                     {
@@ -137,6 +146,49 @@ pub async fn probe_lu(path: &IscsiPath) -> Result<LuInfo, IoError> {
         }
     }
     Ok(info)
+}
+
+/// The LU's WWID from its VPD 0x83 designators, chosen as Linux's `scsi_id` does so that
+/// mpath and Linux multipath name the same LU the same way: NAA IEEE Registered Extended,
+/// then Registered, then other NAA, EUI-64, SCSI name string, T10 vendor ID. Binary
+/// designators print as their type digit (`3` for NAA, `2` for EUI-64) followed by hex;
+/// names and T10 IDs as `8` / `1` followed by the text.
+pub fn wwid(id: &DeviceIdentification) -> Option<String> {
+    let rank = |d: &scsi::inquiry::Designator| -> Option<u8> {
+        if d.association != Association::LOGICAL_UNIT {
+            return None;
+        }
+        Some(match d.designator_type {
+            DesignatorType::NAA => match d.value.first().map(|b| b >> 4) {
+                Some(6) => 0,
+                Some(5) => 1,
+                _ => 2,
+            },
+            DesignatorType::EUI64 => 3,
+            DesignatorType::SCSI_NAME_STRING => 4,
+            DesignatorType::T10_VENDOR_ID => 5,
+            _ => return None,
+        })
+    };
+    let best = id
+        .designators
+        .iter()
+        .filter_map(|d| rank(d).map(|r| (r, d)))
+        .min_by_key(|(r, _)| *r)?
+        .1;
+    let hex = |v: &[u8]| v.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let text = |v: &[u8]| {
+        String::from_utf8_lossy(v)
+            .trim_end_matches('\0')
+            .trim()
+            .replace(' ', "_")
+    };
+    Some(match best.designator_type {
+        DesignatorType::NAA => format!("3{}", hex(&best.value)),
+        DesignatorType::EUI64 => format!("2{}", hex(&best.value)),
+        DesignatorType::SCSI_NAME_STRING => format!("8{}", text(&best.value)),
+        _ => format!("1{}", text(&best.value)),
+    })
 }
 
 /// A human name for an ALUA state.

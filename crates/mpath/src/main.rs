@@ -3,22 +3,20 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use iscsi_target::backend::BackingSpec;
-use iscsi_target::config::{
-    self, AluaMode, AluaState, Chap, LunSpec, PortalGroupSpec, ServerConfig, TargetSpec,
-};
-use iscsi_target::ctl::{self, CtlRequest, CtlResponse};
-use iscsi_target::Fault;
+
+mod iscsi_cmd;
+mod target_cmd;
 
 #[derive(Parser)]
 #[command(name = "mpath", version, about = "Multipath block storage in user space", long_about = None)]
 struct Cli {
     /// Log filter (error, warn, info, debug, trace, or a tracing directive such as
-    /// `iscsi_target=debug`); RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "info")]
-    log: String,
+    /// `iscsi_target=debug`); RUST_LOG overrides it. Default: info for servers, warn for
+    /// diagnostics.
+    #[arg(long, global = true)]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -28,6 +26,81 @@ enum Command {
     /// Serve iSCSI targets (flags for the simple case, --config for the rest), or operate a
     /// running one with `mpath target ctl`.
     Target(TargetCmd),
+    /// iSCSI diagnostics: discover targets, probe LUNs, run verified I/O (instead of
+    /// iscsiadm and sg3_utils).
+    Iscsi(IscsiCmd),
+}
+
+/// Options every `mpath iscsi` command takes.
+#[derive(Args, Clone)]
+struct IscsiCommon {
+    /// Initiator IQN (default: iqn.2026-01.io.mpath:<hostname>).
+    #[arg(long, value_name = "IQN")]
+    initiator: Option<String>,
+    /// CHAP credentials, USER:SECRET.
+    #[arg(long, value_name = "USER:SECRET")]
+    chap: Option<String>,
+    /// Authenticate the target too (mutual CHAP): its USER:SECRET.
+    #[arg(long, value_name = "USER:SECRET", requires = "chap")]
+    mutual_chap: Option<String>,
+    /// Offer CRC32C header digests.
+    #[arg(long)]
+    header_digest: bool,
+    /// Offer CRC32C data digests.
+    #[arg(long)]
+    data_digest: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct IscsiCmd {
+    #[command(subcommand)]
+    op: IscsiOp,
+}
+
+#[derive(Subcommand)]
+enum IscsiOp {
+    /// List the targets a portal offers and every portal of each (SendTargets).
+    Discover {
+        /// Portal, IP[:PORT] (port 3260 by default).
+        portal: String,
+        #[command(flatten)]
+        common: IscsiCommon,
+    },
+    /// Log in and describe each LUN: size, block size, vendor/product, WWID, ALUA group and
+    /// state.
+    Probe {
+        portal: String,
+        /// Target IQN.
+        #[arg(long)]
+        target: String,
+        #[command(flatten)]
+        common: IscsiCommon,
+    },
+    /// Write a pattern, read it back and compare; print MB/s and IOPS.
+    Io {
+        portal: String,
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value_t = 1)]
+        lun: u16,
+        /// Compare what is read with what was written (without it: read only, timed).
+        #[arg(long)]
+        verify: bool,
+        /// Bytes to cover, from LBA 0 (K, M, G suffixes).
+        #[arg(long, default_value = "64M")]
+        size: String,
+        /// Bytes per command.
+        #[arg(long, default_value = "64K")]
+        bs: String,
+        /// Commands outstanding.
+        #[arg(long, default_value_t = 32)]
+        depth: usize,
+        #[command(flatten)]
+        common: IscsiCommon,
+    },
 }
 
 #[derive(Args)]
@@ -120,17 +193,15 @@ enum CtlOp {
     },
 }
 
-fn default_socket() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) => PathBuf::from(d).join("mpath-target.sock"),
-        None => PathBuf::from("/tmp/mpath-target.sock"),
-    }
-}
-
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Iscsi(_) => "warn",
+        _ => "info",
+    };
+    let level = cli.log.clone().unwrap_or_else(|| default_level.to_string());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log))
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&level))
         .context("--log")?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -142,265 +213,9 @@ fn main() -> Result<()> {
         .build()?;
     match cli.command {
         Command::Target(t) => match t.ctl {
-            Some(TargetSub::Ctl(c)) => rt.block_on(target_ctl(c)),
-            None => rt.block_on(target_serve(t.serve)),
+            Some(TargetSub::Ctl(c)) => rt.block_on(target_cmd::target_ctl(c)),
+            None => rt.block_on(target_cmd::target_serve(t.serve)),
         },
+        Command::Iscsi(c) => rt.block_on(iscsi_cmd::run(c)),
     }
-}
-
-fn flags_config(f: &TargetServe) -> Result<ServerConfig> {
-    let iqn = f
-        .iqn
-        .clone()
-        .context("give --iqn with --portal and --lun, or --config FILE")?;
-    config::check_name(&iqn).map_err(|m| anyhow::anyhow!("--iqn: {m}"))?;
-    if f.portal.is_empty() {
-        bail!("--portal: give at least one portal, e.g. --portal 127.0.0.1:3260");
-    }
-    let mut groups = Vec::new();
-    for (i, p) in f.portal.iter().enumerate() {
-        let (addr, state) = match p.split_once('@') {
-            Some((a, s)) => (
-                a,
-                AluaState::parse(s).with_context(|| {
-                    format!(
-                        "--portal {p}: unknown ALUA state {s:?} (one of {})",
-                        AluaState::NAMES
-                    )
-                })?,
-            ),
-            None => (p.as_str(), AluaState::ActiveOptimized),
-        };
-        groups.push(PortalGroupSpec {
-            tag: i as u16 + 1,
-            portals: vec![config::parse_portal(addr).map_err(|m| anyhow::anyhow!("--portal: {m}"))?],
-            state,
-            preferred: false,
-        });
-    }
-    let mut luns = Vec::new();
-    let mut next = 1u16;
-    for l in &f.lun {
-        let (id, spec) = match l.split_once('=') {
-            Some((id, spec)) if id.chars().all(|c| c.is_ascii_digit()) => (
-                id.parse::<u16>()
-                    .with_context(|| format!("--lun {l}: bad LUN number"))?,
-                spec,
-            ),
-            _ => (next, l.as_str()),
-        };
-        next = id + 1;
-        luns.push(LunSpec {
-            id,
-            backing: BackingSpec::parse(spec).map_err(|m| anyhow::anyhow!("--lun: {m}"))?,
-            block_size: 512,
-            serial: None,
-            vendor: config::DEFAULT_VENDOR.into(),
-            product: config::DEFAULT_PRODUCT.into(),
-        });
-    }
-    if luns.is_empty() {
-        bail!("--lun: give at least one LUN, e.g. --lun mem:256M");
-    }
-    let alua = match f.alua.as_str() {
-        "none" => AluaMode::None,
-        "implicit" => AluaMode::Implicit,
-        "explicit" => AluaMode::Explicit,
-        "both" => AluaMode::Both,
-        other => bail!("--alua {other}: expected none, implicit, explicit or both"),
-    };
-    let chap = |s: &Option<String>, flag: &str| -> Result<Option<Chap>> {
-        s.as_deref()
-            .map(|v| Chap::parse(v).map_err(|m| anyhow::anyhow!("{flag}: {m}")))
-            .transpose()
-    };
-    let cfg = ServerConfig {
-        targets: vec![TargetSpec {
-            iqn,
-            alias: None,
-            portal_groups: groups,
-            luns,
-            allowed_initiators: f.allow.clone(),
-            chap: chap(&f.chap, "--chap")?,
-            mutual_chap: chap(&f.mutual_chap, "--mutual-chap")?,
-            alua,
-        }],
-        ..ServerConfig::default()
-    };
-    config::validate(&cfg).map_err(|(k, m)| anyhow::anyhow!("{k}: {m}"))?;
-    Ok(cfg)
-}
-
-async fn target_serve(f: TargetServe) -> Result<()> {
-    let mut cfg = match &f.config {
-        Some(path) => config::load_file(path)?,
-        None => flags_config(&f)?,
-    };
-    if f.control_socket.is_some() {
-        cfg.control_socket = f.control_socket.clone();
-    }
-    let socket = cfg.control_socket.clone().unwrap_or_else(default_socket);
-    let server = iscsi_target::Server::bind(cfg).await?;
-    for t in &server.config().targets {
-        eprintln!("target {}", t.iqn);
-        for g in &t.portal_groups {
-            for p in &g.portals {
-                eprintln!("  portal {p} (group {}, {})", g.tag, g.state);
-            }
-        }
-    }
-    for t in server.control().status().targets {
-        for l in t.luns {
-            eprintln!(
-                "  LUN {} {} {} bytes, WWID {}",
-                l.id, l.backing, l.size, l.wwid
-            );
-        }
-    }
-    eprintln!("control socket {}", socket.display());
-    let control = server.control();
-    let sock = socket.clone();
-    tokio::spawn(async move {
-        if let Err(e) = ctl::serve(&sock, control).await {
-            tracing::error!("control socket {}: {e}", sock.display());
-        }
-    });
-    server
-        .run(async {
-            let _ = tokio::signal::ctrl_c().await;
-            eprintln!("shutting down");
-        })
-        .await;
-    let _ = std::fs::remove_file(&socket);
-    Ok(())
-}
-
-async fn target_ctl(c: CtlCmd) -> Result<()> {
-    let req = match &c.op {
-        CtlOp::Status => CtlRequest::Status,
-        CtlOp::Sessions => CtlRequest::Sessions,
-        CtlOp::Alua {
-            target,
-            group,
-            state,
-        } => CtlRequest::SetAlua {
-            target: target.clone(),
-            group: *group,
-            state: AluaState::parse(state).with_context(|| {
-                format!("unknown ALUA state {state:?} (one of {})", AluaState::NAMES)
-            })?,
-        },
-        CtlOp::Lun { target, lun, state } => CtlRequest::SetLunOnline {
-            target: target.clone(),
-            lun: *lun,
-            online: state == "online",
-        },
-        CtlOp::Fault {
-            portal,
-            fault,
-            value,
-        } => {
-            let need =
-                |what: &str| value.with_context(|| format!("{fault} needs a value ({what})"));
-            match fault.as_str() {
-                "reset" => CtlRequest::ResetPortal { portal: *portal },
-                "blackhole" => CtlRequest::SetFault {
-                    portal: *portal,
-                    fault: Fault::Blackhole,
-                },
-                "delay" => CtlRequest::SetFault {
-                    portal: *portal,
-                    fault: Fault::Delay {
-                        ms: need("milliseconds")?,
-                    },
-                },
-                "drop-after" => CtlRequest::SetFault {
-                    portal: *portal,
-                    fault: Fault::DropAfter {
-                        pdus: need("PDUs")?,
-                    },
-                },
-                _ => CtlRequest::SetFault {
-                    portal: *portal,
-                    fault: Fault::None,
-                },
-            }
-        }
-    };
-    let socket = c.socket.clone().unwrap_or_else(default_socket);
-    let resp = ctl::call(&socket, &req).await?;
-    if c.json {
-        println!("{}", serde_json::to_string_pretty(&resp)?);
-        if let CtlResponse::Error { .. } = resp {
-            std::process::exit(1);
-        }
-        return Ok(());
-    }
-    match resp {
-        CtlResponse::Ok => {}
-        CtlResponse::Error { message } => bail!("{message}"),
-        CtlResponse::Status(s) => {
-            for t in s.targets {
-                println!("target {}", t.iqn);
-                for g in t.portal_groups {
-                    let ps: Vec<String> = g.portals.iter().map(|p| p.to_string()).collect();
-                    println!(
-                        "  group {} {}{} portals {}",
-                        g.tag,
-                        g.state,
-                        if g.preferred { " (preferred)" } else { "" },
-                        ps.join(" ")
-                    );
-                }
-                for l in t.luns {
-                    println!(
-                        "  lun {} {} size {} block {} {} wwid {}",
-                        l.id,
-                        l.backing,
-                        l.size,
-                        l.block_size,
-                        if l.online { "online" } else { "OFFLINE" },
-                        l.wwid
-                    );
-                }
-            }
-            let mut portals = s.portals;
-            portals.sort_by_key(|p| p.portal);
-            for p in portals {
-                println!(
-                    "portal {} connections {} fault {}",
-                    p.portal, p.connections, p.fault
-                );
-            }
-        }
-        CtlResponse::Sessions { sessions } => {
-            println!(
-                "{:<40} {:<16} {:>5} {:<22} {:<22} {:>6} {:>9}",
-                "initiator", "isid", "tsih", "portal", "peer", "tasks", "digests"
-            );
-            for s in sessions {
-                println!(
-                    "{:<40} {:<16} {:>5} {:<22} {:<22} {:>6} {:>9}   {}",
-                    s.initiator,
-                    s.isid,
-                    s.tsih,
-                    s.portal,
-                    s.peer,
-                    s.outstanding_tasks,
-                    match (s.header_digest, s.data_digest) {
-                        (true, true) => "hdr+data",
-                        (true, false) => "hdr",
-                        (false, true) => "data",
-                        _ => "none",
-                    },
-                    if s.discovery {
-                        "(discovery)".to_string()
-                    } else {
-                        s.target
-                    }
-                );
-            }
-        }
-    }
-    Ok(())
 }
