@@ -246,7 +246,7 @@ async fn io_cmd(
     let path = IscsiPath::new(s.clone(), lun, RetryPolicy::default());
     let info = probe::probe_lu(&path).await.context("probing the LU")?;
     let block = info.block_size as u64;
-    if bs == 0 || bs % block != 0 {
+    if bs == 0 || !bs.is_multiple_of(block) {
         bail!("--bs {bs} is not a multiple of the LU's block size {block}");
     }
     let capacity = info.blocks * block;
