@@ -384,6 +384,65 @@ impl Tgtd {
     pub fn control_port(&self) -> u16 {
         self.control_port
     }
+
+    /// Run `tgtadm -C <port> --lld iscsi ARGS` against this instance.
+    pub fn tgtadm(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new("tgtadm");
+        cmd.args(["-C", &self.control_port.to_string(), "--lld", "iscsi"])
+            .args(args);
+        run(&mut cmd, Duration::from_secs(10))
+    }
+
+    /// Require CHAP on target 1: `user`/`secret` from initiators, and answer mutual CHAP
+    /// with `mutual` when given.
+    pub fn require_chap(&self, user: &str, secret: &str, mutual: Option<(&str, &str)>) {
+        for args in [
+            vec![
+                "--mode",
+                "account",
+                "--op",
+                "new",
+                "--user",
+                user,
+                "--password",
+                secret,
+            ],
+            vec![
+                "--mode", "account", "--op", "bind", "--tid", "1", "--user", user,
+            ],
+        ] {
+            let o = self.tgtadm(&args);
+            assert!(o.success(), "tgtadm {args:?}: {}", o.all());
+        }
+        if let Some((u, p)) = mutual {
+            for args in [
+                vec![
+                    "--mode",
+                    "account",
+                    "--op",
+                    "new",
+                    "--user",
+                    u,
+                    "--password",
+                    p,
+                ],
+                vec![
+                    "--mode",
+                    "account",
+                    "--op",
+                    "bind",
+                    "--tid",
+                    "1",
+                    "--user",
+                    u,
+                    "--outgoing",
+                ],
+            ] {
+                let o = self.tgtadm(&args);
+                assert!(o.success(), "tgtadm {args:?}: {}", o.all());
+            }
+        }
+    }
 }
 
 /// A free TCP port on `ip` (bound and released; good enough for tests on loopback).
