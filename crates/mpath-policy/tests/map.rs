@@ -1,0 +1,526 @@
+//! Simulated-time tests of the map state machine: time is an `Instant` we move by hand.
+
+use std::time::{Duration, Instant};
+
+use block::{PathFailKind, PathFailReason};
+use mpath_policy::*;
+use scsi::AluaState;
+
+fn reason() -> PathFailReason {
+    PathFailReason::new(PathFailKind::ConnectionReset, "test")
+}
+
+fn alua_paths(states: &[AluaState]) -> Vec<(PathInfo, bool)> {
+    states
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| {
+            (
+                PathInfo {
+                    alua: Some(s),
+                    ..PathInfo::new(format!("p{i}"))
+                },
+                true,
+            )
+        })
+        .collect()
+}
+
+fn plain_paths(n: usize) -> Vec<(PathInfo, bool)> {
+    (0..n)
+        .map(|i| (PathInfo::new(format!("p{i}")), true))
+        .collect()
+}
+
+fn events(m: &mut Multipath) -> Vec<EventKind> {
+    std::iter::from_fn(|| m.poll_event())
+        .map(|e| e.kind)
+        .collect()
+}
+
+fn ids(v: &[u32]) -> Vec<PathId> {
+    v.iter().map(|&i| PathId(i)).collect()
+}
+
+/// Two ALUA groups: paths 0,1 active/optimized (group 0), 2,3 non-optimized (group 1).
+fn two_groups(failback: Failback) -> (Multipath, Instant) {
+    let t0 = Instant::now();
+    let config = MapConfig {
+        failback,
+        flap: None,
+        ..MapConfig::default()
+    };
+    let ao = AluaState::ACTIVE_OPTIMIZED;
+    let ano = AluaState::ACTIVE_NON_OPTIMIZED;
+    let m = Multipath::new(config, alua_paths(&[ao, ao, ano, ano]), t0);
+    (m, t0)
+}
+
+#[test]
+fn defaults_are_design_section_6() {
+    let c = MapConfig::default();
+    assert_eq!(c.selector, SelectorKind::ServiceTime);
+    assert_eq!(c.grouping, Grouping::GroupByPrio);
+    assert_eq!(c.failback, Failback::Immediate);
+    assert_eq!(c.no_path, NoPathPolicy::Queue(Duration::from_secs(60)));
+}
+
+#[test]
+fn starts_on_best_group_and_routes_its_paths() {
+    let (mut m, _) = two_groups(Failback::Immediate);
+    assert_eq!(m.groups().len(), 2);
+    assert_eq!(m.active_group(), Some(0));
+    assert_eq!(m.routing(), ids(&[0, 1]));
+    assert_eq!(m.group_status(1), Some(GroupStatus::Enabled));
+    assert!(matches!(
+        events(&mut m)[..],
+        [EventKind::GroupSwitched {
+            from: None,
+            to: Some(0),
+            cause: SwitchCause::Initial
+        }]
+    ));
+}
+
+#[test]
+fn failover_then_immediate_failback() {
+    let (mut m, t0) = two_groups(Failback::Immediate);
+    events(&mut m);
+    m.fail_path(PathId(0), reason(), t0).unwrap();
+    assert_eq!(m.routing(), ids(&[1]));
+    m.fail_path(PathId(1), reason(), t0).unwrap();
+    assert_eq!(m.active_group(), Some(1));
+    assert_eq!(m.routing(), ids(&[2, 3]));
+    let ev = events(&mut m);
+    assert!(ev.contains(&EventKind::GroupSwitched {
+        from: Some(0),
+        to: Some(1),
+        cause: SwitchCause::Failover
+    }));
+    m.reinstate_path(PathId(1), ReinstateCause::Checker, t0)
+        .unwrap();
+    assert_eq!(m.active_group(), Some(0));
+    assert_eq!(m.routing(), ids(&[1]));
+    assert!(events(&mut m).contains(&EventKind::GroupSwitched {
+        from: Some(1),
+        to: Some(0),
+        cause: SwitchCause::Failback
+    }));
+}
+
+#[test]
+fn manual_failback_stays() {
+    let (mut m, t0) = two_groups(Failback::Manual);
+    m.fail_path(PathId(0), reason(), t0).unwrap();
+    m.fail_path(PathId(1), reason(), t0).unwrap();
+    m.reinstate_path(PathId(0), ReinstateCause::Checker, t0)
+        .unwrap();
+    assert_eq!(m.active_group(), Some(1));
+    // Only a failover or the operator moves it.
+    m.switch_group(0, t0).unwrap();
+    assert_eq!(m.active_group(), Some(0));
+}
+
+#[test]
+fn deferred_failback_waits_and_cancels() {
+    let d = Duration::from_secs(10);
+    let (mut m, t0) = two_groups(Failback::Deferred(d));
+    m.fail_path(PathId(0), reason(), t0).unwrap();
+    m.fail_path(PathId(1), reason(), t0).unwrap();
+    assert_eq!(m.active_group(), Some(1));
+    let t1 = t0 + Duration::from_secs(1);
+    m.reinstate_path(PathId(0), ReinstateCause::Checker, t1)
+        .unwrap();
+    assert_eq!(m.active_group(), Some(1));
+    assert_eq!(m.poll_timeout(), Some(t1 + d));
+    m.handle_timeout(t1 + d - Duration::from_millis(1));
+    assert_eq!(m.active_group(), Some(1));
+    m.handle_timeout(t1 + d);
+    assert_eq!(m.active_group(), Some(0));
+
+    // Cancelled when the better group fails again before the deadline.
+    m.fail_path(PathId(0), reason(), t1 + d).unwrap();
+    assert_eq!(m.active_group(), Some(1));
+    let t2 = t1 + d + Duration::from_secs(1);
+    m.reinstate_path(PathId(0), ReinstateCause::Checker, t2)
+        .unwrap();
+    assert!(m.poll_timeout().is_some());
+    m.fail_path(PathId(0), reason(), t2 + Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(m.poll_timeout(), None);
+    m.handle_timeout(t2 + d * 2);
+    assert_eq!(m.active_group(), Some(1));
+}
+
+#[test]
+fn followover_fails_back_only_for_first_path_back() {
+    let (mut m, t0) = two_groups(Failback::Followover);
+    // Another host (or operator) moved us to group 1 while group 0 was usable.
+    m.switch_group(1, t0).unwrap();
+    // Group 0's paths fail and come back: the pin on group 1 holds until group 1 dies.
+    m.fail_path(PathId(0), reason(), t0).unwrap();
+    m.fail_path(PathId(1), reason(), t0).unwrap();
+    m.reinstate_path(PathId(0), ReinstateCause::Checker, t0)
+        .unwrap();
+    assert_eq!(m.active_group(), Some(1), "operator's choice is kept");
+
+    // Without a pin: group 0 dies, we fail over, and its first path back fails back.
+    let (mut m, t0) = two_groups(Failback::Followover);
+    m.fail_path(PathId(0), reason(), t0).unwrap();
+    m.fail_path(PathId(1), reason(), t0).unwrap();
+    assert_eq!(m.active_group(), Some(1));
+    m.reinstate_path(PathId(0), ReinstateCause::Checker, t0)
+        .unwrap();
+    assert_eq!(m.active_group(), Some(0));
+
+    // Moved away while group 0 kept a usable path (here: disabled and re-enabled, as
+    // when another node requested the failover): a later path coming back to group 0 is
+    // not its first, so no failback.
+    let (mut m, t0) = two_groups(Failback::Followover);
+    m.fail_path(PathId(1), reason(), t0).unwrap();
+    m.disable_group(0, t0).unwrap();
+    assert_eq!(m.active_group(), Some(1));
+    m.enable_group(0, t0).unwrap();
+    assert_eq!(m.active_group(), Some(1));
+    m.reinstate_path(PathId(1), ReinstateCause::Checker, t0)
+        .unwrap();
+    assert_eq!(m.active_group(), Some(1));
+}
+
+#[test]
+fn operator_switch_is_not_undone_by_immediate_failback() {
+    // multipath-tools #154: switchgroup to a lower group, then any path event made
+    // failback switch straight back.
+    let (mut m, t0) = two_groups(Failback::Immediate);
+    m.switch_group(1, t0).unwrap();
+    assert_eq!(m.active_group(), Some(1));
+    m.fail_path(PathId(0), reason(), t0).unwrap();
+    m.reinstate_path(PathId(0), ReinstateCause::Checker, t0)
+        .unwrap();
+    m.checker_report(PathId(1), CheckerState::Up, t0).unwrap();
+    m.handle_timeout(t0 + Duration::from_secs(3600));
+    assert_eq!(m.active_group(), Some(1));
+    assert!(m.view().groups[1].pinned);
+    // The pin ends when its group loses every path; then normal policy applies.
+    m.fail_path(PathId(2), reason(), t0).unwrap();
+    m.fail_path(PathId(3), reason(), t0).unwrap();
+    assert_eq!(m.active_group(), Some(0));
+    m.reinstate_path(PathId(2), ReinstateCause::Checker, t0)
+        .unwrap();
+    assert_eq!(m.active_group(), Some(0));
+}
+
+#[test]
+fn messages_that_do_not_apply_are_typed_errors() {
+    let (mut m, t0) = two_groups(Failback::Immediate);
+    assert_eq!(
+        m.fail_path(PathId(9), reason(), t0),
+        Err(PolicyError::NoSuchPath(PathId(9)))
+    );
+    m.fail_path(PathId(0), reason(), t0).unwrap();
+    assert_eq!(
+        m.fail_path(PathId(0), reason(), t0),
+        Err(PolicyError::PathAlreadyFailed(PathId(0)))
+    );
+    assert_eq!(
+        m.reinstate_path(PathId(1), ReinstateCause::Operator, t0),
+        Err(PolicyError::PathAlreadyActive(PathId(1)))
+    );
+    assert_eq!(m.switch_group(5, t0), Err(PolicyError::NoSuchGroup(5)));
+    assert_eq!(m.enable_group(1, t0), Err(PolicyError::GroupNotDisabled(1)));
+    m.disable_group(1, t0).unwrap();
+    assert_eq!(m.disable_group(1, t0), Err(PolicyError::GroupDisabled(1)));
+    assert_eq!(m.switch_group(1, t0), Err(PolicyError::GroupDisabled(1)));
+    m.enable_group(1, t0).unwrap();
+    m.fail_path(PathId(2), reason(), t0).unwrap();
+    m.fail_path(PathId(3), reason(), t0).unwrap();
+    assert_eq!(
+        m.switch_group(1, t0),
+        Err(PolicyError::GroupHasNoUsablePath(1))
+    );
+    assert_eq!(
+        m.set_queue_if_no_path(true, t0),
+        Err(PolicyError::QueueIfNoPathAlready(true))
+    );
+    assert!(matches!(
+        m.checker_report(PathId(1), CheckerState::Delayed, t0),
+        Err(PolicyError::Transition { .. })
+    ));
+}
+
+#[test]
+fn disabled_group_is_bypassed_but_used_as_last_resort() {
+    let (mut m, t0) = two_groups(Failback::Immediate);
+    m.disable_group(0, t0).unwrap();
+    assert_eq!(m.active_group(), Some(1));
+    assert_eq!(m.group_status(0), Some(GroupStatus::Disabled));
+    m.fail_path(PathId(2), reason(), t0).unwrap();
+    m.fail_path(PathId(3), reason(), t0).unwrap();
+    assert_eq!(m.active_group(), Some(0), "bypassed group beats no path");
+    m.reinstate_path(PathId(2), ReinstateCause::Checker, t0)
+        .unwrap();
+    assert_eq!(m.active_group(), Some(1));
+    m.enable_group(0, t0).unwrap();
+    assert_eq!(m.active_group(), Some(0));
+}
+
+#[test]
+fn bounded_queueing_window() {
+    let t0 = Instant::now();
+    let mut m = Multipath::new(MapConfig::default(), plain_paths(2), t0);
+    events(&mut m);
+    assert_eq!(m.no_path_verdict(), NoPathVerdict::Retry);
+    m.fail_path(PathId(0), reason(), t0).unwrap();
+    m.fail_path(PathId(1), reason(), t0).unwrap();
+    let until = t0 + DEFAULT_NO_PATH_QUEUE;
+    assert_eq!(
+        m.no_path_verdict(),
+        NoPathVerdict::Queue { until: Some(until) }
+    );
+    assert!(events(&mut m).contains(&EventKind::QueueingStarted { until: Some(until) }));
+    assert_eq!(m.poll_timeout(), Some(until));
+    m.handle_timeout(until - Duration::from_millis(1));
+    assert!(matches!(m.no_path_verdict(), NoPathVerdict::Queue { .. }));
+    m.handle_timeout(until);
+    assert_eq!(
+        m.no_path_verdict(),
+        NoPathVerdict::Fail(NoPathReason::QueueExpired {
+            after: DEFAULT_NO_PATH_QUEUE
+        })
+    );
+    assert_eq!(m.no_path_time(until), DEFAULT_NO_PATH_QUEUE);
+    // A path back: usable again; losing it again opens a fresh window.
+    let t1 = until + Duration::from_secs(5);
+    m.reinstate_path(PathId(0), ReinstateCause::Operator, t1)
+        .unwrap();
+    assert_eq!(m.no_path_verdict(), NoPathVerdict::Retry);
+    assert_eq!(
+        m.no_path_time(t1 + Duration::from_secs(100)),
+        Duration::from_secs(65)
+    );
+    m.fail_path(PathId(0), reason(), t1).unwrap();
+    assert_eq!(
+        m.no_path_verdict(),
+        NoPathVerdict::Queue {
+            until: Some(t1 + DEFAULT_NO_PATH_QUEUE)
+        }
+    );
+}
+
+#[test]
+fn queue_forever_and_fail_policies() {
+    let t0 = Instant::now();
+    let forever = MapConfig {
+        no_path: NoPathPolicy::QueueForever,
+        ..MapConfig::default()
+    };
+    let mut m = Multipath::new(forever, plain_paths(1), t0);
+    m.fail_path(PathId(0), reason(), t0).unwrap();
+    assert_eq!(m.no_path_verdict(), NoPathVerdict::Queue { until: None });
+    assert_eq!(m.poll_timeout(), None);
+
+    let fail = MapConfig {
+        no_path: NoPathPolicy::Fail,
+        ..MapConfig::default()
+    };
+    let mut m = Multipath::new(fail, plain_paths(1), t0);
+    m.fail_path(PathId(0), reason(), t0).unwrap();
+    assert_eq!(
+        m.no_path_verdict(),
+        NoPathVerdict::Fail(NoPathReason::PolicyFail)
+    );
+    // Turning queueing on with a `fail` policy queues for the default window.
+    m.set_queue_if_no_path(true, t0).unwrap();
+    assert_eq!(
+        m.no_path_verdict(),
+        NoPathVerdict::Queue {
+            until: Some(t0 + DEFAULT_NO_PATH_QUEUE)
+        }
+    );
+}
+
+#[test]
+fn queueing_disabled_and_restored_at_run_time() {
+    let t0 = Instant::now();
+    let mut m = Multipath::new(MapConfig::default(), plain_paths(1), t0);
+    m.fail_path(PathId(0), reason(), t0).unwrap();
+    events(&mut m);
+    m.set_queue_if_no_path(false, t0).unwrap();
+    assert_eq!(
+        m.no_path_verdict(),
+        NoPathVerdict::Fail(NoPathReason::QueueingDisabled)
+    );
+    let ev = events(&mut m);
+    assert!(ev.contains(&EventKind::QueueingEnded {
+        cause: QueueEndCause::Disabled
+    }));
+    let t1 = t0 + Duration::from_secs(100);
+    m.set_queue_if_no_path(true, t1).unwrap();
+    assert_eq!(
+        m.no_path_verdict(),
+        NoPathVerdict::Queue {
+            until: Some(t1 + DEFAULT_NO_PATH_QUEUE)
+        }
+    );
+    assert!(m.queue_if_no_path());
+}
+
+#[test]
+fn flapping_path_is_held_back() {
+    let t0 = Instant::now();
+    let flap = FlapDamping::default();
+    let mut m = Multipath::new(MapConfig::default(), plain_paths(2), t0);
+    let mut t = t0;
+    for _ in 0..flap.failures - 1 {
+        m.fail_path(PathId(0), reason(), t).unwrap();
+        t += Duration::from_secs(5);
+        assert_eq!(
+            m.reinstate_path(PathId(0), ReinstateCause::TransportRecovered, t),
+            Ok(Reinstatement::Now)
+        );
+        t += Duration::from_secs(5);
+    }
+    m.fail_path(PathId(0), reason(), t).unwrap();
+    t += Duration::from_secs(5);
+    let until = t + flap.hold;
+    assert_eq!(
+        m.reinstate_path(PathId(0), ReinstateCause::TransportRecovered, t),
+        Ok(Reinstatement::Delayed { until })
+    );
+    assert_eq!(
+        m.path_state(PathId(0)),
+        Some(PathState::new(DmState::Failed, CheckerState::Delayed))
+    );
+    // The checker keeps seeing it up: still held.
+    m.checker_report(PathId(0), CheckerState::Up, t).unwrap();
+    assert_eq!(m.routing(), ids(&[1]));
+    assert_eq!(m.poll_timeout(), Some(until));
+    m.handle_timeout(until);
+    assert_eq!(m.routing(), ids(&[0, 1]));
+    let ev = events(&mut m);
+    assert!(ev.contains(&EventKind::PathReinstated {
+        path: PathId(0),
+        cause: ReinstateCause::HoldElapsed
+    }));
+
+    // The operator bypasses the hold.
+    for _ in 0..flap.failures {
+        m.fail_path(PathId(1), reason(), t).unwrap();
+        m.reinstate_path(PathId(1), ReinstateCause::Operator, t)
+            .unwrap();
+    }
+    assert_eq!(m.path_state(PathId(1)).map(|s| s.dm), Some(DmState::Active));
+}
+
+#[test]
+fn flap_hold_cancelled_by_down_report() {
+    let t0 = Instant::now();
+    let mut m = Multipath::new(MapConfig::default(), plain_paths(2), t0);
+    for _ in 0..3 {
+        m.fail_path(PathId(0), reason(), t0).unwrap();
+        let _ = m.reinstate_path(PathId(0), ReinstateCause::Checker, t0);
+    }
+    assert_eq!(
+        m.path_state(PathId(0)).map(|s| s.checker),
+        Some(CheckerState::Delayed)
+    );
+    m.checker_report(PathId(0), CheckerState::Down, t0).unwrap();
+    assert_eq!(m.path_state(PathId(0)), Some(PathState::FAILED_DOWN));
+    assert_eq!(m.poll_timeout(), None);
+}
+
+#[test]
+fn checker_view_and_ghosts() {
+    let t0 = Instant::now();
+    let config = MapConfig {
+        grouping: Grouping::Multibus,
+        ..MapConfig::default()
+    };
+    let mut m = Multipath::new(config, plain_paths(3), t0);
+    m.checker_report(PathId(0), CheckerState::Ghost, t0)
+        .unwrap();
+    m.checker_report(PathId(1), CheckerState::Shaky, t0)
+        .unwrap();
+    // Up paths first, then shaky, ghosts last.
+    assert_eq!(m.routing(), ids(&[2]));
+    m.checker_report(PathId(2), CheckerState::Down, t0).unwrap();
+    assert_eq!(m.path_state(PathId(2)), Some(PathState::FAILED_DOWN));
+    assert_eq!(m.routing(), ids(&[1]));
+    m.checker_report(PathId(1), CheckerState::Down, t0).unwrap();
+    assert_eq!(m.routing(), ids(&[0]));
+    // A failed path the checker sees up again is reinstated.
+    m.checker_report(PathId(2), CheckerState::Up, t0).unwrap();
+    assert_eq!(m.routing(), ids(&[2]));
+    // Repeating a state is not an error.
+    m.checker_report(PathId(2), CheckerState::Up, t0).unwrap();
+}
+
+#[test]
+fn alua_standby_regroups() {
+    let (mut m, t0) = two_groups(Failback::Immediate);
+    // Path 0 answered standby: failed, and it moves to a group of its own below.
+    m.fail_path(
+        PathId(0),
+        PathFailReason::new(PathFailKind::AluaInaccessible, "standby"),
+        t0,
+    )
+    .unwrap();
+    m.set_path_alua(PathId(0), AluaState::STANDBY, t0).unwrap();
+    assert_eq!(m.groups().len(), 3);
+    assert_eq!(m.groups()[2].paths, ids(&[0]));
+    assert_eq!(m.active_group(), Some(0));
+    assert_eq!(m.routing(), ids(&[1]));
+    // Reinstated, it is a ghost in the lowest group and takes no I/O.
+    m.reinstate_path(PathId(0), ReinstateCause::Checker, t0)
+        .unwrap();
+    assert_eq!(
+        m.path_state(PathId(0)).map(|s| s.checker),
+        Some(CheckerState::Ghost)
+    );
+    assert_eq!(m.routing(), ids(&[1]));
+    assert!(events(&mut m).contains(&EventKind::Regrouped { groups: 3 }));
+}
+
+#[test]
+fn regroup_keeps_pin_and_disabled_groups() {
+    let (mut m, t0) = two_groups(Failback::Immediate);
+    m.switch_group(1, t0).unwrap();
+    m.disable_group(0, t0).unwrap();
+    let mut info = m.path_info(PathId(3)).unwrap().clone();
+    info.priority = Some(3);
+    m.update_path(PathId(3), info, t0).unwrap();
+    let v = m.view();
+    assert_eq!(v.groups.len(), 3);
+    assert_eq!(
+        m.active_group().map(|g| v.groups[g].paths.clone()),
+        Some(ids(&[2]))
+    );
+    assert!(v.groups[v.active_group.unwrap()].pinned);
+    assert_eq!(v.groups[0].status, GroupStatus::Disabled);
+}
+
+#[test]
+fn starts_without_paths_and_queues() {
+    let t0 = Instant::now();
+    let mut m = Multipath::new(MapConfig::default(), vec![(PathInfo::new("a"), false)], t0);
+    assert_eq!(m.active_group(), None);
+    assert!(matches!(m.no_path_verdict(), NoPathVerdict::Queue { .. }));
+    m.reinstate_path(PathId(0), ReinstateCause::TransportRecovered, t0)
+        .unwrap();
+    assert_eq!(m.active_group(), Some(0));
+    assert_eq!(m.no_path_verdict(), NoPathVerdict::Retry);
+    assert!(events(&mut m).contains(&EventKind::QueueingEnded {
+        cause: QueueEndCause::PathAvailable
+    }));
+}
+
+#[test]
+fn generation_grows_on_every_change() {
+    let (mut m, t0) = two_groups(Failback::Immediate);
+    let g0 = m.generation();
+    m.fail_path(PathId(0), reason(), t0).unwrap();
+    let g1 = m.generation();
+    assert!(g1 > g0);
+    let _ = m.fail_path(PathId(0), reason(), t0);
+    assert_eq!(m.generation(), g1, "a refused message changes nothing");
+}
