@@ -112,7 +112,7 @@ pub fn group_paths(policy: Grouping, paths: &[(PathId, &PathInfo)]) -> Vec<Prior
         })
         .collect();
     // Stable: equal priorities keep the order of their first path.
-    out.sort_by(|a, b| b.priority.cmp(&a.priority));
+    out.sort_by_key(|g| std::cmp::Reverse(g.priority));
     out
 }
 

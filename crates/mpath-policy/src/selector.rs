@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use crate::path::MAX_RELATIVE_THROUGHPUT;
 
 /// Which selector a map uses, with its arguments.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum SelectorKind {
     /// Each path in turn, `repeat_count` I/Os at a time (dm's default repeat count for
     /// request-based multipath is 1).
@@ -28,16 +28,11 @@ pub enum SelectorKind {
     QueueLength,
     /// The path with the least estimated service time: bytes in flight (plus this I/O) /
     /// relative throughput. The default, and the seed's choice.
+    #[default]
     ServiceTime,
     /// The path with the least estimated service time from a decaying average of measured
     /// service times, probing paths whose estimate went stale.
     HistoricalServiceTime(HstParams),
-}
-
-impl Default for SelectorKind {
-    fn default() -> SelectorKind {
-        SelectorKind::ServiceTime
-    }
 }
 
 impl SelectorKind {
