@@ -5,6 +5,8 @@
 //! returns false — unless `MPATH_REQUIRE_PEERS=1` (as `.ci/run` sets), where a missing peer
 //! fails the test: CI must never pass by skipping.
 
+pub mod fake_path;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
