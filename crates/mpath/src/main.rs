@@ -101,6 +101,25 @@ enum IscsiOp {
         #[command(flatten)]
         common: IscsiCommon,
     },
+    /// Random reads at a fixed queue depth for a while; print IOPS (what libiscsi's
+    /// iscsi-perf does, for comparisons).
+    Perf {
+        portal: String,
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value_t = 1)]
+        lun: u16,
+        /// Bytes per read.
+        #[arg(long, default_value = "4K")]
+        bs: String,
+        #[arg(long, default_value_t = 32)]
+        depth: usize,
+        /// How long to run, in seconds.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        #[command(flatten)]
+        common: IscsiCommon,
+    },
 }
 
 #[derive(Args)]
@@ -208,9 +227,16 @@ fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // Servers use every core; a diagnostic client is one event loop (as iscsi-perf is):
+    // commands then never hop between threads.
+    let rt = match cli.command {
+        Command::Iscsi(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+    };
     match cli.command {
         Command::Target(t) => match t.ctl {
             Some(TargetSub::Ctl(c)) => rt.block_on(target_cmd::target_ctl(c)),
