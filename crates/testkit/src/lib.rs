@@ -7,6 +7,8 @@
 
 pub mod fake_path;
 
+pub mod proxy;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
