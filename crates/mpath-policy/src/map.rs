@@ -634,7 +634,8 @@ impl Multipath {
             Err(error) => return Err(PolicyError::Transition { path: id, error }),
         };
         if from.dm == DmState::Active && to.dm == DmState::Failed {
-            let reason = PathFailReason::new(PathFailKind::Administrative, "checker reported down");
+            let reason =
+                PathFailReason::new(PathFailKind::NotReady, "checker reported the path down");
             self.record_failure(i, to, reason, now);
         } else {
             let p = &mut self.paths[i];

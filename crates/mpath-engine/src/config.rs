@@ -1,0 +1,83 @@
+//! What a multipath device is built from: its name, the LU's facts, its limits and the
+//! policy.
+
+use std::sync::Arc;
+
+use block::{DeviceInfo, PathTransport};
+use mpath_policy::{MapConfig, PathInfo};
+
+/// LIO's default MAXIMUM WRITE SAME LENGTH (VPD 0xB0), in blocks: a value every target we
+/// know accepts. The daemon replaces it with what the LU reports.
+pub const DEFAULT_MAX_WRITE_SAME_BLOCKS: u32 = 0xffff;
+
+/// Blocks per UNMAP descriptor when the LU's MAXIMUM UNMAP LBA COUNT is not known: the
+/// same conservative order as [`DEFAULT_MAX_WRITE_SAME_BLOCKS`]; larger discards are
+/// split.
+pub const DEFAULT_MAX_UNMAP_BLOCKS: u32 = 0xffff;
+
+/// Limits of the LU beyond [`DeviceInfo`] (from VPD 0xB0 and MODE SENSE), which decide
+/// how block operations become SCSI commands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IoLimits {
+    /// MAXIMUM UNMAP LBA COUNT: blocks per UNMAP command.
+    pub max_unmap_blocks: u32,
+    /// MAXIMUM WRITE SAME LENGTH: blocks per WRITE SAME command.
+    pub max_write_same_blocks: u32,
+    /// The LU takes WRITE SAME(16) with NDOB (no Data-Out buffer) for zeroing.
+    pub write_same_ndob: bool,
+    /// The LU honours FUA (MODE SENSE DPOFUA). Without it a FUA write to a volatile
+    /// cache is followed by SYNCHRONIZE CACHE over its range.
+    pub fua: bool,
+}
+
+impl Default for IoLimits {
+    fn default() -> IoLimits {
+        IoLimits {
+            max_unmap_blocks: DEFAULT_MAX_UNMAP_BLOCKS,
+            max_write_same_blocks: DEFAULT_MAX_WRITE_SAME_BLOCKS,
+            write_same_ndob: false,
+            fua: true,
+        }
+    }
+}
+
+/// A multipath device's configuration.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// The map's name (alias or WWID), for logs and events.
+    pub name: String,
+    /// Capacity, block size, maximum transfer, write cache: probed by the daemon.
+    pub device: DeviceInfo,
+    pub limits: IoLimits,
+    pub policy: MapConfig,
+    /// Reinstate a failed path as soon as its transport logs in again
+    /// (`PathEvent::Recovered`), subject to flap damping. Without it only the checker
+    /// (`checker_report`) or an operator reinstates.
+    pub reinstate_on_recovery: bool,
+}
+
+impl EngineConfig {
+    /// Defaults for everything but the name and the device facts.
+    pub fn new(name: impl Into<String>, device: DeviceInfo) -> EngineConfig {
+        EngineConfig {
+            name: name.into(),
+            device,
+            limits: IoLimits::default(),
+            policy: MapConfig::default(),
+            reinstate_on_recovery: true,
+        }
+    }
+}
+
+/// One path of a map: what the policy knows about it and how to reach it.
+#[derive(Clone)]
+pub struct PathSpec {
+    pub info: PathInfo,
+    pub transport: Arc<dyn PathTransport>,
+}
+
+impl PathSpec {
+    pub fn new(info: PathInfo, transport: Arc<dyn PathTransport>) -> PathSpec {
+        PathSpec { info, transport }
+    }
+}

@@ -1,0 +1,566 @@
+//! The multipath device: its handle, the state shared between the I/O fast path and the
+//! owner task, and the fast path itself.
+//!
+//! The fast path runs in the submitting task: read the routing (the active group's usable
+//! paths, published by the owner), let the selector pick, submit on that path and await
+//! the answer there. It takes one lock — the routing's `RwLock`, for reading, for the few
+//! nanoseconds the selector runs — which the owner holds for writing only to swap a new
+//! routing in. Everything slow (failing a path, reinstating, switching group, queueing
+//! with no path, timers) happens in the owner task, reached by message.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use block::{
+    BlockDevice, BlockOp, DeviceInfo, IoError, IoErrorKind, Outcome, PathEvent, PathFailKind,
+    PathFailReason, PathTransport,
+};
+use bytes::{Bytes, BytesMut};
+use mpath_policy::{
+    classify, ErrorClass, Event, EventKind, Multipath, PathId, PathLoad, Reinstatement,
+    RequeueCause, Selector, SelectorKind,
+};
+use scsi::AluaState;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::config::{EngineConfig, IoLimits, PathSpec};
+use crate::counters::{IoCounters, MapCounters};
+use crate::inflight::{Attempt, Inflight, InflightTable};
+use crate::message::{MapStatus, Message, MessageError, Reply};
+use crate::owner::Owner;
+use crate::plan::{plan, Cmd, Plan};
+
+/// Events kept for `status` (the broadcast channel has its own, separate buffer).
+const RECENT_EVENTS: usize = 256;
+
+/// Broadcast buffer per subscriber: a subscriber that falls this far behind loses the
+/// oldest events (and is told how many); a path failure under load makes one
+/// `IoRequeued` per command in flight, a few hundred at most.
+const EVENT_CHANNEL_CAPACITY: usize = 1024;
+
+/// `no_path_since_ns` when some path is usable.
+const USABLE: u64 = u64::MAX;
+
+/// One path as the fast path and the owner share it.
+pub(crate) struct PathShared {
+    pub id: PathId,
+    pub transport: Arc<dyn PathTransport>,
+    pub load: PathLoad,
+    pub inflight: InflightTable,
+    /// Grows at each reinstatement: a path error from a command issued before it is
+    /// about the old connection and must not fail the path again.
+    pub incarnation: AtomicU64,
+    pub counters: IoCounters,
+}
+
+/// What the fast path may use: published by the owner after every change.
+pub(crate) struct Routing {
+    /// Indices into `Shared::paths`.
+    pub paths: Vec<usize>,
+    pub selector: Selector,
+}
+
+/// A question the fast path asks the owner.
+pub(crate) enum Ask {
+    /// The routing had no usable path.
+    NoPath,
+    /// A command failed on `path` with a path error.
+    PathError {
+        path: PathId,
+        incarnation: u64,
+        reason: PathFailReason,
+        alua: Option<AluaState>,
+    },
+}
+
+/// The owner's answer: issue the request again, or complete it with this error.
+pub(crate) enum Verdict {
+    Retry,
+    Fail(IoError),
+}
+
+/// What the owner task receives.
+pub(crate) enum Command {
+    Ask {
+        ask: Ask,
+        reply: oneshot::Sender<Verdict>,
+    },
+    Path {
+        path: PathId,
+        event: PathEvent,
+    },
+    Message {
+        msg: Message,
+        reply: oneshot::Sender<Result<Reply, MessageError>>,
+    },
+    Stop,
+}
+
+pub(crate) struct Shared {
+    pub name: String,
+    pub device: DeviceInfo,
+    pub limits: IoLimits,
+    pub transition_retry: Duration,
+    pub transition_timeout: Duration,
+    /// Time zero of the selectors' nanosecond clock.
+    pub epoch: Instant,
+    pub paths: Vec<PathShared>,
+    pub routing: RwLock<Routing>,
+    pub commands: mpsc::UnboundedSender<Command>,
+    pub counters: IoCounters,
+    pub events: broadcast::Sender<Event>,
+    pub recent: Mutex<VecDeque<Event>>,
+    /// No-path time up to `no_path_since_ns`, and since when there has been no usable
+    /// path (`USABLE` when there is one); kept by the owner.
+    pub no_path_total_ns: AtomicU64,
+    pub no_path_since_ns: AtomicU64,
+}
+
+impl Shared {
+    pub fn ns(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Record and publish an event.
+    pub fn emit(&self, event: Event) {
+        match &event.kind {
+            EventKind::IoRequeued { .. } | EventKind::IoFailed { .. } => {
+                tracing::debug!(map = %self.name, "{}", event.kind)
+            }
+            _ => tracing::info!(map = %self.name, "{}", event.kind),
+        }
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            if recent.len() >= RECENT_EVENTS {
+                recent.pop_front();
+            }
+            recent.push_back(event.clone());
+        }
+        // No subscriber is not an error.
+        let _ = self.events.send(event);
+    }
+
+    fn emit_now(&self, kind: EventKind) {
+        self.emit(Event {
+            at: Instant::now().into_std(),
+            kind,
+        });
+    }
+
+    /// The selector's choice among the published candidates, and how many there were.
+    #[inline]
+    fn pick(&self, bytes: u64, now_ns: u64) -> Option<(usize, usize)> {
+        let r = self.routing.read().unwrap_or_else(|e| e.into_inner());
+        let n = r.paths.len();
+        let i = r
+            .selector
+            .select(n, |i| &self.paths[r.paths[i]].load, bytes, now_ns)?;
+        Some((r.paths[i], n))
+    }
+
+    async fn ask(&self, ask: Ask) -> Verdict {
+        let (reply, rx) = oneshot::channel();
+        if self.commands.send(Command::Ask { ask, reply }).is_err() {
+            return Verdict::Fail(stopped(&self.name));
+        }
+        rx.await
+            .unwrap_or_else(|_| Verdict::Fail(stopped(&self.name)))
+    }
+
+    /// Issue one command until it completes: on a path error the path is failed and the
+    /// same command is issued on another path; with no path the owner queues or fails it.
+    pub(crate) async fn execute(&self, cmd: &Cmd) -> Result<Bytes, IoError> {
+        let mut transitioning_since: Option<Instant> = None;
+        loop {
+            let start = Instant::now();
+            let start_ns = self.ns(start);
+            let Some((index, candidates)) = self.pick(cmd.bytes, start_ns) else {
+                match self.ask(Ask::NoPath).await {
+                    Verdict::Retry => continue,
+                    Verdict::Fail(e) => return Err(e),
+                }
+            };
+            let path = &self.paths[index];
+            let incarnation = path.incarnation.load(Ordering::Acquire);
+            let epoch = path.inflight.epoch();
+            path.load.start_io(cmd.bytes);
+            let attempt =
+                Inflight::new(&path.inflight, path.transport.submit(cmd.request()), epoch).await;
+            let end = Instant::now();
+            path.load
+                .end_io(cmd.bytes, start_ns, self.ns(end), candidates);
+            let err = match attempt {
+                Attempt::Done(Ok(data)) => {
+                    path.counters.completed(cmd.bytes, end - start);
+                    return Ok(data);
+                }
+                Attempt::Orphaned => {
+                    path.counters.requeue();
+                    self.counters.requeue();
+                    self.emit_now(EventKind::IoRequeued {
+                        path: path.id,
+                        cause: RequeueCause::PathFailed,
+                    });
+                    continue;
+                }
+                Attempt::Done(Err(e)) => e,
+            };
+            path.counters.error();
+            let (reason, alua) = match classify(&err) {
+                ErrorClass::Target | ErrorClass::Invalid => {
+                    path.counters.completed(cmd.bytes, end - start);
+                    return Err(err);
+                }
+                ErrorClass::Transitioning => {
+                    let since = *transitioning_since.get_or_insert(start);
+                    if end.saturating_duration_since(since) < self.transition_timeout {
+                        path.counters.requeue();
+                        self.counters.requeue();
+                        self.emit_now(EventKind::IoRequeued {
+                            path: path.id,
+                            cause: RequeueCause::Transitioning,
+                        });
+                        tokio::time::sleep(self.transition_retry).await;
+                        continue;
+                    }
+                    (
+                        PathFailReason::new(
+                            PathFailKind::AluaInaccessible,
+                            format!(
+                                "ALUA transition still in progress after {:?}",
+                                self.transition_timeout
+                            ),
+                        ),
+                        None,
+                    )
+                }
+                ErrorClass::PathFailure { reason, alua } => (reason, alua),
+            };
+            path.counters.requeue();
+            self.counters.requeue();
+            self.emit_now(EventKind::IoRequeued {
+                path: path.id,
+                cause: RequeueCause::PathError,
+            });
+            let ask = Ask::PathError {
+                path: path.id,
+                incarnation,
+                reason,
+                alua,
+            };
+            match self.ask(ask).await {
+                Verdict::Retry => continue,
+                Verdict::Fail(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn run(&self, op: &BlockOp) -> Result<Outcome, IoError> {
+        let planned = plan(op, &self.device, &self.limits)?;
+        let is_read = matches!(op, BlockOp::Read { .. });
+        let data = match planned.plan {
+            Plan::Nothing => Bytes::new(),
+            Plan::One(cmd) => self.execute(&cmd).await?,
+            Plan::Split(cmds) => {
+                let results = JoinAll::new(cmds.iter().map(|c| self.execute(c))).await;
+                let mut buf = BytesMut::new();
+                for r in results {
+                    let data = r?;
+                    if is_read {
+                        buf.extend_from_slice(&data);
+                    }
+                }
+                buf.freeze()
+            }
+        };
+        if let Some(sync) = planned.then_sync {
+            self.execute(&sync).await?;
+        }
+        Ok(if is_read {
+            Outcome::Data(data)
+        } else {
+            Outcome::Done
+        })
+    }
+
+    async fn submit(&self, op: BlockOp) -> Result<Outcome, IoError> {
+        let start = Instant::now();
+        let result = self.run(&op).await;
+        match &result {
+            Ok(_) => self.counters.completed(op.transfer_len(), start.elapsed()),
+            Err(e) => {
+                self.counters.error();
+                self.emit_now(EventKind::IoFailed {
+                    kind: e.kind,
+                    detail: e.detail.clone(),
+                });
+            }
+        }
+        result
+    }
+}
+
+fn stopped(name: &str) -> IoError {
+    IoError::new(IoErrorKind::NoPath, format!("map {name} is stopped"))
+}
+
+/// Poll a set of futures to completion, concurrently; outputs in order.
+struct JoinAll<F: Future> {
+    futs: Vec<Option<Pin<Box<F>>>>,
+    out: Vec<Option<F::Output>>,
+}
+
+// The futures are pinned in their boxes; nothing else is ever pinned.
+impl<F: Future> Unpin for JoinAll<F> {}
+
+impl<F: Future> JoinAll<F> {
+    fn new(futs: impl Iterator<Item = F>) -> JoinAll<F> {
+        let futs: Vec<_> = futs.map(|f| Some(Box::pin(f))).collect();
+        let out = futs.iter().map(|_| None).collect();
+        JoinAll { futs, out }
+    }
+}
+
+impl<F: Future> Future for JoinAll<F> {
+    type Output = Vec<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let mut pending = false;
+        for (slot, out) in this.futs.iter_mut().zip(this.out.iter_mut()) {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => {
+                        *out = Some(v);
+                        *slot = None;
+                    }
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(this.out.drain(..).flatten().collect())
+        }
+    }
+}
+
+/// Why a device could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("a map needs at least one path")]
+    NoPaths,
+    #[error("block size {0} is not a power of two")]
+    BadBlockSize(u32),
+    #[error("not inside a tokio runtime: the owner task needs one")]
+    NoRuntime,
+}
+
+/// Tells the owner task to stop when the last handle goes.
+struct StopOnDrop(mpsc::UnboundedSender<Command>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(Command::Stop);
+    }
+}
+
+/// A multipath device: one map of paths to one LU, taking block operations
+/// ([`BlockDevice`]) and control messages. Clones are handles to the same device; the
+/// owner task stops when the last one is dropped or [`shutdown`](Self::shutdown) is called.
+#[derive(Clone)]
+pub struct MultipathDevice {
+    shared: Arc<Shared>,
+    _stop: Arc<StopOnDrop>,
+}
+
+impl MultipathDevice {
+    /// Build the map and spawn its owner task on the current tokio runtime. Paths are
+    /// numbered in the order given (`PathId(0)`...); those whose transport is not up start
+    /// failed.
+    pub fn start(
+        config: EngineConfig,
+        paths: Vec<PathSpec>,
+    ) -> Result<MultipathDevice, StartError> {
+        if paths.is_empty() {
+            return Err(StartError::NoPaths);
+        }
+        let bs = config.device.block_size;
+        if bs == 0 || !bs.is_power_of_two() {
+            return Err(StartError::BadBlockSize(bs));
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoRuntime)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let epoch = Instant::now();
+        let decay_shift = match config.policy.selector {
+            SelectorKind::HistoricalServiceTime(p) => p.decay_shift,
+            _ => mpath_policy::HstParams::default().decay_shift,
+        };
+        let mut shared_paths = Vec::with_capacity(paths.len());
+        let mut infos = Vec::with_capacity(paths.len());
+        for (i, spec) in paths.into_iter().enumerate() {
+            let id = PathId(i as u32);
+            // Subscribe before reading `is_up`, so that a failure in between is seen.
+            let events = tx.clone();
+            spec.transport.subscribe(Box::new(move |event| {
+                let _ = events.send(Command::Path { path: id, event });
+            }));
+            infos.push((spec.info.clone(), spec.transport.is_up()));
+            shared_paths.push(PathShared {
+                id,
+                transport: spec.transport,
+                load: PathLoad::with_decay_shift(spec.info.relative_throughput, decay_shift),
+                inflight: InflightTable::default(),
+                incarnation: AtomicU64::new(0),
+                counters: IoCounters::default(),
+            });
+        }
+        let policy = Multipath::new(config.policy.clone(), infos, epoch.into_std());
+        let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
+        let shared = Arc::new(Shared {
+            name: config.name.clone(),
+            device: config.device.clone(),
+            limits: config.limits.clone(),
+            transition_retry: config.policy.alua_transition_retry,
+            transition_timeout: config.policy.alua_transition_timeout,
+            epoch,
+            paths: shared_paths,
+            routing: RwLock::new(Routing {
+                paths: Vec::new(),
+                selector: Selector::new(config.policy.selector),
+            }),
+            commands: tx.clone(),
+            counters: IoCounters::default(),
+            events,
+            recent: Mutex::new(VecDeque::new()),
+            no_path_total_ns: AtomicU64::new(0),
+            no_path_since_ns: AtomicU64::new(USABLE),
+        });
+        let mut owner = Owner::new(shared.clone(), policy, rx, config.reinstate_on_recovery);
+        owner.sync(epoch);
+        runtime.spawn(owner.run());
+        Ok(MultipathDevice {
+            shared,
+            _stop: Arc::new(StopOnDrop(tx)),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The paths, by `PathId`.
+    pub fn path_count(&self) -> usize {
+        self.shared.paths.len()
+    }
+
+    /// Send a control message and wait for its answer.
+    pub async fn message(&self, msg: Message) -> Result<Reply, MessageError> {
+        let (reply, rx) = oneshot::channel();
+        self.shared
+            .commands
+            .send(Command::Message { msg, reply })
+            .map_err(|_| MessageError::Stopped)?;
+        rx.await.map_err(|_| MessageError::Stopped)?
+    }
+
+    async fn done(&self, msg: Message) -> Result<(), MessageError> {
+        self.message(msg).await.map(|_| ())
+    }
+
+    pub async fn fail_path(&self, path: PathId) -> Result<(), MessageError> {
+        self.done(Message::FailPath { path }).await
+    }
+
+    pub async fn reinstate_path(&self, path: PathId) -> Result<Reinstatement, MessageError> {
+        match self.message(Message::ReinstatePath { path }).await? {
+            Reply::Reinstated(r) => Ok(r),
+            _ => Ok(Reinstatement::Now),
+        }
+    }
+
+    pub async fn switch_group(&self, group: usize) -> Result<(), MessageError> {
+        self.done(Message::SwitchGroup { group }).await
+    }
+
+    pub async fn enable_group(&self, group: usize) -> Result<(), MessageError> {
+        self.done(Message::EnableGroup { group }).await
+    }
+
+    pub async fn disable_group(&self, group: usize) -> Result<(), MessageError> {
+        self.done(Message::DisableGroup { group }).await
+    }
+
+    pub async fn set_queue_if_no_path(&self, on: bool) -> Result<(), MessageError> {
+        self.done(Message::QueueIfNoPath { on }).await
+    }
+
+    pub async fn checker_report(
+        &self,
+        path: PathId,
+        state: mpath_policy::CheckerState,
+    ) -> Result<(), MessageError> {
+        self.done(Message::CheckerReport { path, state }).await
+    }
+
+    pub async fn update_path(
+        &self,
+        path: PathId,
+        info: mpath_policy::PathInfo,
+    ) -> Result<(), MessageError> {
+        self.done(Message::UpdatePath { path, info }).await
+    }
+
+    pub async fn status(&self) -> Result<MapStatus, MessageError> {
+        match self.message(Message::Status).await? {
+            Reply::Status(s) => Ok(*s),
+            _ => Err(MessageError::Stopped),
+        }
+    }
+
+    /// Every counter, now.
+    pub fn counters(&self) -> MapCounters {
+        let s = &self.shared;
+        let since = s.no_path_since_ns.load(Ordering::Acquire);
+        let mut ns = s.no_path_total_ns.load(Ordering::Acquire);
+        if since != USABLE {
+            ns += s.ns(Instant::now()).saturating_sub(since);
+        }
+        MapCounters {
+            map: s.counters.snapshot(),
+            paths: s
+                .paths
+                .iter()
+                .map(|p| (p.id, p.counters.snapshot()))
+                .collect(),
+            no_path_time: Duration::from_nanos(ns),
+        }
+    }
+
+    /// Every event from now on.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.shared.events.subscribe()
+    }
+
+    /// Stop the owner task: queued requests fail; later requests fail once they need it.
+    pub fn shutdown(&self) {
+        let _ = self.shared.commands.send(Command::Stop);
+    }
+}
+
+impl BlockDevice for MultipathDevice {
+    fn info(&self) -> DeviceInfo {
+        self.shared.device.clone()
+    }
+
+    fn submit(&self, op: BlockOp) -> impl Future<Output = Result<Outcome, IoError>> + Send {
+        self.shared.submit(op)
+    }
+}

@@ -1,0 +1,79 @@
+//! The control plane's messages to a map (what `dmsetup message` is to dm-mpath), each
+//! answered on a oneshot by the owner task.
+
+use std::time::Instant;
+
+use mpath_policy::{CheckerState, Event, MapView, PathId, PathInfo, PolicyError, Reinstatement};
+
+/// A request to a map's owner task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// Stop sending I/O to a path (`fail_path`). I/O in flight on it completes there.
+    FailPath {
+        path: PathId,
+    },
+    /// Send I/O to a failed path again (`reinstate_path`); refused while its transport is
+    /// down.
+    ReinstatePath {
+        path: PathId,
+    },
+    /// Make a group active and keep it (`switch_group`): failback does not undo it.
+    SwitchGroup {
+        group: usize,
+    },
+    EnableGroup {
+        group: usize,
+    },
+    /// Bypass a group: used only when no enabled group has a usable path.
+    DisableGroup {
+        group: usize,
+    },
+    /// `queue_if_no_path` / `fail_if_no_path`: turning it off fails queued I/O now.
+    QueueIfNoPath {
+        on: bool,
+    },
+    /// A checker result for a path (the daemon's checker loop).
+    CheckerReport {
+        path: PathId,
+        state: CheckerState,
+    },
+    /// New facts (priority, ALUA state, serial...) for a path: the groups are rebuilt.
+    UpdatePath {
+        path: PathId,
+        info: PathInfo,
+    },
+    /// The map's state.
+    Status,
+}
+
+/// The answer to a [`Message`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    Done,
+    Reinstated(Reinstatement),
+    Status(Box<MapStatus>),
+}
+
+/// Why a message did not apply.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("{0}: its transport is down")]
+    PathDown(PathId),
+    #[error("the map's owner task has stopped")]
+    Stopped,
+}
+
+/// The serialisable projection of a map for the control plane.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapStatus {
+    pub name: String,
+    pub view: MapView,
+    /// Commands waiting on each path now (by `PathId`).
+    pub in_flight: Vec<usize>,
+    /// Requests waiting for a usable path.
+    pub queued: usize,
+    pub recent_events: Vec<Event>,
+    pub at: Instant,
+}

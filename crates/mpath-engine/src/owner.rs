@@ -1,0 +1,388 @@
+//! The owner task of one map: the only place the policy state lives and changes.
+//!
+//! In the style of crucible's `Upstairs`: [`Owner::select`] waits for the next thing to
+//! happen and returns it as an [`Action`]; [`Owner::apply`] handles it synchronously;
+//! [`Owner::sync`] then restores the invariants the fast path relies on, in this order:
+//!
+//! 1. reinstated paths get a new incarnation (older path errors no longer fail them);
+//! 2. the routing is republished if the policy's generation moved;
+//! 3. commands in flight on paths that just failed are handed back (orphaned) — after the
+//!    new routing is visible, so that they are issued on another path;
+//! 4. events are published;
+//! 5. requests waiting for a path are released or failed per the no-path verdict;
+//! 6. answers to this turn's questions and messages are sent — last, so that a caller
+//!    that hears "retry" or "done" sees the state that answer describes.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use block::{IoError, IoErrorKind, PathEvent, PathFailKind, PathFailReason};
+use mpath_policy::{
+    CheckerState, DmState, Event, EventKind, Multipath, NoPathVerdict, PathId, PolicyError,
+    ReinstateCause, Selector,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::device::{Ask, Command, Routing, Shared, Verdict};
+use crate::message::{MapStatus, Message, MessageError, Reply};
+
+/// What woke the owner.
+enum Action {
+    Command(Command),
+    /// The policy's next deadline passed.
+    Timeout,
+    /// Every sender is gone.
+    Closed,
+}
+
+/// An answer held until the end of the turn.
+enum Outgoing {
+    Verdict(oneshot::Sender<Verdict>, Verdict),
+    Reply(
+        oneshot::Sender<Result<Reply, MessageError>>,
+        Result<Reply, MessageError>,
+    ),
+}
+
+pub(crate) struct Owner {
+    shared: Arc<Shared>,
+    policy: Multipath,
+    rx: mpsc::UnboundedReceiver<Command>,
+    /// Requests queued for want of a usable path.
+    waiters: Vec<oneshot::Sender<Verdict>>,
+    published: Option<u64>,
+    /// Paths whose in-flight commands are handed back at the next sync.
+    orphan: Vec<PathId>,
+    outbox: Vec<Outgoing>,
+    reinstate_on_recovery: bool,
+}
+
+impl Owner {
+    pub fn new(
+        shared: Arc<Shared>,
+        policy: Multipath,
+        rx: mpsc::UnboundedReceiver<Command>,
+        reinstate_on_recovery: bool,
+    ) -> Owner {
+        Owner {
+            shared,
+            policy,
+            rx,
+            waiters: Vec::new(),
+            published: None,
+            orphan: Vec::new(),
+            outbox: Vec::new(),
+            reinstate_on_recovery,
+        }
+    }
+
+    pub async fn run(mut self) {
+        loop {
+            let action = self.select().await;
+            let now = Instant::now();
+            let go_on = self.apply(action, now);
+            self.sync(now);
+            if !go_on {
+                break;
+            }
+        }
+        self.stop();
+    }
+
+    async fn select(&mut self) -> Action {
+        let deadline = self.policy.poll_timeout().map(Instant::from_std);
+        tokio::select! {
+            biased;
+            c = self.rx.recv() => c.map_or(Action::Closed, Action::Command),
+            _ = sleep_until(deadline) => Action::Timeout,
+        }
+    }
+
+    /// Handle one action; false when the owner must stop.
+    fn apply(&mut self, action: Action, now: Instant) -> bool {
+        let t = now.into_std();
+        match action {
+            Action::Closed | Action::Command(Command::Stop) => return false,
+            Action::Timeout => self.policy.handle_timeout(t),
+            Action::Command(Command::Ask { ask, reply }) => self.ask(ask, reply, now),
+            Action::Command(Command::Path { path, event }) => self.path_event(path, event, now),
+            Action::Command(Command::Message { msg, reply }) => {
+                let r = self.message(msg, now);
+                self.outbox.push(Outgoing::Reply(reply, r));
+            }
+        }
+        true
+    }
+
+    fn ask(&mut self, ask: Ask, reply: oneshot::Sender<Verdict>, now: Instant) {
+        let t = now.into_std();
+        if let Ask::PathError {
+            path,
+            incarnation,
+            reason,
+            alua,
+        } = ask
+        {
+            let current = self.shared.paths[path.index()]
+                .incarnation
+                .load(Ordering::Acquire);
+            let active = self
+                .policy
+                .path_state(path)
+                .is_some_and(|s| s.dm == DmState::Active);
+            // An error from before the path was last reinstated is about a connection
+            // that is gone; one on an already failed path changes nothing.
+            if incarnation == current && active {
+                let _ = self.policy.fail_path(path, reason, t);
+            }
+            if let Some(state) = alua {
+                let _ = self.policy.set_path_alua(path, state, t);
+            }
+        }
+        match self.policy.no_path_verdict() {
+            NoPathVerdict::Retry => self.outbox.push(Outgoing::Verdict(reply, Verdict::Retry)),
+            NoPathVerdict::Queue { .. } => self.waiters.push(reply),
+            NoPathVerdict::Fail(reason) => self.outbox.push(Outgoing::Verdict(
+                reply,
+                Verdict::Fail(IoError::new(IoErrorKind::NoPath, reason.to_string())),
+            )),
+        }
+    }
+
+    fn path_event(&mut self, path: PathId, event: PathEvent, now: Instant) {
+        let t = now.into_std();
+        match event {
+            PathEvent::Failed { reason } => {
+                // Already failed (by an I/O error or an operator) or not: the transport
+                // says its commands are dead, so whatever is in flight goes elsewhere now.
+                match self.policy.fail_path(path, reason, t) {
+                    Ok(()) | Err(PolicyError::PathAlreadyFailed(_)) => {}
+                    Err(e) => tracing::warn!(map = %self.shared.name, "{path}: {e}"),
+                }
+                self.orphan.push(path);
+            }
+            PathEvent::Connected | PathEvent::Recovered => {
+                let failed = self
+                    .policy
+                    .path_state(path)
+                    .is_some_and(|s| s.dm == DmState::Failed);
+                if failed {
+                    let r = if self.reinstate_on_recovery {
+                        self.policy
+                            .reinstate_path(path, ReinstateCause::TransportRecovered, t)
+                            .map(|_| ())
+                    } else {
+                        self.policy.checker_report(path, CheckerState::Pending, t)
+                    };
+                    if let Err(e) = r {
+                        tracing::debug!(map = %self.shared.name, "{path} recovered: {e}");
+                    }
+                }
+            }
+            PathEvent::Recovering {
+                attempt,
+                next_try_in,
+            } => {
+                tracing::debug!(
+                    map = %self.shared.name,
+                    "{path}: recovery attempt {attempt}, next in {next_try_in:?}"
+                );
+            }
+            PathEvent::GaveUp { reason } => {
+                if self.policy.fail_path(path, reason.clone(), t).is_ok() {
+                    self.orphan.push(path);
+                }
+                self.shared.emit(Event {
+                    at: t,
+                    kind: EventKind::PathGaveUp { path, reason },
+                });
+            }
+        }
+    }
+
+    fn message(&mut self, msg: Message, now: Instant) -> Result<Reply, MessageError> {
+        let t = now.into_std();
+        let p = &mut self.policy;
+        match msg {
+            Message::FailPath { path } => {
+                let reason =
+                    PathFailReason::new(PathFailKind::Administrative, "failed by operator");
+                p.fail_path(path, reason, t)?;
+            }
+            Message::ReinstatePath { path } => {
+                let transport = &self
+                    .shared
+                    .paths
+                    .get(path.index())
+                    .ok_or(PolicyError::NoSuchPath(path))?
+                    .transport;
+                if p.path_state(path).is_some_and(|s| s.dm == DmState::Active) {
+                    return Err(PolicyError::PathAlreadyActive(path).into());
+                }
+                if !transport.is_up() {
+                    return Err(MessageError::PathDown(path));
+                }
+                let r = p.reinstate_path(path, ReinstateCause::Operator, t)?;
+                return Ok(Reply::Reinstated(r));
+            }
+            Message::SwitchGroup { group } => p.switch_group(group, t)?,
+            Message::EnableGroup { group } => p.enable_group(group, t)?,
+            Message::DisableGroup { group } => p.disable_group(group, t)?,
+            Message::QueueIfNoPath { on } => p.set_queue_if_no_path(on, t)?,
+            Message::CheckerReport { path, state } => p.checker_report(path, state, t)?,
+            Message::UpdatePath { path, info } => {
+                let load = &self
+                    .shared
+                    .paths
+                    .get(path.index())
+                    .ok_or(PolicyError::NoSuchPath(path))?
+                    .load;
+                load.set_relative_throughput(info.relative_throughput);
+                p.update_path(path, info, t)?;
+            }
+            Message::Status => return Ok(Reply::Status(Box::new(self.status(now)))),
+        }
+        Ok(Reply::Done)
+    }
+
+    fn status(&self, now: Instant) -> MapStatus {
+        MapStatus {
+            name: self.shared.name.clone(),
+            view: self.policy.view(),
+            in_flight: self
+                .shared
+                .paths
+                .iter()
+                .map(|p| p.inflight.waiting())
+                .collect(),
+            queued: self.waiters.len(),
+            recent_events: self
+                .shared
+                .recent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned()
+                .collect(),
+            at: now.into_std(),
+        }
+    }
+
+    /// Restore the invariants after a turn (see the module docs for the order).
+    pub fn sync(&mut self, now: Instant) {
+        let events: Vec<Event> = std::iter::from_fn(|| self.policy.poll_event()).collect();
+        for e in &events {
+            match &e.kind {
+                EventKind::PathReinstated { path, .. } => {
+                    self.shared.paths[path.index()]
+                        .incarnation
+                        .fetch_add(1, Ordering::AcqRel);
+                }
+                // An operator's fail leaves a working path's commands to finish there;
+                // any other failure means they are stuck or lost.
+                EventKind::PathFailed { path, reason }
+                    if reason.kind != PathFailKind::Administrative =>
+                {
+                    self.orphan.push(*path);
+                }
+                _ => {}
+            }
+        }
+        if self.published != Some(self.policy.generation()) {
+            self.publish();
+        }
+        self.orphan.sort_unstable();
+        self.orphan.dedup();
+        for path in std::mem::take(&mut self.orphan) {
+            let n = self.shared.paths[path.index()].inflight.orphan_all();
+            if n > 0 {
+                tracing::info!(map = %self.shared.name, "{path}: re-issuing {n} commands that were in flight");
+            }
+        }
+        for e in events {
+            self.shared.emit(e);
+        }
+        if !self.waiters.is_empty() {
+            match self.policy.no_path_verdict() {
+                NoPathVerdict::Retry => {
+                    for w in self.waiters.drain(..) {
+                        let _ = w.send(Verdict::Retry);
+                    }
+                }
+                NoPathVerdict::Fail(reason) => {
+                    let err = IoError::new(IoErrorKind::NoPath, reason.to_string());
+                    for w in self.waiters.drain(..) {
+                        let _ = w.send(Verdict::Fail(err.clone()));
+                    }
+                }
+                // Callers that gave up waiting are forgotten.
+                NoPathVerdict::Queue { .. } => self.waiters.retain(|w| !w.is_closed()),
+            }
+        }
+        let t = now.into_std();
+        let total = self.policy.no_path_time(t);
+        let s = &self.shared;
+        if self.policy.has_usable_path() {
+            s.no_path_total_ns
+                .store(total.as_nanos() as u64, Ordering::Release);
+            s.no_path_since_ns.store(u64::MAX, Ordering::Release);
+        } else {
+            s.no_path_total_ns
+                .store(total.as_nanos() as u64, Ordering::Release);
+            s.no_path_since_ns.store(s.ns(now), Ordering::Release);
+        }
+        for out in self.outbox.drain(..) {
+            match out {
+                Outgoing::Verdict(tx, v) => {
+                    let _ = tx.send(v);
+                }
+                Outgoing::Reply(tx, r) => {
+                    let _ = tx.send(r);
+                }
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        let routing = Routing {
+            paths: self
+                .policy
+                .routing()
+                .into_iter()
+                .map(|p| p.index())
+                .collect(),
+            selector: Selector::new(self.policy.config().selector),
+        };
+        // Built outside the lock; the write lock is held for the swap only.
+        let old = {
+            let mut w = self
+                .shared
+                .routing
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            std::mem::replace(&mut *w, routing)
+        };
+        drop(old);
+        self.published = Some(self.policy.generation());
+    }
+
+    /// The owner is going away: nobody will release queued requests any more.
+    fn stop(&mut self) {
+        let err = IoError::new(
+            IoErrorKind::NoPath,
+            format!("map {} is stopped", self.shared.name),
+        );
+        for w in self.waiters.drain(..) {
+            let _ = w.send(Verdict::Fail(err.clone()));
+        }
+        tracing::info!(map = %self.shared.name, "owner task stopped");
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
