@@ -33,6 +33,6 @@ pub use map::{
 };
 pub use path::{
     alua_priority, next_state, CheckerState, DmState, PathId, PathInfo, PathState, PathTransition,
-    ReinstateCause, TransitionError,
+    ReinstateCause, TransitionError, UNKNOWN_PRIORITY,
 };
 pub use selector::{HstParams, PathLoad, Selector, SelectorKind};

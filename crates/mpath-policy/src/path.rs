@@ -32,7 +32,8 @@ pub struct PathInfo {
     /// How operators name the path (`iqn...,10.0.0.1:3260` or `sdb`).
     pub name: String,
     /// The prioritizer's value; when `None` it is derived from `alua` (see
-    /// [`alua_priority`]), and without ALUA every path has priority 1.
+    /// [`alua_priority`]), and without ALUA a path counts as active/optimized
+    /// ([`UNKNOWN_PRIORITY`]).
     pub priority: Option<u32>,
     /// The asymmetric access state of the path's target port group, when known.
     pub alua: Option<AluaState>,
@@ -48,6 +49,11 @@ pub struct PathInfo {
     /// "unknown" (dm-service-time's semantics), 1 is the default for every path.
     pub relative_throughput: u32,
 }
+
+/// The priority of a path with neither a prioritizer value nor an ALUA state: that of an
+/// active/optimized port. A path found in standby (from its sense data) then drops below
+/// the paths nothing is known about, instead of tying with them.
+pub const UNKNOWN_PRIORITY: u32 = 50;
 
 /// The largest relative throughput dm-service-time accepts.
 pub const MAX_RELATIVE_THROUGHPUT: u32 = 100;
@@ -66,7 +72,7 @@ impl PathInfo {
         match (self.priority, self.alua) {
             (Some(p), _) => p,
             (None, Some(state)) => alua_priority(state, self.preferred),
-            (None, None) => 1,
+            (None, None) => UNKNOWN_PRIORITY,
         }
     }
 
@@ -436,7 +442,7 @@ mod tests {
     #[test]
     fn priorities() {
         let mut p = PathInfo::new("a");
-        assert_eq!(p.effective_priority(), 1);
+        assert_eq!(p.effective_priority(), UNKNOWN_PRIORITY);
         p.alua = Some(AluaState::ACTIVE_OPTIMIZED);
         assert_eq!(p.effective_priority(), 50);
         p.preferred = true;

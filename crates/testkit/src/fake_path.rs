@@ -106,7 +106,10 @@ impl FakeLu {
             .filter(|&e| e <= len as u64);
         match (start, end) {
             (Some(s), Some(e)) => Ok((s as usize, e as usize)),
-            _ => Err(check(SenseKey::ILLEGAL_REQUEST, LOGICAL_BLOCK_ADDRESS_OUT_OF_RANGE)),
+            _ => Err(check(
+                SenseKey::ILLEGAL_REQUEST,
+                LOGICAL_BLOCK_ADDRESS_OUT_OF_RANGE,
+            )),
         }
     }
 
@@ -154,7 +157,10 @@ impl FakeLu {
                 } else if out.len() == bs {
                     &out
                 } else {
-                    return Err(check(SenseKey::ILLEGAL_REQUEST, PARAMETER_LIST_LENGTH_ERROR));
+                    return Err(check(
+                        SenseKey::ILLEGAL_REQUEST,
+                        PARAMETER_LIST_LENGTH_ERROR,
+                    ));
                 };
                 for block in d[s..e].chunks_mut(bs) {
                     block.copy_from_slice(pattern);
@@ -170,7 +176,10 @@ impl FakeLu {
                 }
                 Ok(Bytes::new())
             }
-            _ => Err(check(SenseKey::ILLEGAL_REQUEST, INVALID_COMMAND_OPERATION_CODE)),
+            _ => Err(check(
+                SenseKey::ILLEGAL_REQUEST,
+                INVALID_COMMAND_OPERATION_CODE,
+            )),
         }
     }
 }
@@ -350,6 +359,17 @@ impl FakePath {
             let _ = h.done.send(result);
         }
         count
+    }
+
+    /// Complete every held command with `err`, without executing it and without any
+    /// event (a path that answers some commands with errors).
+    pub fn complete_held_with(&self, err: IoError) -> usize {
+        let held = std::mem::take(&mut lock(&self.inner.switches).held);
+        let n = held.len();
+        for h in held {
+            let _ = h.done.send(Err(err.clone()));
+        }
+        n
     }
 
     pub fn release_all(&self) -> usize {

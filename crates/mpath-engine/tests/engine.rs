@@ -1,0 +1,814 @@
+//! The engine driven by fake paths and synthetic path events; timers under paused time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use block::{
+    BlockDevice, BlockOp, ByteOffset, DeviceInfo, IoErrorKind, Outcome, PathFailKind, PathTransport,
+};
+use bytes::Bytes;
+use mpath_engine::mpath_policy::{
+    CheckerState, DmState, EventKind, Failback, FlapDamping, Grouping, MapConfig, NoPathPolicy,
+    PathId, PathInfo, PolicyError, ReinstateCause, Reinstatement, RequeueCause, SelectorKind,
+    DEFAULT_NO_PATH_QUEUE,
+};
+use mpath_engine::{EngineConfig, MessageError, MultipathDevice, PathSpec};
+use scsi::cdb::{Command, ReadWrite};
+use scsi::sense::{
+    ASYMMETRIC_ACCESS_STATE_TRANSITION, TARGET_PORT_IN_STANDBY_STATE, UNRECOVERED_READ_ERROR,
+};
+use scsi::SenseKey;
+use testkit::fake_path::{path_error, sense_error, FakeLu, FakePath};
+use tokio::task::JoinHandle;
+
+const BS: u32 = 512;
+const BLOCKS: u64 = 2048;
+
+struct Rig {
+    lu: Arc<FakeLu>,
+    paths: Vec<FakePath>,
+    dev: MultipathDevice,
+}
+
+fn info(max_transfer: u32, wce: bool) -> DeviceInfo {
+    DeviceInfo {
+        size: BLOCKS * u64::from(BS),
+        block_size: BS,
+        max_transfer,
+        supports_discard: true,
+        supports_write_zeroes: true,
+        volatile_write_cache: wce,
+    }
+}
+
+fn quiet_policy() -> MapConfig {
+    MapConfig {
+        flap: None,
+        ..MapConfig::default()
+    }
+}
+
+/// `prios`: one path per entry, with that priority (`None`: no prioritizer).
+fn rig_with(prios: &[Option<u32>], config: EngineConfig) -> Rig {
+    let lu = FakeLu::new(BLOCKS, BS);
+    let paths: Vec<FakePath> = (0..prios.len())
+        .map(|i| FakePath::new(format!("p{i}"), lu.clone()))
+        .collect();
+    let specs = paths
+        .iter()
+        .zip(prios)
+        .map(|(p, prio)| {
+            let info = PathInfo {
+                priority: *prio,
+                ..PathInfo::new(p.name())
+            };
+            PathSpec::new(info, Arc::new(p.clone()) as Arc<dyn PathTransport>)
+        })
+        .collect();
+    let dev = MultipathDevice::start(config, specs).expect("start");
+    Rig { lu, paths, dev }
+}
+
+fn config(policy: MapConfig) -> EngineConfig {
+    EngineConfig {
+        policy,
+        ..EngineConfig::new("test", info(64 * 1024, true))
+    }
+}
+
+fn rig(n: usize) -> Rig {
+    rig_with(&vec![None; n], config(quiet_policy()))
+}
+
+/// Path 0 alone in the first group (priority 10), the others below (priority 1).
+fn rig_primary(n: usize, policy: MapConfig) -> Rig {
+    let mut prios = vec![Some(1); n];
+    prios[0] = Some(10);
+    rig_with(&prios, config(policy))
+}
+
+async fn settle() {
+    for _ in 0..200 {
+        tokio::task::yield_now().await;
+    }
+}
+
+fn write(block: u64, fill: u8) -> BlockOp {
+    BlockOp::Write {
+        offset: ByteOffset(block * u64::from(BS)),
+        data: Bytes::from(vec![fill; BS as usize]),
+        fua: false,
+    }
+}
+
+fn read(block: u64, blocks: u32) -> BlockOp {
+    BlockOp::Read {
+        offset: ByteOffset(block * u64::from(BS)),
+        len: blocks * BS,
+    }
+}
+
+fn spawn(dev: &MultipathDevice, op: BlockOp) -> JoinHandle<Result<Outcome, block::IoError>> {
+    let dev = dev.clone();
+    tokio::spawn(async move { dev.submit(op).await })
+}
+
+async fn path_dm(dev: &MultipathDevice, p: u32) -> DmState {
+    dev.status().await.unwrap().view.paths[p as usize].state.dm
+}
+
+fn events_of(
+    rx: &mut tokio::sync::broadcast::Receiver<mpath_engine::mpath_policy::Event>,
+) -> Vec<EventKind> {
+    let mut v = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        v.push(e.kind);
+    }
+    v
+}
+
+#[tokio::test]
+async fn read_write_round_trip_uses_every_path() {
+    let r = rig(2);
+    for b in 0..16 {
+        assert_eq!(r.dev.submit(write(b, b as u8 + 1)).await, Ok(Outcome::Done));
+    }
+    for b in 0..16 {
+        let Ok(Outcome::Data(d)) = r.dev.submit(read(b, 1)).await else {
+            panic!("read failed");
+        };
+        assert!(d.iter().all(|&x| x == b as u8 + 1));
+    }
+    assert!(r.paths[0].commands() > 0 && r.paths[1].commands() > 0);
+    let c = r.dev.counters();
+    assert_eq!(c.map.ios, 32);
+    assert_eq!(c.map.bytes, 32 * u64::from(BS));
+    assert_eq!(c.paths.iter().map(|(_, s)| s.ios).sum::<u64>(), 32);
+    assert_eq!(c.map.latency.count(), 32);
+}
+
+#[tokio::test]
+async fn large_operations_are_split_and_reassembled() {
+    let r = rig_with(&[None, None], config(quiet_policy()));
+    let small = rig_with(
+        &[None],
+        EngineConfig {
+            policy: quiet_policy(),
+            ..EngineConfig::new("small", info(4096, true))
+        },
+    );
+    let data: Vec<u8> = (0..40 * 512).map(|i| (i % 251) as u8).collect();
+    let op = BlockOp::Write {
+        offset: ByteOffset(512),
+        data: Bytes::from(data.clone()),
+        fua: false,
+    };
+    assert_eq!(small.dev.submit(op).await, Ok(Outcome::Done));
+    assert_eq!(small.paths[0].commands(), 5, "40 blocks in 8-block WRITEs");
+    let got = small.dev.submit(read(1, 40)).await;
+    assert_eq!(got, Ok(Outcome::Data(Bytes::from(data.clone()))));
+    assert_eq!(small.lu.read(512, data.len()), data);
+    drop(r);
+}
+
+#[tokio::test]
+async fn path_error_fails_the_path_and_reissues_the_same_request() {
+    let r = rig_primary(2, quiet_policy());
+    let mut ev = r.dev.events();
+    r.paths[0].inject(path_error("connection reset by peer"));
+    assert_eq!(r.dev.submit(write(3, 0xab)).await, Ok(Outcome::Done));
+    assert_eq!(r.lu.read(3 * 512, 512), vec![0xab; 512]);
+    assert_eq!(path_dm(&r.dev, 0).await, DmState::Failed);
+    assert_eq!(r.paths[1].commands(), 1);
+    let kinds = events_of(&mut ev);
+    assert!(kinds.iter().any(|k| matches!(
+        k,
+        EventKind::PathFailed { path: PathId(0), reason } if reason.detail.contains("reset")
+    )));
+    assert!(kinds.contains(&EventKind::IoRequeued {
+        path: PathId(0),
+        cause: RequeueCause::PathError
+    }));
+    let c = r.dev.counters();
+    assert_eq!(c.map.requeues, 1);
+    assert_eq!(c.map.errors, 0);
+    assert_eq!(c.paths[0].1.errors, 1);
+    assert_eq!(c.paths[0].1.requeues, 1);
+}
+
+#[tokio::test]
+async fn target_error_completes_to_caller_and_fails_no_path() {
+    let r = rig_primary(2, quiet_policy());
+    r.paths[0].inject(sense_error(
+        IoErrorKind::Target,
+        SenseKey::MEDIUM_ERROR,
+        UNRECOVERED_READ_ERROR,
+    ));
+    let err = r.dev.submit(read(0, 1)).await.unwrap_err();
+    assert_eq!(err.kind, IoErrorKind::Target);
+    assert!(err.scsi.is_some());
+    assert_eq!(path_dm(&r.dev, 0).await, DmState::Active);
+    assert_eq!(r.paths[1].commands(), 0);
+    assert_eq!(r.dev.counters().map.errors, 1);
+}
+
+#[tokio::test]
+async fn path_failure_reissues_in_flight_at_once_and_ignores_late_errors() {
+    let r = rig_primary(2, quiet_policy());
+    r.paths[0].set_hold(true);
+    r.paths[0].set_late_failure(true);
+    let reqs: Vec<_> = (0..8)
+        .map(|b| spawn(&r.dev, write(b, 0x40 + b as u8)))
+        .collect();
+    settle().await;
+    assert_eq!(r.paths[0].held(), 8);
+    assert_eq!(r.dev.status().await.unwrap().in_flight, vec![8, 0]);
+    // The connection dies; its commands' errors have not arrived yet.
+    r.paths[0].fail(PathFailKind::Stalled);
+    settle().await;
+    for (b, h) in reqs.into_iter().enumerate() {
+        assert!(h.is_finished(), "request {b} waited for the dead path");
+        assert_eq!(h.await.unwrap(), Ok(Outcome::Done));
+        assert_eq!(r.lu.read(b as u64 * 512, 512), vec![0x40 + b as u8; 512]);
+    }
+    assert_eq!(r.paths[1].commands(), 8);
+    // The late path errors reach nobody: no second completion, no second re-issue.
+    assert_eq!(r.paths[0].release_failed(), 8);
+    settle().await;
+    assert_eq!(r.paths[1].commands(), 8);
+    assert_eq!(r.lu.writes(), 8);
+    let c = r.dev.counters();
+    assert_eq!(c.map.ios, 8);
+    assert_eq!(c.map.requeues, 8);
+    let st = r.dev.status().await.unwrap();
+    assert_eq!(st.in_flight, vec![0, 0]);
+    assert!(st.recent_events.iter().any(|e| matches!(
+        &e.kind,
+        EventKind::PathFailed { path: PathId(0), reason } if reason.kind == PathFailKind::Stalled
+    )));
+}
+
+#[tokio::test]
+async fn operator_fail_lets_in_flight_finish_on_the_path() {
+    let r = rig_primary(2, quiet_policy());
+    r.paths[0].set_hold(true);
+    let h = spawn(&r.dev, write(1, 1));
+    settle().await;
+    r.dev.fail_path(PathId(0)).await.unwrap();
+    settle().await;
+    assert!(!h.is_finished());
+    // New I/O goes elsewhere.
+    assert_eq!(r.dev.submit(write(2, 2)).await, Ok(Outcome::Done));
+    assert_eq!(r.paths[1].commands(), 1);
+    r.paths[0].release_all();
+    assert_eq!(h.await.unwrap(), Ok(Outcome::Done));
+    assert_eq!(r.paths[1].commands(), 1);
+}
+
+#[tokio::test]
+async fn stale_path_error_after_reinstatement_does_not_fail_the_path() {
+    let r = rig_primary(2, quiet_policy());
+    r.paths[0].set_hold(true);
+    let h = spawn(&r.dev, write(1, 1));
+    settle().await;
+    r.dev.fail_path(PathId(0)).await.unwrap();
+    assert_eq!(
+        r.dev.reinstate_path(PathId(0)).await,
+        Ok(Reinstatement::Now)
+    );
+    r.paths[0].set_hold(false);
+    // The old command now fails with a path error: it is about the connection before the
+    // reinstatement, so it is re-issued without failing the path again.
+    r.paths[0].complete_held_with(path_error("old connection"));
+    assert_eq!(h.await.unwrap(), Ok(Outcome::Done));
+    assert_eq!(path_dm(&r.dev, 0).await, DmState::Active);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_path_queues_and_completes_when_a_path_returns() {
+    let r = rig(2);
+    r.paths[0].fail(PathFailKind::ConnectionReset);
+    r.paths[1].fail(PathFailKind::ConnectionReset);
+    settle().await;
+    let h = spawn(&r.dev, write(5, 5));
+    settle().await;
+    tokio::time::advance(Duration::from_secs(30)).await;
+    settle().await;
+    assert!(!h.is_finished());
+    assert_eq!(r.dev.status().await.unwrap().queued, 1);
+    r.paths[1].recover();
+    settle().await;
+    assert!(h.is_finished());
+    assert_eq!(h.await.unwrap(), Ok(Outcome::Done));
+    let t = r.dev.counters().no_path_time;
+    assert!(
+        t >= Duration::from_secs(30) && t < Duration::from_secs(31),
+        "{t:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn queue_window_expires_then_requests_fail_until_a_path_returns() {
+    let r = rig(1);
+    let mut ev = r.dev.events();
+    r.paths[0].fail(PathFailKind::KeepaliveTimeout);
+    settle().await;
+    let h = spawn(&r.dev, read(0, 1));
+    settle().await;
+    tokio::time::advance(DEFAULT_NO_PATH_QUEUE - Duration::from_millis(10)).await;
+    settle().await;
+    assert!(!h.is_finished());
+    tokio::time::advance(Duration::from_millis(20)).await;
+    settle().await;
+    let err = h.await.unwrap().unwrap_err();
+    assert_eq!(err.kind, IoErrorKind::NoPath);
+    assert!(
+        err.detail.contains("queueing window expired"),
+        "{}",
+        err.detail
+    );
+    // New I/O fails at once now.
+    let err = r.dev.submit(read(0, 1)).await.unwrap_err();
+    assert_eq!(err.kind, IoErrorKind::NoPath);
+    let kinds = events_of(&mut ev);
+    assert!(kinds
+        .iter()
+        .any(|k| matches!(k, EventKind::QueueingStarted { until: Some(_) })));
+    assert!(kinds
+        .iter()
+        .any(|k| matches!(k, EventKind::QueueingEnded { .. })));
+    assert!(kinds.iter().any(|k| matches!(
+        k,
+        EventKind::IoFailed {
+            kind: IoErrorKind::NoPath,
+            ..
+        }
+    )));
+    // A path back: I/O works, and losing it again opens a new window.
+    r.paths[0].recover();
+    settle().await;
+    assert!(r.dev.submit(read(0, 1)).await.is_ok());
+    r.paths[0].fail(PathFailKind::KeepaliveTimeout);
+    settle().await;
+    let h = spawn(&r.dev, read(0, 1));
+    settle().await;
+    assert!(!h.is_finished());
+    h.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn queue_forever_only_when_configured() {
+    let r = rig_with(
+        &[None],
+        config(MapConfig {
+            no_path: NoPathPolicy::QueueForever,
+            ..quiet_policy()
+        }),
+    );
+    r.paths[0].fail(PathFailKind::ConnectionClosed);
+    settle().await;
+    let h = spawn(&r.dev, read(0, 1));
+    for _ in 0..24 {
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        settle().await;
+    }
+    assert!(!h.is_finished());
+    r.paths[0].recover();
+    settle().await;
+    assert!(h.await.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn fail_policy_fails_at_once() {
+    let r = rig_with(
+        &[None],
+        config(MapConfig {
+            no_path: NoPathPolicy::Fail,
+            ..quiet_policy()
+        }),
+    );
+    r.paths[0].fail(PathFailKind::ConnectionClosed);
+    settle().await;
+    let err = r.dev.submit(read(0, 1)).await.unwrap_err();
+    assert_eq!(err.kind, IoErrorKind::NoPath);
+    assert!(err.detail.contains("no-path policy: fail"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn disabling_queueing_fails_queued_io_and_restoring_queues_again() {
+    let r = rig(1);
+    r.paths[0].fail(PathFailKind::ConnectionClosed);
+    settle().await;
+    let h = spawn(&r.dev, read(0, 1));
+    settle().await;
+    r.dev.set_queue_if_no_path(false).await.unwrap();
+    settle().await;
+    let err = h.await.unwrap().unwrap_err();
+    assert!(
+        err.detail.contains("queue_if_no_path is off"),
+        "{}",
+        err.detail
+    );
+    assert_eq!(
+        r.dev.set_queue_if_no_path(false).await,
+        Err(MessageError::Policy(PolicyError::QueueIfNoPathAlready(
+            false
+        )))
+    );
+    r.dev.set_queue_if_no_path(true).await.unwrap();
+    let h = spawn(&r.dev, read(0, 1));
+    settle().await;
+    assert!(!h.is_finished());
+    r.paths[0].recover();
+    settle().await;
+    assert!(h.await.unwrap().is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn deferred_failback_waits_its_delay() {
+    let r = rig_primary(
+        2,
+        MapConfig {
+            failback: Failback::Deferred(Duration::from_secs(10)),
+            ..quiet_policy()
+        },
+    );
+    r.paths[0].fail(PathFailKind::ConnectionReset);
+    settle().await;
+    r.dev.submit(read(0, 1)).await.unwrap();
+    assert_eq!(r.paths[1].commands(), 1);
+    r.paths[0].recover();
+    settle().await;
+    assert_eq!(path_dm(&r.dev, 0).await, DmState::Active);
+    tokio::time::advance(Duration::from_secs(9)).await;
+    settle().await;
+    r.dev.submit(read(0, 1)).await.unwrap();
+    assert_eq!(r.paths[1].commands(), 2, "still on the lower group");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    settle().await;
+    let before = r.paths[0].commands();
+    r.dev.submit(read(0, 1)).await.unwrap();
+    assert_eq!(r.paths[0].commands(), before + 1, "failed back");
+    assert_eq!(r.paths[1].commands(), 2);
+}
+
+#[tokio::test]
+async fn operator_switch_is_not_undone_by_failback() {
+    let r = rig_primary(2, quiet_policy());
+    r.dev.switch_group(1).await.unwrap();
+    r.dev.submit(read(0, 1)).await.unwrap();
+    assert_eq!(r.paths[1].commands(), 1);
+    // Path events in the better group would trigger an immediate failback.
+    r.paths[0].fail(PathFailKind::ConnectionReset);
+    settle().await;
+    r.paths[0].recover();
+    settle().await;
+    r.dev
+        .checker_report(PathId(0), CheckerState::Up)
+        .await
+        .unwrap();
+    r.dev.submit(read(0, 1)).await.unwrap();
+    assert_eq!(r.paths[1].commands(), 2);
+    let st = r.dev.status().await.unwrap();
+    assert_eq!(st.view.active_group, Some(1));
+    assert!(st.view.groups[1].pinned);
+}
+
+#[tokio::test(start_paused = true)]
+async fn flapping_path_is_held_back() {
+    let flap = FlapDamping {
+        failures: 3,
+        window: Duration::from_secs(60),
+        hold: Duration::from_secs(30),
+    };
+    let r = rig_with(
+        &[None, None],
+        config(MapConfig {
+            flap: Some(flap),
+            grouping: Grouping::Multibus,
+            ..MapConfig::default()
+        }),
+    );
+    for _ in 0..3 {
+        r.paths[0].fail(PathFailKind::ConnectionReset);
+        settle().await;
+        tokio::time::advance(Duration::from_secs(1)).await;
+        r.paths[0].recover();
+        settle().await;
+    }
+    let st = r.dev.status().await.unwrap();
+    assert_eq!(st.view.paths[0].state.checker, CheckerState::Delayed);
+    assert!(st.recent_events.iter().any(|e| matches!(
+        e.kind,
+        EventKind::PathReinstateDelayed {
+            path: PathId(0),
+            ..
+        }
+    )));
+    let before = r.paths[0].commands();
+    for b in 0..4 {
+        r.dev.submit(read(b, 1)).await.unwrap();
+    }
+    assert_eq!(r.paths[0].commands(), before);
+    tokio::time::advance(flap.hold).await;
+    settle().await;
+    let st = r.dev.status().await.unwrap();
+    assert_eq!(st.view.paths[0].state.dm, DmState::Active);
+    assert!(st.recent_events.iter().any(|e| e.kind
+        == EventKind::PathReinstated {
+            path: PathId(0),
+            cause: ReinstateCause::HoldElapsed
+        }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn alua_transitioning_retries_in_the_same_group_without_failing_the_path() {
+    let r = rig_primary(2, quiet_policy());
+    let transitioning = || {
+        sense_error(
+            IoErrorKind::Path,
+            SenseKey::NOT_READY,
+            ASYMMETRIC_ACCESS_STATE_TRANSITION,
+        )
+    };
+    r.paths[0].inject(transitioning());
+    r.paths[0].inject(transitioning());
+    let h = spawn(&r.dev, write(1, 9));
+    settle().await;
+    assert!(!h.is_finished());
+    for _ in 0..2 {
+        tokio::time::advance(Duration::from_millis(100)).await;
+        settle().await;
+    }
+    assert_eq!(h.await.unwrap(), Ok(Outcome::Done));
+    assert_eq!(r.paths[0].commands(), 3);
+    assert_eq!(r.paths[1].commands(), 0);
+    assert_eq!(path_dm(&r.dev, 0).await, DmState::Active);
+}
+
+#[tokio::test(start_paused = true)]
+async fn alua_transition_that_never_ends_fails_the_path() {
+    let r = rig_primary(
+        2,
+        MapConfig {
+            alua_transition_timeout: Duration::from_secs(1),
+            ..quiet_policy()
+        },
+    );
+    for _ in 0..20 {
+        r.paths[0].inject(sense_error(
+            IoErrorKind::Path,
+            SenseKey::NOT_READY,
+            ASYMMETRIC_ACCESS_STATE_TRANSITION,
+        ));
+    }
+    let h = spawn(&r.dev, write(1, 9));
+    for _ in 0..12 {
+        tokio::time::advance(Duration::from_millis(100)).await;
+        settle().await;
+    }
+    assert_eq!(h.await.unwrap(), Ok(Outcome::Done));
+    assert_eq!(path_dm(&r.dev, 0).await, DmState::Failed);
+    assert_eq!(r.paths[1].commands(), 1);
+}
+
+#[tokio::test]
+async fn alua_standby_fails_the_path_and_regroups() {
+    let r = rig_with(&[None, None, None], config(quiet_policy()));
+    // Multibus by priority: all three in one group; path 0 answers standby.
+    r.paths[0].inject(sense_error(
+        IoErrorKind::Path,
+        SenseKey::NOT_READY,
+        TARGET_PORT_IN_STANDBY_STATE,
+    ));
+    assert_eq!(r.dev.submit(write(0, 1)).await, Ok(Outcome::Done));
+    let st = r.dev.status().await.unwrap();
+    assert_eq!(st.view.paths[0].state.dm, DmState::Failed);
+    assert_eq!(
+        st.view.groups.len(),
+        2,
+        "standby path in a group of its own"
+    );
+    assert_eq!(st.view.groups[1].paths, vec![PathId(0)]);
+    assert_eq!(st.view.active_group, Some(0));
+}
+
+fn parsed_cdbs(p: &FakePath) -> Vec<Command> {
+    p.cdbs()
+        .iter()
+        .map(|c| Command::parse(c).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn flush_and_fua_keep_their_meaning() {
+    let r = rig(1);
+    r.dev
+        .submit(BlockOp::Write {
+            offset: ByteOffset(0),
+            data: Bytes::from(vec![1; 512]),
+            fua: true,
+        })
+        .await
+        .unwrap();
+    r.dev.submit(BlockOp::Flush).await.unwrap();
+    let cdbs = parsed_cdbs(&r.paths[0]);
+    assert!(matches!(
+        cdbs[0],
+        Command::Write(ReadWrite { fua: true, .. })
+    ));
+    assert_eq!(
+        cdbs[1],
+        Command::SynchronizeCache {
+            lba: 0,
+            blocks: 0,
+            immed: false
+        }
+    );
+    assert_eq!(r.lu.flushes(), 2);
+
+    // A write-through LU: FLUSH has nothing to do.
+    let wt = rig_with(
+        &[None],
+        EngineConfig {
+            policy: quiet_policy(),
+            ..EngineConfig::new("wt", info(65536, false))
+        },
+    );
+    wt.dev.submit(BlockOp::Flush).await.unwrap();
+    assert_eq!(wt.paths[0].commands(), 0);
+}
+
+#[tokio::test]
+async fn flush_after_a_failover_covers_writes_completed_on_the_old_path() {
+    // Writes complete on path 0, path 0 dies, the flush goes through path 1: the LU's
+    // cache is one cache, so the flush covers them (see docs/engine.md).
+    let r = rig_primary(2, quiet_policy());
+    r.dev.submit(write(0, 1)).await.unwrap();
+    r.paths[0].fail(PathFailKind::ConnectionReset);
+    settle().await;
+    r.dev.submit(BlockOp::Flush).await.unwrap();
+    assert!(matches!(
+        parsed_cdbs(&r.paths[1])[..],
+        [Command::SynchronizeCache { .. }]
+    ));
+}
+
+#[tokio::test]
+async fn discard_and_write_zeroes() {
+    let r = rig(2);
+    r.dev
+        .submit(BlockOp::Write {
+            offset: ByteOffset(0),
+            data: Bytes::from(vec![7; 8 * 512]),
+            fua: false,
+        })
+        .await
+        .unwrap();
+    r.dev
+        .submit(BlockOp::Discard {
+            offset: ByteOffset(0),
+            len: 2 * 512,
+        })
+        .await
+        .unwrap();
+    r.dev
+        .submit(BlockOp::WriteZeroes {
+            offset: ByteOffset(4 * 512),
+            len: 2 * 512,
+            may_unmap: false,
+        })
+        .await
+        .unwrap();
+    let d = r.lu.read(0, 8 * 512);
+    let expect: Vec<u8> = [0u8, 0, 7, 7, 0, 0, 7, 7]
+        .iter()
+        .flat_map(|&b| vec![b; 512])
+        .collect();
+    assert_eq!(d, expect);
+    let err = r.dev.submit(read(BLOCKS, 1)).await.unwrap_err();
+    assert_eq!(err.kind, IoErrorKind::Invalid);
+}
+
+#[tokio::test]
+async fn messages_return_typed_errors() {
+    let r = rig_primary(2, quiet_policy());
+    assert_eq!(
+        r.dev.fail_path(PathId(7)).await,
+        Err(MessageError::Policy(PolicyError::NoSuchPath(PathId(7))))
+    );
+    r.dev.fail_path(PathId(0)).await.unwrap();
+    assert_eq!(
+        r.dev.fail_path(PathId(0)).await,
+        Err(MessageError::Policy(PolicyError::PathAlreadyFailed(
+            PathId(0)
+        )))
+    );
+    assert_eq!(
+        r.dev.reinstate_path(PathId(1)).await,
+        Err(MessageError::Policy(PolicyError::PathAlreadyActive(
+            PathId(1)
+        )))
+    );
+    r.paths[0].set_up(false);
+    assert_eq!(
+        r.dev.reinstate_path(PathId(0)).await,
+        Err(MessageError::PathDown(PathId(0)))
+    );
+    assert_eq!(
+        r.dev.switch_group(0).await,
+        Err(MessageError::Policy(PolicyError::GroupHasNoUsablePath(0)))
+    );
+    assert_eq!(
+        r.dev.enable_group(1).await,
+        Err(MessageError::Policy(PolicyError::GroupNotDisabled(1)))
+    );
+    assert_eq!(
+        r.dev.switch_group(4).await,
+        Err(MessageError::Policy(PolicyError::NoSuchGroup(4)))
+    );
+    r.dev.shutdown();
+    settle().await;
+    assert_eq!(r.dev.status().await, Err(MessageError::Stopped));
+}
+
+#[tokio::test]
+async fn checker_reports_fail_and_reinstate() {
+    let r = rig_with(
+        &[None, None],
+        EngineConfig {
+            reinstate_on_recovery: false,
+            ..config(quiet_policy())
+        },
+    );
+    r.dev
+        .checker_report(PathId(0), CheckerState::Down)
+        .await
+        .unwrap();
+    assert_eq!(path_dm(&r.dev, 0).await, DmState::Failed);
+    // Without reinstate_on_recovery a recovered transport waits for the checker.
+    r.paths[0].recover();
+    settle().await;
+    let st = r.dev.status().await.unwrap();
+    assert_eq!(st.view.paths[0].state.dm, DmState::Failed);
+    assert_eq!(st.view.paths[0].state.checker, CheckerState::Pending);
+    r.dev
+        .checker_report(PathId(0), CheckerState::Up)
+        .await
+        .unwrap();
+    assert_eq!(path_dm(&r.dev, 0).await, DmState::Active);
+}
+
+#[tokio::test]
+async fn selectors_all_work() {
+    for selector in [
+        SelectorKind::RoundRobin { repeat_count: 2 },
+        SelectorKind::QueueLength,
+        SelectorKind::ServiceTime,
+        SelectorKind::HistoricalServiceTime(Default::default()),
+    ] {
+        let r = rig_with(
+            &[None, None, None],
+            config(MapConfig {
+                selector,
+                ..quiet_policy()
+            }),
+        );
+        for b in 0..12 {
+            r.dev.submit(write(b, 1)).await.unwrap();
+        }
+        if let SelectorKind::RoundRobin { .. } = selector {
+            assert!(r.paths.iter().all(|p| p.commands() == 4), "{selector}");
+        }
+        assert_eq!(
+            r.paths.iter().map(|p| p.commands()).sum::<u64>(),
+            12,
+            "{selector}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn shutdown_fails_queued_requests() {
+    let r = rig(1);
+    r.paths[0].fail(PathFailKind::ConnectionReset);
+    settle().await;
+    let h = spawn(&r.dev, read(0, 1));
+    settle().await;
+    r.dev.shutdown();
+    let err = h.await.unwrap().unwrap_err();
+    assert_eq!(err.kind, IoErrorKind::NoPath);
+    assert!(err.detail.contains("stopped"));
+}
+
+#[tokio::test]
+async fn dropping_a_waiting_request_leaves_nothing_behind() {
+    let r = rig_primary(2, quiet_policy());
+    r.paths[0].set_hold(true);
+    let h = spawn(&r.dev, read(0, 1));
+    settle().await;
+    assert_eq!(r.dev.status().await.unwrap().in_flight[0], 1);
+    h.abort();
+    settle().await;
+    assert_eq!(r.dev.status().await.unwrap().in_flight[0], 0);
+}
