@@ -1,0 +1,1 @@
+//! Exports of a [`block::BlockDevice`] to the host: an NBD server and a FUSE directory.
