@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant as StdInstant};
 
 use block::{
     BlockDevice, BlockOp, DeviceInfo, IoError, IoErrorKind, Outcome, PathEvent, PathFailKind,
@@ -108,8 +108,14 @@ pub(crate) struct Shared {
     pub limits: IoLimits,
     pub transition_retry: Duration,
     pub transition_timeout: Duration,
-    /// Time zero of the selectors' nanosecond clock.
+    /// Time zero of the no-path clock (tokio time: paused in tests, like the timers).
     pub epoch: Instant,
+    /// Time zero of the fast path's clock (selectors, latencies): the system's monotonic
+    /// clock, read twice per I/O.
+    pub clock_epoch: StdInstant,
+    /// The selector reads time (historical-service-time): only then is `now_ns`
+    /// computed and each completion's service time recorded.
+    pub selector_needs_time: bool,
     pub paths: Vec<PathShared>,
     pub routing: RwLock<Routing>,
     pub commands: mpsc::UnboundedSender<Command>,
@@ -125,6 +131,11 @@ pub(crate) struct Shared {
 impl Shared {
     pub fn ns(&self, t: Instant) -> u64 {
         u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    #[inline]
+    fn clock_ns(&self, t: StdInstant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.clock_epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Record and publish an event.
@@ -175,14 +186,25 @@ impl Shared {
 
     /// Issue one command until it completes: on a path error the path is failed and the
     /// same command is issued on another path; with no path the owner queues or fails it.
-    pub(crate) async fn execute(&self, cmd: &Cmd) -> Result<Bytes, IoError> {
+    /// `start` is now (the caller read the clock); on success, the data and when it came.
+    pub(crate) async fn execute(
+        &self,
+        cmd: &Cmd,
+        mut start: StdInstant,
+    ) -> Result<(Bytes, StdInstant), IoError> {
         let mut transitioning_since: Option<Instant> = None;
         loop {
-            let start = Instant::now();
-            let start_ns = self.ns(start);
+            let start_ns = if self.selector_needs_time {
+                self.clock_ns(start)
+            } else {
+                0
+            };
             let Some((index, candidates)) = self.pick(cmd.bytes, start_ns) else {
                 match self.ask(Ask::NoPath).await {
-                    Verdict::Retry => continue,
+                    Verdict::Retry => {
+                        start = StdInstant::now();
+                        continue;
+                    }
                     Verdict::Fail(e) => return Err(e),
                 }
             };
@@ -192,13 +214,16 @@ impl Shared {
             path.load.start_io(cmd.bytes);
             let attempt =
                 Inflight::new(&path.inflight, path.transport.submit(cmd.request()), epoch).await;
-            let end = Instant::now();
-            path.load
-                .end_io(cmd.bytes, start_ns, self.ns(end), candidates);
+            let end = StdInstant::now();
+            path.load.end_io(cmd.bytes);
+            if self.selector_needs_time {
+                path.load
+                    .record_service_time(start_ns, self.clock_ns(end), candidates);
+            }
             let err = match attempt {
                 Attempt::Done(Ok(data)) => {
                     path.counters.completed(cmd.bytes, end - start);
-                    return Ok(data);
+                    return Ok((data, end));
                 }
                 Attempt::Orphaned => {
                     path.counters.requeue();
@@ -207,6 +232,7 @@ impl Shared {
                         path: path.id,
                         cause: RequeueCause::PathFailed,
                     });
+                    start = end;
                     continue;
                 }
                 Attempt::Done(Err(e)) => e,
@@ -218,8 +244,9 @@ impl Shared {
                     return Err(err);
                 }
                 ErrorClass::Transitioning => {
-                    let since = *transitioning_since.get_or_insert(start);
-                    if end.saturating_duration_since(since) < self.transition_timeout {
+                    let now = Instant::now();
+                    let since = *transitioning_since.get_or_insert(now);
+                    if now.saturating_duration_since(since) < self.transition_timeout {
                         path.counters.requeue();
                         self.counters.requeue();
                         self.emit_now(EventKind::IoRequeued {
@@ -227,6 +254,7 @@ impl Shared {
                             cause: RequeueCause::Transitioning,
                         });
                         tokio::time::sleep(self.transition_retry).await;
+                        start = StdInstant::now();
                         continue;
                     }
                     (
@@ -255,54 +283,61 @@ impl Shared {
                 alua,
             };
             match self.ask(ask).await {
-                Verdict::Retry => continue,
+                Verdict::Retry => start = StdInstant::now(),
                 Verdict::Fail(e) => return Err(e),
             }
         }
     }
 
-    async fn run(&self, op: &BlockOp) -> Result<Outcome, IoError> {
+    /// Run the commands of `op`; the outcome and when it was complete.
+    async fn run(&self, op: &BlockOp, t0: StdInstant) -> Result<(Outcome, StdInstant), IoError> {
         let planned = plan(op, &self.device, &self.limits)?;
         let is_read = matches!(op, BlockOp::Read { .. });
-        let data = match planned.plan {
-            Plan::Nothing => Bytes::new(),
-            Plan::One(cmd) => self.execute(&cmd).await?,
+        let (data, mut end) = match planned.plan {
+            Plan::Nothing => (Bytes::new(), t0),
+            Plan::One(cmd) => self.execute(&cmd, t0).await?,
             Plan::Split(cmds) => {
-                let results = JoinAll::new(cmds.iter().map(|c| self.execute(c))).await;
+                let results = JoinAll::new(cmds.iter().map(|c| self.execute(c, t0))).await;
                 let mut buf = BytesMut::new();
+                let mut end = t0;
                 for r in results {
-                    let data = r?;
+                    let (data, at) = r?;
+                    end = end.max(at);
                     if is_read {
                         buf.extend_from_slice(&data);
                     }
                 }
-                buf.freeze()
+                (buf.freeze(), end)
             }
         };
         if let Some(sync) = planned.then_sync {
-            self.execute(&sync).await?;
+            end = self.execute(&sync, end).await?.1;
         }
-        Ok(if is_read {
+        let outcome = if is_read {
             Outcome::Data(data)
         } else {
             Outcome::Done
-        })
+        };
+        Ok((outcome, end))
     }
 
     async fn submit(&self, op: BlockOp) -> Result<Outcome, IoError> {
-        let start = Instant::now();
-        let result = self.run(&op).await;
-        match &result {
-            Ok(_) => self.counters.completed(op.transfer_len(), start.elapsed()),
+        let t0 = StdInstant::now();
+        let result = self.run(&op, t0).await;
+        match result {
+            Ok((outcome, end)) => {
+                self.counters.completed(op.transfer_len(), end - t0);
+                Ok(outcome)
+            }
             Err(e) => {
                 self.counters.error();
                 self.emit_now(EventKind::IoFailed {
                     kind: e.kind,
                     detail: e.detail.clone(),
                 });
+                Err(e)
             }
         }
-        result
     }
 }
 
@@ -431,6 +466,8 @@ impl MultipathDevice {
             transition_retry: config.policy.alua_transition_retry,
             transition_timeout: config.policy.alua_transition_timeout,
             epoch,
+            clock_epoch: StdInstant::now(),
+            selector_needs_time: config.policy.selector.needs_time(),
             paths: shared_paths,
             routing: RwLock::new(Routing {
                 paths: Vec::new(),

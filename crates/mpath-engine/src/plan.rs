@@ -3,37 +3,33 @@
 
 use block::{BlockOp, ByteOffset, DataPhase, DeviceInfo, IoError, IoErrorKind, ScsiRequest};
 use bytes::Bytes;
-use scsi::cdb::build;
+use scsi::cdb::{build, Cdb};
 
 use crate::config::IoLimits;
 
-/// One SCSI command, kept whole so that each attempt on a path is a cheap clone (the CDB
-/// and data are reference-counted): the request a failed attempt hands back.
+/// One SCSI command, kept whole so that each attempt on a path is a cheap copy (the CDB is
+/// 16 bytes inline, the data reference-counted): the request a failed attempt hands back.
 #[derive(Clone, Debug)]
 pub(crate) struct Cmd {
-    pub cdb: Bytes,
+    pub cdb: Cdb,
     pub data: DataPhase,
     /// Bytes on the wire, for the selectors.
     pub bytes: u64,
 }
 
 impl Cmd {
-    fn new(cdb: &[u8], data: DataPhase) -> Cmd {
+    fn new(cdb: Cdb, data: DataPhase) -> Cmd {
         let bytes = match &data {
             DataPhase::None => 0,
             DataPhase::In { len } => u64::from(*len),
             DataPhase::Out(b) => b.len() as u64,
         };
-        Cmd {
-            cdb: Bytes::copy_from_slice(cdb),
-            data,
-            bytes,
-        }
+        Cmd { cdb, data, bytes }
     }
 
     pub fn request(&self) -> ScsiRequest {
         ScsiRequest {
-            cdb: self.cdb.clone(),
+            cdb: Bytes::copy_from_slice(self.cdb.as_bytes()),
             data: self.data.clone(),
         }
     }
@@ -115,14 +111,14 @@ pub(crate) fn plan(op: &BlockOp, info: &DeviceInfo, limits: &IoLimits) -> Result
                 Plan::Nothing
             } else if blocks <= u64::from(max_rw) {
                 Plan::One(Cmd::new(
-                    &build::read_16(lba, blocks as u32, false),
+                    build::read_16(lba, blocks as u32, false),
                     DataPhase::In { len: *len },
                 ))
             } else {
                 collect(
                     runs(lba, blocks, max_rw)
                         .map(|(l, n)| {
-                            Cmd::new(&build::read_16(l, n, false), DataPhase::In { len: n * bs })
+                            Cmd::new(build::read_16(l, n, false), DataPhase::In { len: n * bs })
                         })
                         .collect(),
                 )
@@ -139,7 +135,7 @@ pub(crate) fn plan(op: &BlockOp, info: &DeviceInfo, limits: &IoLimits) -> Result
                 Plan::Nothing
             } else if blocks <= u64::from(max_rw) {
                 Plan::One(Cmd::new(
-                    &build::write_16(lba, blocks as u32, fua_bit),
+                    build::write_16(lba, blocks as u32, fua_bit),
                     DataPhase::Out(data.clone()),
                 ))
             } else {
@@ -150,7 +146,7 @@ pub(crate) fn plan(op: &BlockOp, info: &DeviceInfo, limits: &IoLimits) -> Result
                             let len = (n * bs) as usize;
                             let chunk = data.slice(at..at + len);
                             at += len;
-                            Cmd::new(&build::write_16(l, n, fua_bit), DataPhase::Out(chunk))
+                            Cmd::new(build::write_16(l, n, fua_bit), DataPhase::Out(chunk))
                         })
                         .collect(),
                 )
@@ -162,7 +158,7 @@ pub(crate) fn plan(op: &BlockOp, info: &DeviceInfo, limits: &IoLimits) -> Result
                 // LBA 0, NUMBER OF LOGICAL BLOCKS 0: the whole medium. The LU's cache is
                 // one cache whatever port a write came through (see docs/engine.md).
                 Plan::One(Cmd::new(
-                    &build::synchronize_cache_16(0, 0, false),
+                    build::synchronize_cache_16(0, 0, false),
                     DataPhase::None,
                 ))
             } else {
@@ -179,7 +175,7 @@ pub(crate) fn plan(op: &BlockOp, info: &DeviceInfo, limits: &IoLimits) -> Result
                     .map(|(l, n)| {
                         let params = build::unmap_params(&[(l, n)]);
                         Cmd::new(
-                            &build::unmap(params.len() as u16),
+                            build::unmap(params.len() as u16),
                             DataPhase::Out(Bytes::from(params)),
                         )
                     })
@@ -203,7 +199,7 @@ pub(crate) fn plan(op: &BlockOp, info: &DeviceInfo, limits: &IoLimits) -> Result
                                 DataPhase::Out(pattern.clone())
                             };
                             Cmd::new(
-                                &build::write_same_16(l, n, *may_unmap, limits.write_same_ndob),
+                                build::write_same_16(l, n, *may_unmap, limits.write_same_ndob),
                                 data,
                             )
                         })
@@ -216,7 +212,7 @@ pub(crate) fn plan(op: &BlockOp, info: &DeviceInfo, limits: &IoLimits) -> Result
                     runs(lba, blocks, max_rw)
                         .map(|(l, n)| {
                             Cmd::new(
-                                &build::write_16(l, n, false),
+                                build::write_16(l, n, false),
                                 DataPhase::Out(buf.slice(..(n * bs) as usize)),
                             )
                         })
@@ -237,7 +233,7 @@ fn sync_range(lba: u64, blocks: u64) -> Cmd {
         Ok(n) => build::synchronize_cache_16(lba, n, false),
         Err(_) => build::synchronize_cache_16(0, 0, false),
     };
-    Cmd::new(&cdb, DataPhase::None)
+    Cmd::new(cdb, DataPhase::None)
 }
 
 #[cfg(test)]
@@ -265,7 +261,7 @@ mod tests {
     }
 
     fn parsed(c: &Cmd) -> Command {
-        Command::parse(&c.cdb).unwrap()
+        Command::parse(c.cdb.as_bytes()).unwrap()
     }
 
     #[test]

@@ -36,6 +36,13 @@ pub enum SelectorKind {
 }
 
 impl SelectorKind {
+    /// Whether the selector reads time: `now_ns` in [`Selector::select`] and
+    /// [`PathLoad::record_service_time`] at each completion. The others ignore both, and
+    /// their callers may skip reading the clock for them.
+    pub fn needs_time(&self) -> bool {
+        matches!(self, SelectorKind::HistoricalServiceTime(_))
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             SelectorKind::RoundRobin { .. } => "round-robin",
@@ -141,18 +148,18 @@ impl PathLoad {
         self.in_flight_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// An I/O started with [`start_io`](Self::start_io) at `started_ns` ended at `now_ns`
-    /// (dm's `end_io`). `candidates` is how many paths the selector chose among; the
-    /// average goes stale after that many service times without a completion.
-    pub fn end_io(&self, bytes: u64, started_ns: u64, now_ns: u64, candidates: usize) {
+    /// An I/O started with [`start_io`](Self::start_io) ended (dm's `end_io`).
+    pub fn end_io(&self, bytes: u64) {
         self.in_flight_ios.fetch_sub(1, Ordering::Relaxed);
         self.in_flight_bytes.fetch_sub(bytes, Ordering::Relaxed);
-        self.record_service_time(started_ns, now_ns, candidates);
     }
 
-    /// The historical-service-time update: the sample is the time the path spent on this
-    /// I/O after its previous completion (queueing behind other I/O is not service).
-    fn record_service_time(&self, started_ns: u64, now_ns: u64, candidates: usize) {
+    /// For `historical-service-time` (see [`SelectorKind::needs_time`]): an I/O started at
+    /// `started_ns` ended at `now_ns`. The sample is the time the path spent on it after
+    /// its previous completion (queueing behind other I/O is not service). `candidates` is
+    /// how many paths the selector chose among: the average goes stale after that many
+    /// service times without a completion.
+    pub fn record_service_time(&self, started_ns: u64, now_ns: u64, candidates: usize) {
         let shift = self.decay_shift;
         let last = self.last_finish_ns.load(Ordering::Relaxed);
         let sample = now_ns.saturating_sub(started_ns.max(last));
@@ -213,29 +220,40 @@ impl Selector {
                 let issued = self.cursor.fetch_add(1, Ordering::Relaxed);
                 Some((issued / repeat_count.max(1) as usize) % n)
             }
-            SelectorKind::QueueLength => self.scan(n, |a, b| {
-                load(a).in_flight_ios().cmp(&load(b).in_flight_ios()) == CmpOrdering::Less
-            }),
-            SelectorKind::ServiceTime => self.scan(n, |a, b| {
-                st_compare(load(a), load(b), bytes) == CmpOrdering::Less
-            }),
-            SelectorKind::HistoricalServiceTime(p) => {
-                self.scan(n, |a, b| hst_better(load(a), load(b), now_ns, p))
-            }
+            SelectorKind::QueueLength => self.scan(n, |i| load(i).in_flight_ios(), |a, b| a < b),
+            SelectorKind::ServiceTime => self.scan(
+                n,
+                |i| StLoad::of(load(i)),
+                |a, b| st_cmp(a, b, bytes) == CmpOrdering::Less,
+            ),
+            SelectorKind::HistoricalServiceTime(p) => self.scan(
+                n,
+                |i| HstLoad::of(load(i)),
+                |a, b| hst_better(a, b, now_ns, p),
+            ),
         }
     }
 
     /// The candidate no other candidate is `better` than, scanning from the cursor so
     /// that the first of equal candidates changes from one call to the next.
+    /// Each candidate's load is read once (`key`), then compared with the best so far.
     #[inline]
-    fn scan(&self, n: usize, better: impl Fn(usize, usize) -> bool) -> Option<usize> {
+    fn scan<K>(
+        &self,
+        n: usize,
+        key: impl Fn(usize) -> K,
+        better: impl Fn(&K, &K) -> bool,
+    ) -> Option<usize> {
         let start = self.cursor.load(Ordering::Relaxed) % n;
         let mut best = start;
+        let mut best_key = key(start);
         for k in 1..n {
             let i = start + k;
             let i = if i >= n { i - n } else { i };
-            if better(i, best) {
+            let ki = key(i);
+            if better(&ki, &best_key) {
                 best = i;
+                best_key = ki;
             }
         }
         self.cursor
@@ -247,8 +265,29 @@ impl Selector {
 /// dm-service-time's `st_compare_load`: `Less` when path `a` would serve an I/O of
 /// `incoming` bytes sooner than `b`.
 pub fn st_compare(a: &PathLoad, b: &PathLoad, incoming: u64) -> CmpOrdering {
-    let (sz1, sz2) = (a.in_flight_bytes(), b.in_flight_bytes());
-    let (rt1, rt2) = (a.relative_throughput(), b.relative_throughput());
+    st_cmp(&StLoad::of(a), &StLoad::of(b), incoming)
+}
+
+/// What service-time reads of a path.
+struct StLoad {
+    bytes: u64,
+    rt: u32,
+}
+
+impl StLoad {
+    #[inline]
+    fn of(l: &PathLoad) -> StLoad {
+        StLoad {
+            bytes: l.in_flight_bytes(),
+            rt: l.relative_throughput(),
+        }
+    }
+}
+
+#[inline]
+fn st_cmp(a: &StLoad, b: &StLoad, incoming: u64) -> CmpOrdering {
+    let (sz1, sz2) = (a.bytes, b.bytes);
+    let (rt1, rt2) = (a.rt, b.rt);
     // Case 1: same throughput: the less loaded path.
     if rt1 == rt2 {
         return sz1.cmp(&sz2);
@@ -269,17 +308,28 @@ pub fn st_compare(a: &PathLoad, b: &PathLoad, incoming: u64) -> CmpOrdering {
 }
 
 /// dm-historical-service-time's `hst_compare`, as "is `a` better than `b`".
-fn hst_better(a: &PathLoad, b: &PathLoad, now_ns: u64, p: HstParams) -> bool {
-    let (h1, o1, s1) = (
-        a.historical_service_time_ns(),
-        a.in_flight_ios(),
-        a.stale_after_ns.load(Ordering::Relaxed),
-    );
-    let (h2, o2, s2) = (
-        b.historical_service_time_ns(),
-        b.in_flight_ios(),
-        b.stale_after_ns.load(Ordering::Relaxed),
-    );
+/// What historical-service-time reads of a path.
+struct HstLoad {
+    hst: u64,
+    out: u64,
+    stale_after: u64,
+}
+
+impl HstLoad {
+    #[inline]
+    fn of(l: &PathLoad) -> HstLoad {
+        HstLoad {
+            hst: l.historical_service_time_ns(),
+            out: l.in_flight_ios(),
+            stale_after: l.stale_after_ns.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[inline]
+fn hst_better(a: &HstLoad, b: &HstLoad, now_ns: u64, p: HstParams) -> bool {
+    let (h1, o1, s1) = (a.hst, a.out, a.stale_after);
+    let (h2, o2, s2) = (b.hst, b.out, b.stale_after);
     let (hi, lo) = if h1 > h2 { (h1, h2) } else { (h2, h1) };
     let over_threshold = u128::from(hi) * 100 > u128::from(lo) * u128::from(p.similar_percent);
     if !over_threshold {
@@ -401,9 +451,11 @@ mod tests {
         for k in 0..20u64 {
             let t = k * 2_000_000;
             l[0].start_io(1);
-            l[0].end_io(1, t, t + 100_000, 2);
+            l[0].end_io(1);
+            l[0].record_service_time(t, t + 100_000, 2);
             l[1].start_io(1);
-            l[1].end_io(1, t, t + 1_000_000, 2);
+            l[1].end_io(1);
+            l[1].record_service_time(t, t + 1_000_000, 2);
         }
         // Path 0 last finished at 38.1 ms and is trusted until 38.3 ms; path 1 until 41 ms.
         let now = 38_200_000;
@@ -429,8 +481,7 @@ mod tests {
 
     impl PathLoad {
         fn end_io_for_test(&self, service: u64, now: u64) {
-            self.start_io(0);
-            self.end_io(0, now - service, now, 2);
+            self.record_service_time(now - service, now, 2);
         }
     }
 }
