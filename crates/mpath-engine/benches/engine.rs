@@ -91,7 +91,7 @@ async fn engine(dev: MultipathDevice, ops: u64) -> f64 {
     ops as f64 / start.elapsed().as_secs_f64()
 }
 
-fn null_device(paths: usize, selector: SelectorKind) -> MultipathDevice {
+fn null_device(paths: usize, selector: SelectorKind, io_stats: bool) -> MultipathDevice {
     let specs = (0..paths)
         .map(|i| {
             PathSpec::new(
@@ -105,6 +105,7 @@ fn null_device(paths: usize, selector: SelectorKind) -> MultipathDevice {
             selector,
             ..MapConfig::default()
         },
+        io_stats,
         ..EngineConfig::new("bench", device())
     };
     MultipathDevice::start(config, specs).expect("start")
@@ -158,20 +159,22 @@ fn engine_overhead(quick: bool) {
     let ops = if quick { 200_000 } else { 2_000_000 };
     rt.block_on(async {
         let path = Arc::new(FakePath::null("direct"));
-        let dev1 = null_device(1, SelectorKind::ServiceTime);
-        let dev2 = null_device(2, SelectorKind::ServiceTime);
-        let dev8 = null_device(8, SelectorKind::ServiceTime);
+        let dev1 = null_device(1, SelectorKind::ServiceTime, true);
+        let dev2 = null_device(2, SelectorKind::ServiceTime, true);
+        let dev8 = null_device(8, SelectorKind::ServiceTime, true);
+        let dev2q = null_device(2, SelectorKind::ServiceTime, false);
         // Warm up, then alternate the variants so that drift hits them alike.
         direct(path.clone(), ops / 10).await;
         engine(dev1.clone(), ops / 10).await;
-        let (mut d, mut e1, mut e2, mut e8) = (vec![], vec![], vec![], vec![]);
+        let (mut d, mut e1, mut e2, mut e8, mut e2q) = (vec![], vec![], vec![], vec![], vec![]);
         for _ in 0..5 {
             d.push(direct(path.clone(), ops / 5).await);
             e1.push(engine(dev1.clone(), ops / 5).await);
             e2.push(engine(dev2.clone(), ops / 5).await);
             e8.push(engine(dev8.clone(), ops / 5).await);
+            e2q.push(engine(dev2q.clone(), ops / 5).await);
         }
-        let (d, e1, e2, e8) = (median(d), median(e1), median(e2), median(e8));
+        let (d, e1, e2, e8, e2q) = (median(d), median(e1), median(e2), median(e8), median(e2q));
         println!("\n### Engine overhead over a null path (4 KiB reads, one core)\n");
         println!("| variant | IOPS | ns/IO | vs direct |");
         println!("|---|---:|---:|---:|");
@@ -187,6 +190,7 @@ fn engine_overhead(quick: bool) {
         row("engine, 1 path", e1);
         row("engine, 2 paths (service-time)", e2);
         row("engine, 8 paths (service-time)", e8);
+        row("engine, 2 paths, io_stats off", e2q);
         tokio::time::sleep(Duration::from_millis(1)).await;
     });
 }

@@ -54,6 +54,11 @@ pub struct EngineConfig {
     /// (`PathEvent::Recovered`), subject to flap damping. Without it only the checker
     /// (`checker_report`) or an operator reinstates.
     pub reinstate_on_recovery: bool,
+    /// Count every I/O and time it into the latency histograms (like a Linux block
+    /// device's `queue/iostats`). Off, the fast path neither reads the clock (unless the
+    /// selector is historical-service-time) nor counts successes; errors, requeues and
+    /// no-path time are still counted.
+    pub io_stats: bool,
 }
 
 impl EngineConfig {
@@ -65,6 +70,7 @@ impl EngineConfig {
             limits: IoLimits::default(),
             policy: MapConfig::default(),
             reinstate_on_recovery: true,
+            io_stats: true,
         }
     }
 }

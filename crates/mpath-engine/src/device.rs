@@ -116,6 +116,11 @@ pub(crate) struct Shared {
     /// The selector reads time (historical-service-time): only then is `now_ns`
     /// computed and each completion's service time recorded.
     pub selector_needs_time: bool,
+    /// Per-I/O statistics (counts, bytes, latency histograms): see
+    /// [`EngineConfig::io_stats`].
+    pub io_stats: bool,
+    /// The fast path reads the clock (for statistics or the selector).
+    pub timed: bool,
     pub paths: Vec<PathShared>,
     pub routing: RwLock<Routing>,
     pub commands: mpsc::UnboundedSender<Command>,
@@ -131,6 +136,16 @@ pub(crate) struct Shared {
 impl Shared {
     pub fn ns(&self, t: Instant) -> u64 {
         u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Now, when anything needs it; otherwise the epoch, and the clock is not read.
+    #[inline]
+    fn now(&self) -> StdInstant {
+        if self.timed {
+            StdInstant::now()
+        } else {
+            self.clock_epoch
+        }
     }
 
     #[inline]
@@ -202,7 +217,7 @@ impl Shared {
             let Some((index, candidates)) = self.pick(cmd.bytes, start_ns) else {
                 match self.ask(Ask::NoPath).await {
                     Verdict::Retry => {
-                        start = StdInstant::now();
+                        start = self.now();
                         continue;
                     }
                     Verdict::Fail(e) => return Err(e),
@@ -214,7 +229,7 @@ impl Shared {
             path.load.start_io(cmd.bytes);
             let attempt =
                 Inflight::new(&path.inflight, path.transport.submit(cmd.request()), epoch).await;
-            let end = StdInstant::now();
+            let end = self.now();
             path.load.end_io(cmd.bytes);
             if self.selector_needs_time {
                 path.load
@@ -222,7 +237,9 @@ impl Shared {
             }
             let err = match attempt {
                 Attempt::Done(Ok(data)) => {
-                    path.counters.completed(cmd.bytes, end - start);
+                    if self.io_stats {
+                        path.counters.completed(cmd.bytes, end - start);
+                    }
                     return Ok((data, end));
                 }
                 Attempt::Orphaned => {
@@ -240,7 +257,9 @@ impl Shared {
             path.counters.error();
             let (reason, alua) = match classify(&err) {
                 ErrorClass::Target | ErrorClass::Invalid => {
-                    path.counters.completed(cmd.bytes, end - start);
+                    if self.io_stats {
+                        path.counters.completed(cmd.bytes, end - start);
+                    }
                     return Err(err);
                 }
                 ErrorClass::Transitioning => {
@@ -254,7 +273,7 @@ impl Shared {
                             cause: RequeueCause::Transitioning,
                         });
                         tokio::time::sleep(self.transition_retry).await;
-                        start = StdInstant::now();
+                        start = self.now();
                         continue;
                     }
                     (
@@ -283,7 +302,7 @@ impl Shared {
                 alua,
             };
             match self.ask(ask).await {
-                Verdict::Retry => start = StdInstant::now(),
+                Verdict::Retry => start = self.now(),
                 Verdict::Fail(e) => return Err(e),
             }
         }
@@ -322,11 +341,13 @@ impl Shared {
     }
 
     async fn submit(&self, op: BlockOp) -> Result<Outcome, IoError> {
-        let t0 = StdInstant::now();
+        let t0 = self.now();
         let result = self.run(&op, t0).await;
         match result {
             Ok((outcome, end)) => {
-                self.counters.completed(op.transfer_len(), end - t0);
+                if self.io_stats {
+                    self.counters.completed(op.transfer_len(), end - t0);
+                }
                 Ok(outcome)
             }
             Err(e) => {
@@ -468,6 +489,8 @@ impl MultipathDevice {
             epoch,
             clock_epoch: StdInstant::now(),
             selector_needs_time: config.policy.selector.needs_time(),
+            io_stats: config.io_stats,
+            timed: config.io_stats || config.policy.selector.needs_time(),
             paths: shared_paths,
             routing: RwLock::new(Routing {
                 paths: Vec::new(),
