@@ -71,6 +71,10 @@ cleanup() {
     kill -0 "$TGTD_PID" 2>/dev/null && kill -KILL "$TGTD_PID" 2>/dev/null
     wait "$TGTD_PID" 2>/dev/null || true
   fi
+  # tgtd leaves its management socket behind even when it exits cleanly.
+  if [ -n "$TGTD_PID" ]; then
+    rm -f "/var/run/tgtd/socket.$TGT_CTL" "/var/run/tgtd/socket.$TGT_CTL.lock"
+  fi
   if [ -n "$WORK" ] && [ -d "$WORK" ]; then
     if [ "$KEEP" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
   fi
