@@ -94,7 +94,10 @@ mod tests {
 
     #[test]
     fn kinds() {
-        assert_eq!(errno(&IoError::new(IoErrorKind::Invalid, "x")), Errno::EINVAL);
+        assert_eq!(
+            errno(&IoError::new(IoErrorKind::Invalid, "x")),
+            Errno::EINVAL
+        );
         assert_eq!(errno(&IoError::new(IoErrorKind::NoPath, "x")), Errno::EIO);
         assert_eq!(errno(&IoError::new(IoErrorKind::Path, "x")), Errno::EIO);
         assert_eq!(errno(&IoError::new(IoErrorKind::Target, "x")), Errno::EIO);

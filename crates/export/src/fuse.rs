@@ -316,7 +316,8 @@ impl<D: BlockDevice + 'static> Filesystem for MapFs<D> {
         // A map's size, mode and owner are fixed; times are accepted and ignored (`touch`).
         let changes_size = size.is_some_and(|s| s != attr.size);
         let changes_mode = mode.is_some_and(|m| m & 0o7777 != u32::from(attr.perm));
-        let changes_owner = uid.is_some_and(|u| u != attr.uid) || gid.is_some_and(|g| g != attr.gid);
+        let changes_owner =
+            uid.is_some_and(|u| u != attr.uid) || gid.is_some_and(|g| g != attr.gid);
         if changes_size || changes_mode || changes_owner {
             tracing::debug!(ino = ino.0, ?size, ?mode, ?uid, ?gid, "setattr refused");
             return reply.error(FuseErrno::EPERM);
@@ -493,7 +494,14 @@ impl<D: BlockDevice + 'static> Filesystem for MapFs<D> {
         self.sync(ino, fh, reply)
     }
 
-    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         self.sync(ino, fh, reply)
     }
 
@@ -510,7 +518,8 @@ impl<D: BlockDevice + 'static> Filesystem for MapFs<D> {
         let Some(export) = self.export(ino, Some(fh)) else {
             return reply.error(FuseErrno::ENOENT);
         };
-        let known = libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        let known =
+            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
         if mode & !known != 0 {
             return reply.error(FuseErrno::EOPNOTSUPP);
         }

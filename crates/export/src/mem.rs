@@ -105,7 +105,7 @@ impl MemDevice {
 
     pub fn builder(size: u64, block_size: u32) -> MemDeviceBuilder {
         assert!(
-            block_size.is_power_of_two() && size % u64::from(block_size) == 0,
+            block_size.is_power_of_two() && size.is_multiple_of(u64::from(block_size)),
             "size {size} must be a multiple of the power-of-two block size {block_size}"
         );
         MemDeviceBuilder {
@@ -210,7 +210,7 @@ impl MemDevice {
 
     fn check(&self, offset: u64, len: u64, transfer: bool) -> Result<(), IoError> {
         let bs = u64::from(self.info.block_size);
-        if offset % bs != 0 || len % bs != 0 {
+        if !offset.is_multiple_of(bs) || !len.is_multiple_of(bs) {
             return Err(IoError::new(
                 IoErrorKind::Invalid,
                 format!("offset {offset} length {len} not aligned to {bs}"),

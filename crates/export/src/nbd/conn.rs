@@ -211,7 +211,12 @@ where
             }
             OPT_LIST => {
                 if !data.is_empty() {
-                    error_reply(&mut out, opt.option, REP_ERR_INVALID, "NBD_OPT_LIST takes no data");
+                    error_reply(
+                        &mut out,
+                        opt.option,
+                        REP_ERR_INVALID,
+                        "NBD_OPT_LIST takes no data",
+                    );
                 } else {
                     for e in shared.exports.list() {
                         let mut d = BytesMut::new();
@@ -277,7 +282,8 @@ fn find<D: BlockDevice>(shared: &Shared<D>, name: &str) -> Option<Arc<Export<D>>
 fn parse_info_request(data: &[u8]) -> Result<(String, Vec<u16>), String> {
     let bad = || format!("malformed NBD_OPT_INFO/GO data ({} bytes)", data.len());
     let name_len = data.get(..4).ok_or_else(bad)?;
-    let name_len = u32::from_be_bytes([name_len[0], name_len[1], name_len[2], name_len[3]]) as usize;
+    let name_len =
+        u32::from_be_bytes([name_len[0], name_len[1], name_len[2], name_len[3]]) as usize;
     let name = data.get(4..4 + name_len).ok_or_else(bad)?;
     let rest = &data[4 + name_len..];
     let count = rest.get(..2).ok_or_else(bad)?;
@@ -290,7 +296,8 @@ fn parse_info_request(data: &[u8]) -> Result<(String, Vec<u16>), String> {
         .chunks_exact(2)
         .map(|c| u16::from_be_bytes([c[0], c[1]]))
         .collect();
-    let name = String::from_utf8(name.to_vec()).map_err(|_| "export name is not UTF-8".to_string())?;
+    let name =
+        String::from_utf8(name.to_vec()).map_err(|_| "export name is not UTF-8".to_string())?;
     Ok((name, infos))
 }
 
@@ -363,11 +370,27 @@ pub(super) fn transmission_flags<D>(shared: &Shared<D>, info: &DeviceInfo) -> u1
 /// A validated request, ready to run.
 #[derive(Debug)]
 enum Op {
-    Read { offset: u64, len: u32 },
-    Write { offset: u64, data: Bytes, fua: bool },
+    Read {
+        offset: u64,
+        len: u32,
+    },
+    Write {
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+    },
     Flush,
-    Trim { offset: u64, len: u64, fua: bool },
-    WriteZeroes { offset: u64, len: u64, may_unmap: bool, fua: bool },
+    Trim {
+        offset: u64,
+        len: u64,
+        fua: bool,
+    },
+    WriteZeroes {
+        offset: u64,
+        len: u64,
+        may_unmap: bool,
+        fua: bool,
+    },
 }
 
 /// Check a request against the protocol and the export; the errno to answer otherwise.
@@ -375,14 +398,23 @@ enum Op {
 fn validate(req: &Request, data: Option<Bytes>, info: &DeviceInfo) -> Result<Op, (Errno, String)> {
     let known = CMD_FLAG_FUA | CMD_FLAG_NO_HOLE;
     if req.flags & !known != 0 {
-        return Err((Errno::EINVAL, format!("unsupported command flags {:#06x}", req.flags)));
+        return Err((
+            Errno::EINVAL,
+            format!("unsupported command flags {:#06x}", req.flags),
+        ));
     }
     if req.flags & CMD_FLAG_NO_HOLE != 0 && req.kind != CMD_WRITE_ZEROES {
-        return Err((Errno::EINVAL, "NO_HOLE is only valid on WRITE_ZEROES".into()));
+        return Err((
+            Errno::EINVAL,
+            "NO_HOLE is only valid on WRITE_ZEROES".into(),
+        ));
     }
     let fua = req.flags & CMD_FLAG_FUA != 0;
     let len = u64::from(req.len);
-    let in_range = req.offset.checked_add(len).is_some_and(|end| end <= info.size);
+    let in_range = req
+        .offset
+        .checked_add(len)
+        .is_some_and(|end| end <= info.size);
     let range_err = |errno: Errno| {
         (
             errno,
@@ -403,12 +435,18 @@ fn validate(req: &Request, data: Option<Bytes>, info: &DeviceInfo) -> Result<Op,
         CMD_READ => {
             nonzero()?;
             if req.len > MAX_REQUEST {
-                return Err((Errno::EINVAL, format!("READ of {} bytes exceeds {MAX_REQUEST}", req.len)));
+                return Err((
+                    Errno::EINVAL,
+                    format!("READ of {} bytes exceeds {MAX_REQUEST}", req.len),
+                ));
             }
             if !in_range {
                 return Err(range_err(Errno::EINVAL));
             }
-            Ok(Op::Read { offset: req.offset, len: req.len })
+            Ok(Op::Read {
+                offset: req.offset,
+                len: req.len,
+            })
         }
         CMD_WRITE => {
             nonzero()?;
@@ -416,18 +454,29 @@ fn validate(req: &Request, data: Option<Bytes>, info: &DeviceInfo) -> Result<Op,
             if !in_range {
                 return Err(range_err(Errno::ENOSPC));
             }
-            Ok(Op::Write { offset: req.offset, data: data.unwrap_or_default(), fua })
+            Ok(Op::Write {
+                offset: req.offset,
+                data: data.unwrap_or_default(),
+                fua,
+            })
         }
         CMD_FLUSH => Ok(Op::Flush),
         CMD_TRIM => {
             if !info.supports_discard {
-                return Err((Errno::EINVAL, "TRIM was not advertised for this export".into()));
+                return Err((
+                    Errno::EINVAL,
+                    "TRIM was not advertised for this export".into(),
+                ));
             }
             nonzero()?;
             if !in_range {
                 return Err(range_err(Errno::EINVAL));
             }
-            Ok(Op::Trim { offset: req.offset, len, fua })
+            Ok(Op::Trim {
+                offset: req.offset,
+                len,
+                fua,
+            })
         }
         CMD_WRITE_ZEROES => {
             nonzero()?;
@@ -441,13 +490,19 @@ fn validate(req: &Request, data: Option<Bytes>, info: &DeviceInfo) -> Result<Op,
                 fua,
             })
         }
-        k => Err((Errno::EINVAL, format!("{} is not supported", command_name(k)))),
+        k => Err((
+            Errno::EINVAL,
+            format!("{} is not supported", command_name(k)),
+        )),
     }
 }
 
 /// Run a validated request. FUA on TRIM and WRITE_ZEROES (block ops without a FUA bit) is a
 /// FLUSH after them.
-async fn execute<D: BlockDevice>(export: &Export<D>, op: Op) -> Result<Option<Bytes>, block::IoError> {
+async fn execute<D: BlockDevice>(
+    export: &Export<D>,
+    op: Op,
+) -> Result<Option<Bytes>, block::IoError> {
     let io = export.io();
     match op {
         Op::Read { offset, len } => io.read(offset, len).await.map(Some),
@@ -460,7 +515,12 @@ async fn execute<D: BlockDevice>(export: &Export<D>, op: Op) -> Result<Option<By
             }
             Ok(None)
         }
-        Op::WriteZeroes { offset, len, may_unmap, fua } => {
+        Op::WriteZeroes {
+            offset,
+            len,
+            may_unmap,
+            fua,
+        } => {
             io.write_zeroes(offset, len, may_unmap).await?;
             if fua {
                 io.flush().await?;
@@ -484,7 +544,8 @@ async fn write_replies<W: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     while let Some(mut reply) = rx.recv().await {
         loop {
-            w.write_all(&simple_reply(reply.error, reply.cookie)).await?;
+            w.write_all(&simple_reply(reply.error, reply.cookie))
+                .await?;
             if let Some(d) = reply.data.take() {
                 w.write_all(&d).await?;
             }
@@ -590,7 +651,11 @@ async fn transmission<D, R, W>(
             let info = export.info();
             let error = match validate(&req, data, &info) {
                 Err((errno, why)) => {
-                    tracing::debug!(cookie = req.cookie, "{} rejected with {errno}: {why}", command_name(req.kind));
+                    tracing::debug!(
+                        cookie = req.cookie,
+                        "{} rejected with {errno}: {why}",
+                        command_name(req.kind)
+                    );
                     Err(errno)
                 }
                 Ok(op) => match execute(&export, op).await {
@@ -631,7 +696,9 @@ async fn transmission<D, R, W>(
         End::Closed => tracing::info!("client closed the connection"),
         End::Stopping => tracing::info!("server stopping: finishing in-flight requests"),
         End::WriterGone => {}
-        End::Error(e) => tracing::warn!("closing connection: {e}; requests already submitted complete"),
+        End::Error(e) => {
+            tracing::warn!("closing connection: {e}; requests already submitted complete")
+        }
     }
     // Requests already submitted run to the end whatever happened to the connection:
     // nothing is cancelled half-way through a multi-operation write.

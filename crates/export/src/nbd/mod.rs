@@ -114,10 +114,11 @@ impl Listener {
                 Ok(a) => format!("tcp {a}"),
                 Err(_) => "tcp".into(),
             },
-            Listener::Unix(l) => match l.local_addr().ok().and_then(|a| {
-                a.as_pathname()
-                    .map(|p| format!("unix {}", p.display()))
-            }) {
+            Listener::Unix(l) => match l
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(|p| format!("unix {}", p.display())))
+            {
                 Some(s) => s,
                 None => "unix".into(),
             },
@@ -174,7 +175,12 @@ impl<D: BlockDevice + 'static> NbdServer<D> {
         let _ = done_rx.recv().await;
     }
 
-    async fn accept_loop(self, listener: Listener, mut stop: watch::Receiver<bool>, done: mpsc::Sender<()>) {
+    async fn accept_loop(
+        self,
+        listener: Listener,
+        mut stop: watch::Receiver<bool>,
+        done: mpsc::Sender<()>,
+    ) {
         let mut backoff = ACCEPT_BACKOFF_MIN;
         loop {
             let accepted = tokio::select! {
@@ -253,7 +259,11 @@ async fn accept(l: &Listener) -> std::io::Result<Accepted> {
 }
 
 impl Accepted {
-    async fn serve<D: BlockDevice + 'static>(self, shared: Arc<Shared<D>>, stop: watch::Receiver<bool>) {
+    async fn serve<D: BlockDevice + 'static>(
+        self,
+        shared: Arc<Shared<D>>,
+        stop: watch::Receiver<bool>,
+    ) {
         match self.stream {
             Stream::Tcp(s) => {
                 let (r, w) = s.into_split();
