@@ -258,7 +258,7 @@ impl<D: BlockDevice + 'static> MapFs<D> {
 impl<D: BlockDevice + 'static> Filesystem for MapFs<D> {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Background requests (readahead, loop's page-cache writeback) in flight at once;
-        // the kernel's default of 12 would cap a loop device's queue.
+        // fuser's default of 16 would cap a loop device's queue.
         let _ = config.set_max_background(64);
         Ok(())
     }
