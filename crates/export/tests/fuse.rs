@@ -88,7 +88,12 @@ fn fallocate(f: &std::fs::File, mode: i32, offset: u64, len: u64) -> std::io::Re
 
 fn file_semantics(direct_io: bool) {
     let rt = runtime();
-    let dir = TempDir::new("fuse-semantics");
+    // One tag per test: TempDir names of parallel tests could otherwise collide.
+    let dir = TempDir::new(if direct_io {
+        "fuse-sem-dio"
+    } else {
+        "fuse-sem-pc"
+    });
     let size = 8 * MIB;
     let dev = Arc::new(MemDevice::new(size, 512));
     let exports = Exports::new();
@@ -276,7 +281,8 @@ fn loop_filesystem(test: &str, direct_io: bool, loop_direct_io: bool) {
         return;
     }
     let rt = runtime();
-    let dir = TempDir::new("fuse-loop");
+    // One tag per test: TempDir names of parallel tests could otherwise collide.
+    let dir = TempDir::new(test);
     let dev = Arc::new(
         MemDevice::builder(256 * MIB, 512)
             .max_transfer(MIB as u32)

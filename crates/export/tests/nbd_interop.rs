@@ -30,13 +30,15 @@ struct Server {
 }
 
 impl Server {
-    fn start(dev: MemDevice) -> Server {
+    /// `tag` names the scratch directory: one per test, as parallel tests' TempDir names
+    /// could otherwise collide.
+    fn start(tag: &str, dev: MemDevice) -> Server {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("runtime");
-        let dir = TempDir::new("nbd-interop");
+        let dir = TempDir::new(tag);
         let socket = dir.path().join("nbd.sock");
         let dev = Arc::new(dev);
         let exports = Exports::new();
@@ -116,6 +118,7 @@ fn nbdinfo_shows_size_and_flags() {
         return;
     }
     let s = Server::start(
+        "nbdinfo_shows_size_and_flags",
         MemDevice::builder(64 * MIB, 512)
             .max_transfer(MIB as u32)
             .build(),
@@ -152,7 +155,10 @@ fn nbdinfo_without_trim() {
     if !require("nbdinfo_without_trim", &["nbdinfo"]) {
         return;
     }
-    let s = Server::start(MemDevice::builder(8 * MIB, 4096).discard(false).build());
+    let s = Server::start(
+        "nbdinfo_without_trim",
+        MemDevice::builder(8 * MIB, 4096).discard(false).build(),
+    );
     let o = ok("nbdinfo", &[&s.uri()]);
     assert!(o.stdout.contains("can_trim: false"), "{}", o.stdout);
     assert!(
@@ -168,8 +174,8 @@ fn qemu_img_convert_round_trip() {
     if !require("qemu_img_convert_round_trip", &["qemu-img"]) {
         return;
     }
-    let s = Server::start(MemDevice::new(64 * MIB, 512));
-    let dir = TempDir::new("qemu-img");
+    let s = Server::start("qemu_img_convert_round_trip", MemDevice::new(64 * MIB, 512));
+    let dir = TempDir::new("qemu-img-files");
     let src = dir.path().join("src.img");
     let back = dir.path().join("back.img");
     let data = pattern(0x5eed, (64 * MIB) as usize);
@@ -200,7 +206,7 @@ fn qemu_io_patterns() {
     if !require("qemu_io_patterns", &["qemu-io"]) {
         return;
     }
-    let s = Server::start(MemDevice::new(16 * MIB, 512));
+    let s = Server::start("qemu_io_patterns", MemDevice::new(16 * MIB, 512));
     ok(
         "qemu-io",
         &[
@@ -250,8 +256,11 @@ fn nbdcopy_in_and_out_over_multiple_connections() {
     if !require("nbdcopy_in_and_out_over_multiple_connections", &["nbdcopy"]) {
         return;
     }
-    let s = Server::start(MemDevice::new(32 * MIB, 512));
-    let dir = TempDir::new("nbdcopy");
+    let s = Server::start(
+        "nbdcopy_in_and_out_over_multiple_connections",
+        MemDevice::new(32 * MIB, 512),
+    );
+    let dir = TempDir::new("nbdcopy-files");
     let src = dir.path().join("rnd.bin");
     let back = dir.path().join("back.bin");
     let data = pattern(77, (32 * MIB) as usize);
@@ -281,7 +290,7 @@ fn fio_randrw_verify() {
     if !require("fio_randrw_verify", &["fio"]) {
         return;
     }
-    let s = Server::start(MemDevice::new(64 * MIB, 512));
+    let s = Server::start("fio_randrw_verify", MemDevice::new(64 * MIB, 512));
     let uri = format!("--uri={}", s.uri());
     let o = ok(
         "fio",
