@@ -687,10 +687,6 @@ async fn transmission<D, R, W>(
         });
     };
     drop(tx);
-    let drain_limit = match &end {
-        End::Stopping => Some(config.drain_timeout),
-        _ => None,
-    };
     match &end {
         End::Disc => tracing::info!("client disconnected (NBD_CMD_DISC)"),
         End::Closed => tracing::info!("client closed the connection"),
@@ -714,15 +710,16 @@ async fn transmission<D, R, W>(
             Err(e) => tracing::error!("reply writer failed: {e}"),
         }
     };
-    match drain_limit {
-        None => drain.await,
-        Some(limit) => {
-            if tokio::time::timeout(limit, drain).await.is_err() {
-                tracing::warn!("in-flight requests not finished within {limit:?}; dropping the connection, device operations continue");
-                tasks.detach_all();
-                writer_task.abort();
-            }
-        }
+    // Bounded in every case: a peer that neither reads its replies nor closes must not
+    // hold the connection (and its permits) forever.
+    let limit = config.drain_timeout;
+    if tokio::time::timeout(limit, drain).await.is_err() {
+        tracing::warn!(
+            "in-flight requests and their replies not finished within {limit:?}; \
+             dropping the connection, device operations continue"
+        );
+        tasks.detach_all();
+        writer_task.abort();
     }
 }
 

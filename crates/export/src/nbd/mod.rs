@@ -71,9 +71,11 @@ pub struct NbdConfig {
     /// Bytes of READ and WRITE payload in flight per connection (at least [`MAX_REQUEST`]):
     /// the memory one client can pin.
     pub max_in_flight_bytes: u32,
-    /// On shutdown, how long a connection may take to finish its in-flight requests and send
-    /// their replies before it is dropped (device operations already submitted still
-    /// complete; only their replies are lost).
+    /// When a connection ends (DISC, close, garbage, shutdown), how long it may take to
+    /// finish its in-flight requests and send their replies before it is dropped. Device
+    /// operations already submitted complete regardless; only their replies are lost. 90 s
+    /// outlasts the engine's default no-path queueing (60 s), so a request queued while
+    /// every path is down still gets its answer.
     pub drain_timeout: Duration,
 }
 
@@ -84,7 +86,7 @@ impl Default for NbdConfig {
             handshake_timeout: Duration::from_secs(60),
             max_in_flight: 128,
             max_in_flight_bytes: 64 << 20,
-            drain_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(90),
         }
     }
 }
@@ -156,6 +158,8 @@ impl<D: BlockDevice + 'static> NbdServer<D> {
     /// Accept connections on every listener until `shutdown` resolves; then stop accepting,
     /// let each connection finish its in-flight requests (bounded by
     /// [`NbdConfig::drain_timeout`]) and return when all are closed.
+    ///
+    /// Must run on a tokio runtime with time and I/O enabled.
     pub async fn run(self, listeners: Vec<Listener>, shutdown: impl Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
         // Every accept loop and connection holds a sender; recv() returns None once all
