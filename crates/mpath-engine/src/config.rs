@@ -2,6 +2,7 @@
 //! policy.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use block::{DeviceInfo, PathTransport};
 use mpath_policy::{MapConfig, PathInfo};
@@ -59,6 +60,11 @@ pub struct EngineConfig {
     /// selector is historical-service-time) nor counts successes; errors, requeues and
     /// no-path time are still counted.
     pub io_stats: bool,
+    /// Hold new writes that overlap blocks whose earlier write is in doubt (its attempt
+    /// left a failed path with no outcome) until that path logs in again, or at most this
+    /// long. `None` (the default) issues every write at once and only counts the exposure;
+    /// see `docs/engine.md`, "The stale-write hazard".
+    pub stale_write_fence: Option<Duration>,
 }
 
 impl EngineConfig {
@@ -71,6 +77,7 @@ impl EngineConfig {
             policy: MapConfig::default(),
             reinstate_on_recovery: true,
             io_stats: true,
+            stale_write_fence: None,
         }
     }
 }

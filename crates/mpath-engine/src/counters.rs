@@ -127,6 +127,11 @@ pub struct MapCounters {
     pub paths: Vec<(PathId, IoStats)>,
     /// Total time with no usable path (queueing or failing), up to now.
     pub no_path_time: Duration,
+    /// Writes issued again while an earlier attempt of theirs, on a failed path, had no
+    /// known outcome: each a possible stale write (see `docs/engine.md`).
+    pub in_doubt_writes: u64,
+    /// Writes held back by the stale-write fence.
+    pub fenced_writes: u64,
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ use tokio::time::Instant;
 
 use crate::config::{EngineConfig, IoLimits, PathSpec};
 use crate::counters::{IoCounters, MapCounters};
+use crate::fence::Fence;
 use crate::inflight::{Attempt, Inflight, InflightTable};
 use crate::message::{MapStatus, Message, MessageError, Reply};
 use crate::owner::Owner;
@@ -131,11 +132,26 @@ pub(crate) struct Shared {
     /// path (`USABLE` when there is one); kept by the owner.
     pub no_path_total_ns: AtomicU64,
     pub no_path_since_ns: AtomicU64,
+    pub fence: Option<Fence>,
+    /// Writes issued again while an earlier attempt's outcome was unknown.
+    pub in_doubt_writes: AtomicU64,
+    /// Writes the fence held back.
+    pub fenced_writes: AtomicU64,
 }
 
 impl Shared {
     pub fn ns(&self, t: Instant) -> u64 {
         u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// A write's attempt left `path` with no outcome: it may still land.
+    fn note_in_doubt(&self, path: PathId, cmd: &Cmd) {
+        if let Some(range) = cmd.modifies {
+            self.in_doubt_writes.fetch_add(1, Ordering::Relaxed);
+            if let Some(f) = &self.fence {
+                f.in_doubt(path, range, Instant::now());
+            }
+        }
     }
 
     /// Now, when anything needs it; otherwise the epoch, and the clock is not read.
@@ -208,6 +224,12 @@ impl Shared {
         mut start: StdInstant,
     ) -> Result<(Bytes, StdInstant), IoError> {
         let mut transitioning_since: Option<Instant> = None;
+        if let (Some(fence), Some(range)) = (&self.fence, cmd.modifies) {
+            if fence.wait(range).await {
+                self.fenced_writes.fetch_add(1, Ordering::Relaxed);
+                start = self.now();
+            }
+        }
         loop {
             let start_ns = if self.selector_needs_time {
                 self.clock_ns(start)
@@ -243,6 +265,7 @@ impl Shared {
                     return Ok((data, end));
                 }
                 Attempt::Orphaned => {
+                    self.note_in_doubt(path.id, cmd);
                     path.counters.requeue();
                     self.counters.requeue();
                     self.emit_now(EventKind::IoRequeued {
@@ -287,7 +310,13 @@ impl Shared {
                         None,
                     )
                 }
-                ErrorClass::PathFailure { reason, alua } => (reason, alua),
+                ErrorClass::PathFailure { reason, alua } => {
+                    // Without a SCSI status nobody knows whether the target executed it.
+                    if err.scsi.is_none() {
+                        self.note_in_doubt(path.id, cmd);
+                    }
+                    (reason, alua)
+                }
             };
             path.counters.requeue();
             self.counters.requeue();
@@ -502,6 +531,9 @@ impl MultipathDevice {
             recent: Mutex::new(VecDeque::new()),
             no_path_total_ns: AtomicU64::new(0),
             no_path_since_ns: AtomicU64::new(USABLE),
+            fence: config.stale_write_fence.map(Fence::new),
+            in_doubt_writes: AtomicU64::new(0),
+            fenced_writes: AtomicU64::new(0),
         });
         let mut owner = Owner::new(shared.clone(), policy, rx, config.reinstate_on_recovery);
         owner.sync(epoch);
@@ -601,6 +633,8 @@ impl MultipathDevice {
                 .map(|p| (p.id, p.counters.snapshot()))
                 .collect(),
             no_path_time: Duration::from_nanos(ns),
+            in_doubt_writes: s.in_doubt_writes.load(Ordering::Relaxed),
+            fenced_writes: s.fenced_writes.load(Ordering::Relaxed),
         }
     }
 

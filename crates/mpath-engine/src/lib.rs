@@ -22,6 +22,7 @@
 mod config;
 mod counters;
 mod device;
+mod fence;
 mod inflight;
 mod message;
 mod owner;

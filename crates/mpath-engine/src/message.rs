@@ -74,6 +74,8 @@ pub struct MapStatus {
     pub in_flight: Vec<usize>,
     /// Requests waiting for a usable path.
     pub queued: usize,
+    /// Block ranges the stale-write fence holds in doubt.
+    pub in_doubt: usize,
     pub recent_events: Vec<Event>,
     pub at: Instant,
 }

@@ -163,6 +163,9 @@ impl Owner {
                 self.orphan.push(path);
             }
             PathEvent::Connected | PathEvent::Recovered => {
+                if let Some(fence) = &self.shared.fence {
+                    fence.path_reconnected(path);
+                }
                 let failed = self
                     .policy
                     .path_state(path)
@@ -257,6 +260,7 @@ impl Owner {
                 .map(|p| p.inflight.waiting())
                 .collect(),
             queued: self.waiters.len(),
+            in_doubt: self.shared.fence.as_ref().map_or(0, |f| f.entries()),
             recent_events: self
                 .shared
                 .recent

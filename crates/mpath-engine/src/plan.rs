@@ -15,6 +15,8 @@ pub(crate) struct Cmd {
     pub data: DataPhase,
     /// Bytes on the wire, for the selectors.
     pub bytes: u64,
+    /// The blocks the command changes (LBA, count), for the stale-write fence.
+    pub modifies: Option<(u64, u64)>,
 }
 
 impl Cmd {
@@ -24,7 +26,17 @@ impl Cmd {
             DataPhase::In { len } => u64::from(*len),
             DataPhase::Out(b) => b.len() as u64,
         };
-        Cmd { cdb, data, bytes }
+        Cmd {
+            cdb,
+            data,
+            bytes,
+            modifies: None,
+        }
+    }
+
+    fn modifying(mut self, lba: u64, blocks: u32) -> Cmd {
+        self.modifies = Some((lba, u64::from(blocks)));
+        self
     }
 
     pub fn request(&self) -> ScsiRequest {
@@ -134,10 +146,13 @@ pub(crate) fn plan(op: &BlockOp, info: &DeviceInfo, limits: &IoLimits) -> Result
             let plan = if blocks == 0 {
                 Plan::Nothing
             } else if blocks <= u64::from(max_rw) {
-                Plan::One(Cmd::new(
-                    build::write_16(lba, blocks as u32, fua_bit),
-                    DataPhase::Out(data.clone()),
-                ))
+                Plan::One(
+                    Cmd::new(
+                        build::write_16(lba, blocks as u32, fua_bit),
+                        DataPhase::Out(data.clone()),
+                    )
+                    .modifying(lba, blocks as u32),
+                )
             } else {
                 let mut at = 0usize;
                 collect(
@@ -147,6 +162,7 @@ pub(crate) fn plan(op: &BlockOp, info: &DeviceInfo, limits: &IoLimits) -> Result
                             let chunk = data.slice(at..at + len);
                             at += len;
                             Cmd::new(build::write_16(l, n, fua_bit), DataPhase::Out(chunk))
+                                .modifying(l, n)
                         })
                         .collect(),
                 )
@@ -178,6 +194,7 @@ pub(crate) fn plan(op: &BlockOp, info: &DeviceInfo, limits: &IoLimits) -> Result
                             build::unmap(params.len() as u16),
                             DataPhase::Out(Bytes::from(params)),
                         )
+                        .modifying(l, n)
                     })
                     .collect(),
             )
@@ -202,6 +219,7 @@ pub(crate) fn plan(op: &BlockOp, info: &DeviceInfo, limits: &IoLimits) -> Result
                                 build::write_same_16(l, n, *may_unmap, limits.write_same_ndob),
                                 data,
                             )
+                            .modifying(l, n)
                         })
                         .collect(),
                 )
@@ -215,6 +233,7 @@ pub(crate) fn plan(op: &BlockOp, info: &DeviceInfo, limits: &IoLimits) -> Result
                                 build::write_16(l, n, false),
                                 DataPhase::Out(buf.slice(..(n * bs) as usize)),
                             )
+                            .modifying(l, n)
                         })
                         .collect(),
                 )

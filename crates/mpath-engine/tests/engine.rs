@@ -812,3 +812,74 @@ async fn dropping_a_waiting_request_leaves_nothing_behind() {
     settle().await;
     assert_eq!(r.dev.status().await.unwrap().in_flight[0], 0);
 }
+
+fn fenced(hold: Option<Duration>) -> Rig {
+    let mut prios = vec![Some(1); 2];
+    prios[0] = Some(10);
+    rig_with(
+        &prios,
+        EngineConfig {
+            stale_write_fence: hold,
+            ..config(quiet_policy())
+        },
+    )
+}
+
+/// A write left in doubt on path 0: held there, path 0 fails, the write is re-issued on
+/// path 1 and completes.
+async fn write_in_doubt(r: &Rig) {
+    r.paths[0].set_hold(true);
+    r.paths[0].set_late_failure(true);
+    let w1 = spawn(&r.dev, write(4, 1));
+    settle().await;
+    r.paths[0].fail(PathFailKind::Stalled);
+    settle().await;
+    assert_eq!(w1.await.unwrap(), Ok(Outcome::Done));
+    assert_eq!(r.dev.counters().in_doubt_writes, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_write_fence_holds_overlapping_writes_until_the_path_logs_in_again() {
+    let r = fenced(Some(Duration::from_secs(30)));
+    write_in_doubt(&r).await;
+    assert_eq!(r.dev.status().await.unwrap().in_doubt, 1);
+    // An overlapping write waits; reads and other blocks do not.
+    let w2 = spawn(&r.dev, write(4, 2));
+    assert!(r.dev.submit(read(4, 1)).await.is_ok());
+    assert!(r.dev.submit(write(5, 3)).await.is_ok());
+    settle().await;
+    assert!(!w2.is_finished());
+    // The old connection is replaced by a new login: nothing of it can land any more.
+    r.paths[0].release_failed();
+    r.paths[0].set_hold(false);
+    r.paths[0].recover();
+    settle().await;
+    assert_eq!(w2.await.unwrap(), Ok(Outcome::Done));
+    assert_eq!(r.lu.read(4 * 512, 512), vec![2; 512]);
+    let c = r.dev.counters();
+    assert_eq!(c.fenced_writes, 1);
+    assert_eq!(r.dev.status().await.unwrap().in_doubt, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_write_fence_is_bounded_by_its_hold() {
+    let r = fenced(Some(Duration::from_secs(5)));
+    write_in_doubt(&r).await;
+    let w2 = spawn(&r.dev, write(4, 2));
+    settle().await;
+    tokio::time::advance(Duration::from_secs(4)).await;
+    settle().await;
+    assert!(!w2.is_finished());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    settle().await;
+    assert_eq!(w2.await.unwrap(), Ok(Outcome::Done));
+}
+
+#[tokio::test]
+async fn without_the_fence_writes_go_at_once_and_the_exposure_is_counted() {
+    let r = fenced(None);
+    write_in_doubt(&r).await;
+    assert_eq!(r.dev.submit(write(4, 2)).await, Ok(Outcome::Done));
+    let c = r.dev.counters();
+    assert_eq!((c.in_doubt_writes, c.fenced_writes), (1, 0));
+}

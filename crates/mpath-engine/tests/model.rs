@@ -11,7 +11,9 @@
 //! - target errors only where one was injected, never a path error or `Invalid`;
 //! - each block ends holding the data of one of the writes to it that succeeded (no write
 //!   executed twice out of order, none lost);
-//! - the counters agree with the results.
+//! - the counters agree with the results;
+//!
+//! with and without the stale-write fence.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -162,7 +164,12 @@ fn check_failure(
     Ok(())
 }
 
-async fn run(ops: Vec<Op>, late: [bool; PATHS], hold: [bool; PATHS]) -> Result<(), TestCaseError> {
+async fn run(
+    ops: Vec<Op>,
+    late: [bool; PATHS],
+    hold: [bool; PATHS],
+    fence: bool,
+) -> Result<(), TestCaseError> {
     let lu = FakeLu::new(BLOCKS, BS);
     let paths: Vec<FakePath> = (0..PATHS)
         .map(|i| FakePath::new(format!("p{i}"), lu.clone()))
@@ -197,6 +204,7 @@ async fn run(ops: Vec<Op>, late: [bool; PATHS], hold: [bool; PATHS]) -> Result<(
             flap: None,
             ..MapConfig::default()
         },
+        stale_write_fence: fence.then_some(Duration::from_secs(30)),
         ..EngineConfig::new("model", device)
     };
     let dev = MultipathDevice::start(config, specs).expect("start");
@@ -330,6 +338,9 @@ async fn run(ops: Vec<Op>, late: [bool; PATHS], hold: [bool; PATHS]) -> Result<(
         }
     }
     settle().await;
+    // Every path is usable now; let fence holds of writes put in doubt late run out.
+    tokio::time::advance(Duration::from_secs(31)).await;
+    settle().await;
     for r in reqs.iter_mut().filter(|r| r.result.is_none()) {
         let Some(h) = r.handle.take() else { continue };
         prop_assert!(h.is_finished(), "request on block {} lost", r.block);
@@ -381,12 +392,13 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..60),
         late in any::<[bool; PATHS]>(),
         hold in any::<[bool; PATHS]>(),
+        fence in any::<bool>(),
     ) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .start_paused(true)
             .build()
             .expect("runtime");
-        rt.block_on(run(ops, late, hold))?;
+        rt.block_on(run(ops, late, hold, fence))?;
     }
 }
