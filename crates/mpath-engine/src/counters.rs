@@ -105,7 +105,7 @@ impl IoCounters {
     }
 }
 
-/// A copy of [`IoCounters`].
+/// A copy of the counters of a path or a map.
 ///
 /// For a path: `ios`/`bytes` count commands that completed on it (success or target
 /// error), `errors` its failed commands (path and target errors), `requeues` the commands

@@ -13,7 +13,7 @@
 //! - [`map`]: one map's state machine — failover, failback (`immediate`, `manual`,
 //!   `followover`, deferred), operator pinning, flap damping, the no-path policy
 //!   (`fail`, bounded `queue`, `queue` forever) and the messages that change them.
-//! - [`classify`]: what an error returned by a path means (target error, path failure,
+//! - [`mod@classify`]: what an error returned by a path means (target error, path failure,
 //!   ALUA transitioning).
 //! - [`event`]: every state change, with a timestamp and a reason.
 
