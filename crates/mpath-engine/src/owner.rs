@@ -51,6 +51,9 @@ pub(crate) struct Owner {
     rx: mpsc::UnboundedReceiver<Command>,
     /// Requests queued for want of a usable path.
     waiters: Vec<oneshot::Sender<Verdict>>,
+    /// `waiters.len()` after the last pruning of callers that gave up: pruning again only
+    /// when the queue has doubled keeps it linear overall.
+    pruned_at: usize,
     published: Option<u64>,
     /// Paths whose in-flight commands are handed back at the next sync.
     orphan: Vec<PathId>,
@@ -70,6 +73,7 @@ impl Owner {
             policy,
             rx,
             waiters: Vec::new(),
+            pruned_at: 0,
             published: None,
             orphan: Vec::new(),
             outbox: Vec::new(),
@@ -92,10 +96,12 @@ impl Owner {
 
     async fn select(&mut self) -> Action {
         let deadline = self.policy.poll_timeout().map(Instant::from_std);
+        // A due timer goes first: a flood of commands must not hold off the end of a
+        // queueing window or a failback.
         tokio::select! {
             biased;
-            c = self.rx.recv() => c.map_or(Action::Closed, Action::Command),
             _ = sleep_until(deadline) => Action::Timeout,
+            c = self.rx.recv() => c.map_or(Action::Closed, Action::Command),
         }
     }
 
@@ -157,7 +163,12 @@ impl Owner {
                 // Already failed (by an I/O error or an operator) or not: the transport
                 // says its commands are dead, so whatever is in flight goes elsewhere now.
                 match self.policy.fail_path(path, reason, t) {
-                    Ok(()) | Err(PolicyError::PathAlreadyFailed(_)) => {}
+                    Ok(()) => {}
+                    // Failed already (by an I/O error, an operator, or while held back by
+                    // flap damping): the transport is down now, which ends any hold.
+                    Err(PolicyError::PathAlreadyFailed(_)) => {
+                        let _ = self.policy.checker_report(path, CheckerState::Down, t);
+                    }
                     Err(e) => tracing::warn!(map = %self.shared.name, "{path}: {e}"),
                 }
                 self.orphan.push(path);
@@ -195,6 +206,8 @@ impl Owner {
             PathEvent::GaveUp { reason } => {
                 if self.policy.fail_path(path, reason.clone(), t).is_ok() {
                     self.orphan.push(path);
+                } else {
+                    let _ = self.policy.checker_report(path, CheckerState::Down, t);
                 }
                 self.shared.emit(Event {
                     at: t,
@@ -310,18 +323,25 @@ impl Owner {
         if !self.waiters.is_empty() {
             match self.policy.no_path_verdict() {
                 NoPathVerdict::Retry => {
+                    self.pruned_at = 0;
                     for w in self.waiters.drain(..) {
                         let _ = w.send(Verdict::Retry);
                     }
                 }
                 NoPathVerdict::Fail(reason) => {
                     let err = IoError::new(IoErrorKind::NoPath, reason.to_string());
+                    self.pruned_at = 0;
                     for w in self.waiters.drain(..) {
                         let _ = w.send(Verdict::Fail(err.clone()));
                     }
                 }
                 // Callers that gave up waiting are forgotten.
-                NoPathVerdict::Queue { .. } => self.waiters.retain(|w| !w.is_closed()),
+                NoPathVerdict::Queue { .. } => {
+                    if self.waiters.len() > 2 * self.pruned_at.max(16) {
+                        self.waiters.retain(|w| !w.is_closed());
+                        self.pruned_at = self.waiters.len();
+                    }
+                }
             }
         }
         let t = now.into_std();

@@ -522,6 +522,32 @@ async fn flapping_path_is_held_back() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_held_back_path_whose_transport_fails_again_is_not_reinstated() {
+    let r = rig_with(
+        &[None, None],
+        config(MapConfig {
+            flap: Some(FlapDamping::default()),
+            ..MapConfig::default()
+        }),
+    );
+    for _ in 0..3 {
+        r.paths[0].fail(PathFailKind::ConnectionReset);
+        settle().await;
+        r.paths[0].recover();
+        settle().await;
+    }
+    let st = r.dev.status().await.unwrap();
+    assert_eq!(st.view.paths[0].state.checker, CheckerState::Delayed);
+    r.paths[0].fail(PathFailKind::ConnectionReset);
+    settle().await;
+    tokio::time::advance(FlapDamping::default().hold * 2).await;
+    settle().await;
+    let st = r.dev.status().await.unwrap();
+    assert_eq!(st.view.paths[0].state.dm, DmState::Failed);
+    assert_eq!(st.view.paths[0].state.checker, CheckerState::Down);
+}
+
+#[tokio::test(start_paused = true)]
 async fn alua_transitioning_retries_in_the_same_group_without_failing_the_path() {
     let r = rig_primary(2, quiet_policy());
     let transitioning = || {
