@@ -78,6 +78,8 @@ enum Failing {
 struct Model {
     up: [bool; PATHS],
     active: [bool; PATHS],
+    /// Failed by the operator: only the operator reinstates it.
+    held: [bool; PATHS],
     queue_on: bool,
     now: Duration,
     window_start: Option<Duration>,
@@ -211,6 +213,7 @@ async fn run(
     let mut model = Model {
         up: [true; PATHS],
         active: [true; PATHS],
+        held: [false; PATHS],
         queue_on: true,
         now: Duration::ZERO,
         window_start: None,
@@ -260,11 +263,14 @@ async fn run(
             Op::TransportRecover { path } => {
                 paths[path].recover();
                 model.up[path] = true;
-                model.active[path] = true;
+                model.active[path] = !model.held[path];
             }
             Op::OperatorFail { path } => {
                 let r = dev.fail_path(PathId(path as u32)).await;
                 prop_assert_eq!(r.is_ok(), model.active[path]);
+                if model.active[path] {
+                    model.held[path] = true;
+                }
                 model.active[path] = false;
             }
             Op::OperatorReinstate { path } => {
@@ -273,6 +279,7 @@ async fn run(
                 prop_assert_eq!(r.is_ok(), applies, "reinstate {}: {:?}", path, r);
                 if applies {
                     model.active[path] = true;
+                    model.held[path] = false;
                 }
             }
             Op::SwitchGroup { group } => {

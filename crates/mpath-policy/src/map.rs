@@ -157,6 +157,8 @@ pub enum PolicyError {
     GroupNotDisabled(usize),
     #[error("group {0} has no usable path")]
     GroupHasNoUsablePath(usize),
+    #[error("{0} was failed by an operator: only an operator reinstates it")]
+    HeldByOperator(PathId),
     #[error("queue_if_no_path is already {}", if *.0 { "on" } else { "off" })]
     QueueIfNoPathAlready(bool),
 }
@@ -241,6 +243,9 @@ struct PathEntry {
     recent_failures: VecDeque<Instant>,
     /// A held-back reinstatement happens at this time.
     reinstate_at: Option<Instant>,
+    /// Failed by an operator (an `Administrative` reason): no automatic cause reinstates
+    /// it, so that a transport coming back does not silently undo the operator.
+    operator_failed: bool,
 }
 
 /// A read-only view of one path, for status displays.
@@ -255,6 +260,8 @@ pub struct PathView {
     pub last_failure: Option<PathFailReason>,
     pub failures: u64,
     pub reinstate_at: Option<Instant>,
+    /// Failed by an operator; only an operator reinstates it.
+    pub operator_failed: bool,
 }
 
 /// A read-only view of one priority group.
@@ -350,6 +357,7 @@ impl Multipath {
                     failures: 0,
                     recent_failures: VecDeque::new(),
                     reinstate_at: None,
+                    operator_failed: false,
                 }
             })
             .collect();
@@ -534,7 +542,8 @@ impl Multipath {
         }
     }
 
-    /// Stop sending I/O to a path.
+    /// Stop sending I/O to a path. With an `Administrative` reason it is an operator's
+    /// decision: only the operator's `reinstate_path` undoes it.
     pub fn fail_path(
         &mut self,
         id: PathId,
@@ -562,6 +571,9 @@ impl Multipath {
             return Err(PolicyError::PathAlreadyActive(id));
         }
         if cause != ReinstateCause::Operator {
+            if p.operator_failed {
+                return Err(PolicyError::HeldByOperator(id));
+            }
             if let Some(until) = p.reinstate_at {
                 return Ok(Reinstatement::Delayed { until });
             }
@@ -605,8 +617,9 @@ impl Multipath {
     }
 
     /// A checker result for a path. `down` fails an active path; an answering result
-    /// reinstates a failed one (subject to flap damping); otherwise only the checker view
-    /// changes. Repeating the current state is not an error and changes nothing.
+    /// reinstates a failed one (subject to flap damping; not one an operator failed);
+    /// otherwise only the checker view changes. Repeating the current state is not an
+    /// error and changes nothing.
     pub fn checker_report(
         &mut self,
         id: PathId,
@@ -615,7 +628,12 @@ impl Multipath {
     ) -> Result<(), PolicyError> {
         let i = self.index(id)?;
         let from = self.paths[i].state;
-        if from.dm == DmState::Failed && checker.answers() && checker != CheckerState::Delayed {
+        let automatic = !self.paths[i].operator_failed;
+        if from.dm == DmState::Failed
+            && automatic
+            && checker.answers()
+            && checker != CheckerState::Delayed
+        {
             if from.checker == CheckerState::Delayed {
                 return Ok(());
             }
@@ -791,6 +809,7 @@ impl Multipath {
                     last_failure: p.last_failure.clone(),
                     failures: p.failures,
                     reinstate_at: p.reinstate_at,
+                    operator_failed: p.operator_failed,
                 })
                 .collect(),
             groups: self
@@ -849,6 +868,7 @@ impl Multipath {
         p.last_failure = Some(reason.clone());
         p.failures += 1;
         p.reinstate_at = None;
+        p.operator_failed = reason.kind == PathFailKind::Administrative;
         if let Some(flap) = self.config.flap {
             p.recent_failures.push_back(now);
             while p.recent_failures.len() > flap.failures as usize
@@ -909,6 +929,7 @@ impl Multipath {
         p.state = to;
         p.since = now;
         p.reinstate_at = None;
+        p.operator_failed = false;
         self.push(now, EventKind::PathReinstated { path: id, cause });
     }
 

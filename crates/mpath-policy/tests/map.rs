@@ -524,3 +524,25 @@ fn generation_grows_on_every_change() {
     let _ = m.fail_path(PathId(0), reason(), t0);
     assert_eq!(m.generation(), g1, "a refused message changes nothing");
 }
+
+#[test]
+fn an_operators_fail_is_not_undone_by_automatic_causes() {
+    let t0 = Instant::now();
+    let mut m = Multipath::new(MapConfig::default(), plain_paths(2), t0);
+    let admin = PathFailReason::new(PathFailKind::Administrative, "failed by operator");
+    m.fail_path(PathId(0), admin, t0).unwrap();
+    assert_eq!(
+        m.reinstate_path(PathId(0), ReinstateCause::TransportRecovered, t0),
+        Err(PolicyError::HeldByOperator(PathId(0)))
+    );
+    m.checker_report(PathId(0), CheckerState::Up, t0).unwrap();
+    assert_eq!(
+        m.path_state(PathId(0)),
+        Some(PathState::new(DmState::Failed, CheckerState::Up))
+    );
+    assert!(m.view().paths[0].operator_failed);
+    m.reinstate_path(PathId(0), ReinstateCause::Operator, t0)
+        .unwrap();
+    assert_eq!(m.path_state(PathId(0)), Some(PathState::ACTIVE_UP));
+    assert!(!m.view().paths[0].operator_failed);
+}
