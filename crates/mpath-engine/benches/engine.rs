@@ -131,6 +131,47 @@ fn main() {
         selectors(iters);
     }
     engine_overhead(quick);
+    if !only_engine {
+        primitives(iters);
+    }
+}
+
+/// What the fast path's building blocks cost on this machine, to read the overhead by.
+fn primitives(iters: u64) {
+    let time = |f: &mut dyn FnMut()| {
+        let runs = (0..7)
+            .map(|_| {
+                let start = Instant::now();
+                for _ in 0..iters / 5 {
+                    f();
+                }
+                start.elapsed().as_nanos() as f64 / (iters / 5) as f64
+            })
+            .collect();
+        lowest(runs)
+    };
+    let counter = std::sync::atomic::AtomicU64::new(0);
+    let lock = std::sync::RwLock::new(vec![0usize; 8]);
+    println!("\n### Primitives on this machine\n");
+    println!("| operation | cost |");
+    println!("|---|---:|");
+    let clock = time(&mut || {
+        black_box(Instant::now());
+    });
+    println!("| `Instant::now()` (monotonic clock) | {clock:.1} ns |");
+    let add = time(&mut || {
+        counter.fetch_add(black_box(1), std::sync::atomic::Ordering::Relaxed);
+    });
+    println!("| atomic `fetch_add` (uncontended) | {add:.1} ns |");
+    let read = time(&mut || {
+        let g = lock.read().unwrap_or_else(|e| e.into_inner());
+        black_box(g[black_box(1)]);
+    });
+    println!("| `RwLock` read lock + unlock (uncontended) | {read:.1} ns |");
+    let boxed = time(&mut || {
+        black_box(Box::new(black_box(5u64)));
+    });
+    println!("| heap allocation + free (small) | {boxed:.1} ns |");
 }
 
 fn selectors(iters: u64) {
