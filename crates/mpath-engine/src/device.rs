@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use crate::config::{EngineConfig, IoLimits, PathSpec};
 use crate::counters::{IoCounters, MapCounters};
 use crate::fence::Fence;
-use crate::inflight::{Attempt, Inflight, InflightTable};
+use crate::inflight::{Attempt, Inflight, InflightTable, CLOSED};
 use crate::message::{MapStatus, Message, MessageError, Reply};
 use crate::owner::Owner;
 use crate::plan::{plan, Cmd, Plan};
@@ -60,10 +60,37 @@ pub(crate) struct PathShared {
     pub counters: IoCounters,
 }
 
+impl PathShared {
+    /// Subscribe the owner to the path's events under `id`, then read whether it is up:
+    /// in this order, so that a failure in between is seen. The path shared state, and
+    /// whether the transport is up.
+    pub(crate) fn attach(
+        id: PathId,
+        spec: &PathSpec,
+        commands: &mpsc::UnboundedSender<Command>,
+        decay_shift: u32,
+    ) -> (PathShared, bool) {
+        let events = commands.clone();
+        spec.transport.subscribe(Box::new(move |event| {
+            let _ = events.send(Command::Path { path: id, event });
+        }));
+        let up = spec.transport.is_up();
+        let path = PathShared {
+            id,
+            transport: spec.transport.clone(),
+            load: PathLoad::with_decay_shift(spec.info.relative_throughput, decay_shift),
+            inflight: InflightTable::default(),
+            incarnation: AtomicU64::new(0),
+            counters: IoCounters::default(),
+        };
+        (path, up)
+    }
+}
+
 /// What the fast path may use: published by the owner after every change.
 pub(crate) struct Routing {
-    /// Indices into `Shared::paths`.
-    pub paths: Vec<usize>,
+    /// The candidates: the usable paths of the active group, of its best checker tier.
+    pub paths: Vec<Arc<PathShared>>,
     pub selector: Selector,
 }
 
@@ -100,6 +127,12 @@ pub(crate) enum Command {
         msg: Message,
         reply: oneshot::Sender<Result<Reply, MessageError>>,
     },
+    /// A path joins the map (not a [`Message`]: a transport is an object, not a
+    /// control-plane request).
+    AddPath {
+        spec: PathSpec,
+        reply: oneshot::Sender<Result<PathId, MessageError>>,
+    },
     Stop,
 }
 
@@ -122,7 +155,11 @@ pub(crate) struct Shared {
     pub io_stats: bool,
     /// The fast path reads the clock (for statistics or the selector).
     pub timed: bool,
-    pub paths: Vec<PathShared>,
+    /// The HST decay shift every path's load uses (from the map's selector).
+    pub decay_shift: u32,
+    /// The map's paths in id order, as the owner last published them (for `counters`,
+    /// `path_ids`; the owner keeps its own copy).
+    pub members: Mutex<Vec<Arc<PathShared>>>,
     pub routing: RwLock<Routing>,
     pub commands: mpsc::UnboundedSender<Command>,
     pub counters: IoCounters,
@@ -197,13 +234,18 @@ impl Shared {
 
     /// The selector's choice among the published candidates, and how many there were.
     #[inline]
-    fn pick(&self, bytes: u64, now_ns: u64) -> Option<(usize, usize)> {
+    fn pick(&self, bytes: u64, now_ns: u64) -> Option<(Arc<PathShared>, usize)> {
         let r = self.routing.read().unwrap_or_else(|e| e.into_inner());
         let n = r.paths.len();
-        let i = r
-            .selector
-            .select(n, |i| &self.paths[r.paths[i]].load, bytes, now_ns)?;
-        Some((r.paths[i], n))
+        let i = r.selector.select(n, |i| &r.paths[i].load, bytes, now_ns)?;
+        Some((r.paths[i].clone(), n))
+    }
+
+    pub(crate) fn members(&self) -> Vec<Arc<PathShared>> {
+        self.members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     async fn ask(&self, ask: Ask) -> Verdict {
@@ -236,7 +278,7 @@ impl Shared {
             } else {
                 0
             };
-            let Some((index, candidates)) = self.pick(cmd.bytes, start_ns) else {
+            let Some((path, candidates)) = self.pick(cmd.bytes, start_ns) else {
                 match self.ask(Ask::NoPath).await {
                     Verdict::Retry => {
                         start = self.now();
@@ -245,9 +287,13 @@ impl Shared {
                     Verdict::Fail(e) => return Err(e),
                 }
             };
-            let path = &self.paths[index];
             let incarnation = path.incarnation.load(Ordering::Acquire);
             let epoch = path.inflight.epoch();
+            if epoch == CLOSED {
+                // Removed after this routing was read; the owner published the routing
+                // without it before closing it, so the next pick will not find it.
+                continue;
+            }
             path.load.start_io(cmd.bytes);
             let attempt =
                 Inflight::new(&path.inflight, path.transport.submit(cmd.request()), epoch).await;
@@ -268,9 +314,14 @@ impl Shared {
                     self.note_in_doubt(path.id, cmd);
                     path.counters.requeue();
                     self.counters.requeue();
+                    let cause = if path.inflight.is_closed() {
+                        RequeueCause::PathRemoved
+                    } else {
+                        RequeueCause::PathFailed
+                    };
                     self.emit_now(EventKind::IoRequeued {
                         path: path.id,
-                        cause: RequeueCause::PathFailed,
+                        cause,
                     });
                     start = end;
                     continue;
@@ -491,21 +542,9 @@ impl MultipathDevice {
         let mut shared_paths = Vec::with_capacity(paths.len());
         let mut infos = Vec::with_capacity(paths.len());
         for (i, spec) in paths.into_iter().enumerate() {
-            let id = PathId(i as u32);
-            // Subscribe before reading `is_up`, so that a failure in between is seen.
-            let events = tx.clone();
-            spec.transport.subscribe(Box::new(move |event| {
-                let _ = events.send(Command::Path { path: id, event });
-            }));
-            infos.push((spec.info.clone(), spec.transport.is_up()));
-            shared_paths.push(PathShared {
-                id,
-                transport: spec.transport,
-                load: PathLoad::with_decay_shift(spec.info.relative_throughput, decay_shift),
-                inflight: InflightTable::default(),
-                incarnation: AtomicU64::new(0),
-                counters: IoCounters::default(),
-            });
+            let (path, up) = PathShared::attach(PathId(i as u32), &spec, &tx, decay_shift);
+            infos.push((spec.info, up));
+            shared_paths.push(Arc::new(path));
         }
         let policy = Multipath::new(config.policy.clone(), infos, epoch.into_std());
         let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
@@ -520,7 +559,8 @@ impl MultipathDevice {
             selector_needs_time: config.policy.selector.needs_time(),
             io_stats: config.io_stats,
             timed: config.io_stats || config.policy.selector.needs_time(),
-            paths: shared_paths,
+            decay_shift,
+            members: Mutex::new(shared_paths.clone()),
             routing: RwLock::new(Routing {
                 paths: Vec::new(),
                 selector: Selector::new(config.policy.selector),
@@ -535,7 +575,13 @@ impl MultipathDevice {
             in_doubt_writes: AtomicU64::new(0),
             fenced_writes: AtomicU64::new(0),
         });
-        let mut owner = Owner::new(shared.clone(), policy, rx, config.reinstate_on_recovery);
+        let mut owner = Owner::new(
+            shared.clone(),
+            policy,
+            shared_paths,
+            rx,
+            config.reinstate_on_recovery,
+        );
         owner.sync(epoch);
         runtime.spawn(owner.run());
         Ok(MultipathDevice {
@@ -548,9 +594,48 @@ impl MultipathDevice {
         &self.shared.name
     }
 
-    /// The paths, by `PathId`.
+    /// How many paths the map has now (paths removed are not counted; paths added are
+    /// once the owner has taken them in, i.e. after `add_path` returned).
     pub fn path_count(&self) -> usize {
-        self.shared.paths.len()
+        self.shared
+            .members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// The map's paths now, in id order.
+    pub fn path_ids(&self) -> Vec<PathId> {
+        self.shared.members().iter().map(|p| p.id).collect()
+    }
+
+    /// Add a path to the running map; its id is returned (never one a removed path had).
+    /// The owner subscribes to the transport's events, then reads whether it is up (down:
+    /// the path starts failed and is reinstated when the transport recovers), regroups
+    /// per the grouping policy and publishes the new routing before answering, so I/O
+    /// submitted after this returns may use the path. A path in a better group than the
+    /// active one is failed back to per the failback policy, as a path that comes back.
+    ///
+    /// The transport should not already be a path of this map: it would be selected
+    /// under two ids.
+    pub async fn add_path(&self, spec: PathSpec) -> Result<PathId, MessageError> {
+        let (reply, rx) = oneshot::channel();
+        self.shared
+            .commands
+            .send(Command::AddPath { spec, reply })
+            .map_err(|_| MessageError::Stopped)?;
+        rx.await.map_err(|_| MessageError::Stopped)?
+    }
+
+    /// Remove a path from the running map (`Message::RemovePath`). It is no longer
+    /// selected once this returns; every command in flight on it is issued again at once
+    /// on the other paths, as when a path fails (nothing waits for the path); then it is
+    /// forgotten: status, views and counters no longer show it, its later events are
+    /// ignored, and its id is never given to another path. Removing the last path is not
+    /// an error: the map has no usable path and its no-path policy applies (queue or
+    /// fail) until a path is added. `NoSuchPath` for an unknown or removed id.
+    pub async fn remove_path(&self, path: PathId) -> Result<(), MessageError> {
+        self.done(Message::RemovePath { path }).await
     }
 
     /// Send a control message and wait for its answer.
@@ -628,7 +713,7 @@ impl MultipathDevice {
         MapCounters {
             map: s.counters.snapshot(),
             paths: s
-                .paths
+                .members()
                 .iter()
                 .map(|p| (p.id, p.counters.snapshot()))
                 .collect(),

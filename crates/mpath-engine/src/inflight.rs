@@ -11,6 +11,11 @@
 //! (drops the path's future, so a late completion — the `Path` error the failed connection
 //! delivers afterwards — is never observed) and is issued again. A command issued under an
 //! old epoch that registers after the swap sees the new epoch and is orphaned on the spot.
+//!
+//! A path removed from the map *closes* its table: every waiter is orphaned as for a
+//! failure, and the epoch becomes [`CLOSED`] for good, so that a command that picked the
+//! path from a routing read just before the removal finds it closed and goes elsewhere
+//! instead of waiting on a path nobody watches any more.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,6 +25,9 @@ use std::task::{Context, Poll, Waker};
 
 use block::{IoError, SubmitFuture};
 use bytes::Bytes;
+
+/// The epoch of a closed table (its path was removed): no epoch before it reaches it.
+pub(crate) const CLOSED: u64 = u64::MAX;
 
 #[derive(Default)]
 struct Slots {
@@ -53,9 +61,26 @@ impl InflightTable {
     /// Hand back every waiting command: they will be issued again by their callers.
     /// Returns how many were waiting.
     pub fn orphan_all(&self) -> usize {
+        self.end_epoch(false)
+    }
+
+    /// The path left the map: hand back every waiting command and refuse new ones for
+    /// good. Returns how many were waiting.
+    pub fn close(&self) -> usize {
+        self.end_epoch(true)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.epoch() == CLOSED
+    }
+
+    fn end_epoch(&self, close: bool) -> usize {
         let wakers = {
             let mut s = self.lock();
-            s.epoch += 1;
+            if s.epoch == CLOSED {
+                return 0;
+            }
+            s.epoch = if close { CLOSED } else { s.epoch + 1 };
             self.epoch.store(s.epoch, Ordering::Release);
             s.free.clear();
             std::mem::take(&mut s.wakers)

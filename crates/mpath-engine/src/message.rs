@@ -42,6 +42,12 @@ pub enum Message {
         path: PathId,
         info: PathInfo,
     },
+    /// Take a path out of the map: it is no longer selected, its commands in flight are
+    /// issued again on other paths at once, and it is forgotten (see
+    /// [`MultipathDevice::remove_path`](crate::MultipathDevice::remove_path)).
+    RemovePath {
+        path: PathId,
+    },
     /// The map's state.
     Status,
 }
@@ -70,7 +76,8 @@ pub enum MessageError {
 pub struct MapStatus {
     pub name: String,
     pub view: MapView,
-    /// Commands waiting on each path now (by `PathId`).
+    /// Commands waiting on each path now, in the order of `view.paths` (id order; while
+    /// no path has been removed, index `i` is `PathId(i)`).
     pub in_flight: Vec<usize>,
     /// Requests waiting for a usable path.
     pub queued: usize,

@@ -24,7 +24,8 @@ use mpath_policy::{
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::device::{Ask, Command, Routing, Shared, Verdict};
+use crate::config::PathSpec;
+use crate::device::{Ask, Command, PathShared, Routing, Shared, Verdict};
 use crate::message::{MapStatus, Message, MessageError, Reply};
 
 /// What woke the owner.
@@ -43,11 +44,17 @@ enum Outgoing {
         oneshot::Sender<Result<Reply, MessageError>>,
         Result<Reply, MessageError>,
     ),
+    Added(oneshot::Sender<Result<PathId, MessageError>>, PathId),
 }
 
 pub(crate) struct Owner {
     shared: Arc<Shared>,
     policy: Multipath,
+    /// The map's paths in id order (what `Shared::members` mirrors).
+    paths: Vec<Arc<PathShared>>,
+    /// Paths removed this turn: closed (their in-flight commands handed back) at the next
+    /// sync, after the routing without them is published.
+    removed: Vec<Arc<PathShared>>,
     rx: mpsc::UnboundedReceiver<Command>,
     /// Requests queued for want of a usable path.
     waiters: Vec<oneshot::Sender<Verdict>>,
@@ -65,12 +72,15 @@ impl Owner {
     pub fn new(
         shared: Arc<Shared>,
         policy: Multipath,
+        paths: Vec<Arc<PathShared>>,
         rx: mpsc::UnboundedReceiver<Command>,
         reinstate_on_recovery: bool,
     ) -> Owner {
         Owner {
             shared,
             policy,
+            paths,
+            removed: Vec::new(),
             rx,
             waiters: Vec::new(),
             pruned_at: 0,
@@ -117,8 +127,46 @@ impl Owner {
                 let r = self.message(msg, now);
                 self.outbox.push(Outgoing::Reply(reply, r));
             }
+            Action::Command(Command::AddPath { spec, reply }) => {
+                let id = self.add_path(spec, now);
+                self.outbox.push(Outgoing::Added(reply, id));
+            }
         }
         true
+    }
+
+    /// The shared state of path `id`, if it is in the map.
+    fn path(&self, id: PathId) -> Option<&Arc<PathShared>> {
+        find(&self.paths, id)
+    }
+
+    fn publish_members(&self) {
+        *self
+            .shared
+            .members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = self.paths.clone();
+    }
+
+    fn add_path(&mut self, spec: PathSpec, now: Instant) -> PathId {
+        let id = self.policy.next_path_id();
+        let (path, up) =
+            PathShared::attach(id, &spec, &self.shared.commands, self.shared.decay_shift);
+        let added = self.policy.add_path(spec.info, up, now.into_std());
+        debug_assert_eq!(added, id);
+        // Ids only grow: pushing keeps the table in id order.
+        self.paths.push(Arc::new(path));
+        self.publish_members();
+        id
+    }
+
+    fn remove_path(&mut self, id: PathId, now: Instant) -> Result<(), PolicyError> {
+        self.policy.remove_path(id, now.into_std())?;
+        if let Ok(i) = self.paths.binary_search_by_key(&id, |p| p.id) {
+            self.removed.push(self.paths.remove(i));
+        }
+        self.publish_members();
+        Ok(())
     }
 
     fn ask(&mut self, ask: Ask, reply: oneshot::Sender<Verdict>, now: Instant) {
@@ -130,20 +178,23 @@ impl Owner {
             alua,
         } = ask
         {
-            let current = self.shared.paths[path.index()]
-                .incarnation
-                .load(Ordering::Acquire);
-            let active = self
-                .policy
-                .path_state(path)
-                .is_some_and(|s| s.dm == DmState::Active);
-            // An error from before the path was last reinstated is about a connection
-            // that is gone; one on an already failed path changes nothing.
-            if incarnation == current && active {
-                let _ = self.policy.fail_path(path, reason, t);
-            }
-            if let Some(state) = alua {
-                let _ = self.policy.set_path_alua(path, state, t);
+            // A removed path is no longer in the map: nothing to fail or regroup.
+            if let Some(current) = self
+                .path(path)
+                .map(|p| p.incarnation.load(Ordering::Acquire))
+            {
+                let active = self
+                    .policy
+                    .path_state(path)
+                    .is_some_and(|s| s.dm == DmState::Active);
+                // An error from before the path was last reinstated is about a connection
+                // that is gone; one on an already failed path changes nothing.
+                if incarnation == current && active {
+                    let _ = self.policy.fail_path(path, reason, t);
+                }
+                if let Some(state) = alua {
+                    let _ = self.policy.set_path_alua(path, state, t);
+                }
             }
         }
         match self.policy.no_path_verdict() {
@@ -158,6 +209,11 @@ impl Owner {
 
     fn path_event(&mut self, path: PathId, event: PathEvent, now: Instant) {
         let t = now.into_std();
+        if !self.policy.contains_path(path) {
+            // The transport of a removed path still reports to its old subscription.
+            tracing::debug!(map = %self.shared.name, "{path} (removed): ignoring {event:?}");
+            return;
+        }
         match event {
             PathEvent::Failed { reason } => {
                 // Already failed (by an I/O error or an operator) or not: the transport
@@ -227,10 +283,7 @@ impl Owner {
                 p.fail_path(path, reason, t)?;
             }
             Message::ReinstatePath { path } => {
-                let transport = &self
-                    .shared
-                    .paths
-                    .get(path.index())
+                let transport = &find(&self.paths, path)
                     .ok_or(PolicyError::NoSuchPath(path))?
                     .transport;
                 if p.path_state(path).is_some_and(|s| s.dm == DmState::Active) {
@@ -248,15 +301,13 @@ impl Owner {
             Message::QueueIfNoPath { on } => p.set_queue_if_no_path(on, t)?,
             Message::CheckerReport { path, state } => p.checker_report(path, state, t)?,
             Message::UpdatePath { path, info } => {
-                let load = &self
-                    .shared
-                    .paths
-                    .get(path.index())
+                let load = &find(&self.paths, path)
                     .ok_or(PolicyError::NoSuchPath(path))?
                     .load;
                 load.set_relative_throughput(info.relative_throughput);
                 p.update_path(path, info, t)?;
             }
+            Message::RemovePath { path } => self.remove_path(path, now)?,
             Message::Status => return Ok(Reply::Status(Box::new(self.status(now)))),
         }
         Ok(Reply::Done)
@@ -266,12 +317,7 @@ impl Owner {
         MapStatus {
             name: self.shared.name.clone(),
             view: self.policy.view(),
-            in_flight: self
-                .shared
-                .paths
-                .iter()
-                .map(|p| p.inflight.waiting())
-                .collect(),
+            in_flight: self.paths.iter().map(|p| p.inflight.waiting()).collect(),
             queued: self.waiters.len(),
             in_doubt: self.shared.fence.as_ref().map_or(0, |f| f.entries()),
             recent_events: self
@@ -292,9 +338,9 @@ impl Owner {
         for e in &events {
             match &e.kind {
                 EventKind::PathReinstated { path, .. } => {
-                    self.shared.paths[path.index()]
-                        .incarnation
-                        .fetch_add(1, Ordering::AcqRel);
+                    if let Some(p) = self.path(*path) {
+                        p.incarnation.fetch_add(1, Ordering::AcqRel);
+                    }
                 }
                 // An operator's fail leaves a working path's commands to finish there;
                 // any other failure means they are stuck or lost.
@@ -312,9 +358,15 @@ impl Owner {
         self.orphan.sort_unstable();
         self.orphan.dedup();
         for path in std::mem::take(&mut self.orphan) {
-            let n = self.shared.paths[path.index()].inflight.orphan_all();
+            let n = self.path(path).map_or(0, |p| p.inflight.orphan_all());
             if n > 0 {
                 tracing::info!(map = %self.shared.name, "{path}: re-issuing {n} commands that were in flight");
+            }
+        }
+        for path in std::mem::take(&mut self.removed) {
+            let n = path.inflight.close();
+            if n > 0 {
+                tracing::info!(map = %self.shared.name, "{} (removed): re-issuing {n} commands that were in flight", path.id);
             }
         }
         for e in events {
@@ -364,6 +416,9 @@ impl Owner {
                 Outgoing::Reply(tx, r) => {
                     let _ = tx.send(r);
                 }
+                Outgoing::Added(tx, id) => {
+                    let _ = tx.send(Ok(id));
+                }
             }
         }
     }
@@ -374,7 +429,7 @@ impl Owner {
                 .policy
                 .routing()
                 .into_iter()
-                .map(|p| p.index())
+                .filter_map(|p| self.path(p).cloned())
                 .collect(),
             selector: Selector::new(self.policy.config().selector),
         };
@@ -402,6 +457,14 @@ impl Owner {
         }
         tracing::info!(map = %self.shared.name, "owner task stopped");
     }
+}
+
+/// Path `id` in a table kept in id order.
+fn find(paths: &[Arc<PathShared>], id: PathId) -> Option<&Arc<PathShared>> {
+    paths
+        .binary_search_by_key(&id, |p| p.id)
+        .ok()
+        .map(|i| &paths[i])
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -909,3 +909,213 @@ async fn without_the_fence_writes_go_at_once_and_the_exposure_is_counted() {
     let c = r.dev.counters();
     assert_eq!((c.in_doubt_writes, c.fenced_writes), (1, 0));
 }
+
+fn spec(p: &FakePath, priority: Option<u32>) -> PathSpec {
+    let info = PathInfo {
+        priority,
+        ..PathInfo::new(p.name())
+    };
+    PathSpec::new(info, Arc::new(p.clone()) as Arc<dyn PathTransport>)
+}
+
+#[tokio::test]
+async fn a_path_added_during_io_takes_io_and_reports_events() {
+    let r = rig(1);
+    let mut ev = r.dev.events();
+    // I/O in flight on path 0 while the path is added.
+    r.paths[0].set_hold(true);
+    let held: Vec<_> = (0..4).map(|b| spawn(&r.dev, write(b, 1))).collect();
+    settle().await;
+    let p1 = FakePath::new("p1", r.lu.clone());
+    let id = r.dev.add_path(spec(&p1, None)).await.unwrap();
+    assert_eq!(id, PathId(1));
+    assert_eq!(r.dev.path_ids(), vec![PathId(0), PathId(1)]);
+    assert_eq!(r.dev.path_count(), 2);
+    // Path 0 is busy: the service-time selector sends new I/O to the new path.
+    for b in 8..12 {
+        assert_eq!(r.dev.submit(write(b, 2)).await, Ok(Outcome::Done));
+    }
+    assert_eq!(p1.commands(), 4);
+    r.paths[0].release_all();
+    for h in held {
+        assert_eq!(h.await.unwrap(), Ok(Outcome::Done));
+    }
+    let st = r.dev.status().await.unwrap();
+    assert_eq!(st.view.paths.len(), 2);
+    assert_eq!(st.in_flight, vec![0, 0]);
+    assert_eq!(r.dev.counters().paths.len(), 2);
+    let kinds = events_of(&mut ev);
+    assert!(kinds.contains(&EventKind::PathAdded {
+        path: PathId(1),
+        name: "p1".into()
+    }));
+    // The new path's transport events reach the map.
+    p1.fail(PathFailKind::ConnectionReset);
+    settle().await;
+    assert_eq!(path_dm(&r.dev, 1).await, DmState::Failed);
+}
+
+#[tokio::test]
+async fn a_path_added_down_is_reinstated_when_its_transport_logs_in() {
+    let r = rig(1);
+    let p1 = FakePath::new("p1", r.lu.clone());
+    p1.set_up(false);
+    let id = r.dev.add_path(spec(&p1, None)).await.unwrap();
+    assert_eq!(path_dm(&r.dev, id.0).await, DmState::Failed);
+    p1.recover();
+    settle().await;
+    assert_eq!(path_dm(&r.dev, id.0).await, DmState::Active);
+}
+
+#[tokio::test]
+async fn removing_a_path_reissues_its_in_flight_commands_at_once_and_forgets_it() {
+    let r = rig(2);
+    let mut ev = r.dev.events();
+    r.paths[0].set_hold(true);
+    r.paths[1].set_hold(true);
+    let reqs: Vec<_> = (0..8)
+        .map(|b| spawn(&r.dev, write(b, 0x60 + b as u8)))
+        .collect();
+    settle().await;
+    let on0 = r.paths[0].held();
+    assert!(on0 > 0 && r.paths[1].held() > 0, "spread over both paths");
+    r.paths[1].set_hold(false);
+    r.paths[1].release_all();
+    settle().await;
+    // Path 0 is removed while it holds commands; its transport still looks healthy.
+    r.dev.remove_path(PathId(0)).await.unwrap();
+    settle().await;
+    for (b, h) in reqs.into_iter().enumerate() {
+        assert!(h.is_finished(), "request {b} waited for the removed path");
+        assert_eq!(h.await.unwrap(), Ok(Outcome::Done));
+        assert_eq!(r.lu.read(b as u64 * 512, 512), vec![0x60 + b as u8; 512]);
+    }
+    assert_eq!(r.lu.writes(), 8, "each write executed once");
+    // Gone from status, views and counters; its events are ignored; its id is refused.
+    let st = r.dev.status().await.unwrap();
+    assert_eq!(st.view.paths.len(), 1);
+    assert_eq!(st.view.paths[0].id, PathId(1));
+    assert_eq!(st.in_flight, vec![0]);
+    assert_eq!(r.dev.path_ids(), vec![PathId(1)]);
+    assert_eq!(r.dev.counters().paths.len(), 1);
+    let c = r.dev.counters();
+    assert_eq!((c.map.ios, c.map.requeues), (8, on0 as u64));
+    // The held commands the removed path still has reach nobody if it answers late.
+    assert_eq!(r.paths[0].complete_held_with(path_error("late")), on0);
+    settle().await;
+    assert_eq!(r.lu.writes(), 8);
+    r.paths[0].fail(PathFailKind::ConnectionReset);
+    r.paths[0].recover();
+    settle().await;
+    assert_eq!(
+        r.dev.fail_path(PathId(0)).await,
+        Err(MessageError::Policy(PolicyError::NoSuchPath(PathId(0))))
+    );
+    assert_eq!(
+        r.dev.remove_path(PathId(0)).await,
+        Err(MessageError::Policy(PolicyError::NoSuchPath(PathId(0))))
+    );
+    let kinds = events_of(&mut ev);
+    assert!(kinds.contains(&EventKind::PathRemoved {
+        path: PathId(0),
+        name: "p0".into()
+    }));
+    assert!(kinds.contains(&EventKind::IoRequeued {
+        path: PathId(0),
+        cause: RequeueCause::PathRemoved
+    }));
+    assert!(!kinds.iter().any(|k| matches!(
+        k,
+        EventKind::PathFailed {
+            path: PathId(0),
+            ..
+        }
+    )));
+    let p2 = FakePath::new("p2", r.lu.clone());
+    assert_eq!(r.dev.add_path(spec(&p2, None)).await, Ok(PathId(2)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn removing_the_last_path_queues_until_a_path_is_added() {
+    let r = rig(1);
+    let mut ev = r.dev.events();
+    r.paths[0].set_hold(true);
+    let h = spawn(&r.dev, write(3, 3));
+    settle().await;
+    r.dev.remove_path(PathId(0)).await.unwrap();
+    settle().await;
+    // Not an error: the in-flight write and new I/O queue (no-path policy).
+    let h2 = spawn(&r.dev, read(3, 1));
+    tokio::time::advance(Duration::from_secs(10)).await;
+    settle().await;
+    assert!(!h.is_finished() && !h2.is_finished());
+    let st = r.dev.status().await.unwrap();
+    assert_eq!(st.queued, 2);
+    assert!(st.view.paths.is_empty() && st.view.active_group.is_none());
+    assert_eq!(r.dev.path_count(), 0);
+    let p1 = FakePath::new("p1", r.lu.clone());
+    r.dev.add_path(spec(&p1, None)).await.unwrap();
+    settle().await;
+    assert_eq!(h.await.unwrap(), Ok(Outcome::Done));
+    assert_eq!(
+        h2.await.unwrap(),
+        Ok(Outcome::Data(Bytes::from(vec![3; 512])))
+    );
+    let kinds = events_of(&mut ev);
+    assert!(kinds
+        .iter()
+        .any(|k| matches!(k, EventKind::QueueingStarted { until: Some(_) })));
+    assert!(kinds.contains(&EventKind::QueueingEnded {
+        cause: mpath_engine::mpath_policy::QueueEndCause::PathAvailable
+    }));
+}
+
+#[tokio::test]
+async fn removing_the_last_path_with_the_fail_policy_fails_io() {
+    let r = rig_with(
+        &[None],
+        config(MapConfig {
+            no_path: NoPathPolicy::Fail,
+            ..quiet_policy()
+        }),
+    );
+    r.dev.remove_path(PathId(0)).await.unwrap();
+    let err = r.dev.submit(read(0, 1)).await.unwrap_err();
+    assert_eq!(err.kind, IoErrorKind::NoPath);
+}
+
+#[tokio::test]
+async fn a_path_added_in_a_better_group_is_failed_back_to_per_policy() {
+    for failback in [Failback::Immediate, Failback::Manual] {
+        let r = rig_with(
+            &[Some(1)],
+            config(MapConfig {
+                failback,
+                ..quiet_policy()
+            }),
+        );
+        let better = FakePath::new("better", r.lu.clone());
+        let id = r.dev.add_path(spec(&better, Some(10))).await.unwrap();
+        r.dev.submit(read(0, 1)).await.unwrap();
+        let st = r.dev.status().await.unwrap();
+        assert_eq!(st.view.groups.len(), 2);
+        assert_eq!(st.view.groups[0].paths, vec![id]);
+        match failback {
+            Failback::Immediate => {
+                assert_eq!(
+                    better.commands(),
+                    1,
+                    "immediate: I/O moved to the new group"
+                );
+                assert_eq!(st.view.active_group, Some(0));
+            }
+            _ => {
+                assert_eq!(better.commands(), 0, "manual: I/O stays");
+                assert_eq!(st.view.active_group, Some(1));
+                r.dev.switch_group(0).await.unwrap();
+                r.dev.submit(read(0, 1)).await.unwrap();
+                assert_eq!(better.commands(), 1);
+            }
+        }
+    }
+}

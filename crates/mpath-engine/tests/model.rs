@@ -1,6 +1,7 @@
 //! Property test: random sequences of operations — submit, complete, path fail and
 //! recover, operator fail and reinstate, switch group, queueing on/off, target errors,
-//! time passing — against a small reference model of multipath behaviour.
+//! paths added and removed while I/O is in flight, time passing — against a small
+//! reference model of multipath behaviour.
 //!
 //! Checked:
 //! - every request completes exactly once, and none is lost (after the paths come back,
@@ -10,7 +11,11 @@
 //!   and then with that reason;
 //! - target errors only where one was injected, never a path error or `Invalid`;
 //! - each block ends holding the data of one of the writes to it that succeeded (no write
-//!   executed twice out of order, none lost);
+//!   executed twice out of order, none lost), and the LU executed exactly as many WRITEs
+//!   as writes succeeded (none duplicated: a command handed back when its path failed or
+//!   was removed never executes there as well — a removed path's transport is logged
+//!   out, as the daemon does);
+//! - a removed path is refused by every message, and ids are never given twice;
 //! - the counters agree with the results;
 //!
 //! with and without the stale-write fence.
@@ -32,24 +37,59 @@ use tokio::task::JoinHandle;
 const BS: u32 = 512;
 const BLOCKS: u64 = 8;
 const PATHS: usize = 3;
+/// Paths a run may reach by adding some: the initial three and a few more.
+const MAX_PATHS: usize = 6;
 
+/// Path operands are drawn from `0..MAX_PATHS` and taken modulo the number of paths
+/// created so far (removed ones included: operations on them must be harmless).
 #[derive(Clone, Debug)]
 enum Op {
-    Submit { block: u64, write: bool },
-    Release { path: usize },
-    Hold { path: usize, on: bool },
-    TransportFail { path: usize },
-    TransportRecover { path: usize },
-    OperatorFail { path: usize },
-    OperatorReinstate { path: usize },
-    SwitchGroup { group: usize },
-    QueueIfNoPath { on: bool },
-    InjectTargetError { path: usize },
-    Advance { secs: u64 },
+    Submit {
+        block: u64,
+        write: bool,
+    },
+    Release {
+        path: usize,
+    },
+    Hold {
+        path: usize,
+        on: bool,
+    },
+    TransportFail {
+        path: usize,
+    },
+    TransportRecover {
+        path: usize,
+    },
+    OperatorFail {
+        path: usize,
+    },
+    OperatorReinstate {
+        path: usize,
+    },
+    SwitchGroup {
+        group: usize,
+    },
+    QueueIfNoPath {
+        on: bool,
+    },
+    InjectTargetError {
+        path: usize,
+    },
+    Advance {
+        secs: u64,
+    },
+    /// A path joins, in the preferred group (`high`) or below.
+    AddPath {
+        high: bool,
+    },
+    RemovePath {
+        path: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    let path = 0..PATHS;
+    let path = 0..MAX_PATHS;
     prop_oneof![
         6 => (0..BLOCKS, any::<bool>()).prop_map(|(block, write)| Op::Submit { block, write }),
         3 => path.clone().prop_map(|path| Op::Release { path }),
@@ -61,6 +101,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..2usize).prop_map(|group| Op::SwitchGroup { group }),
         1 => any::<bool>().prop_map(|on| Op::QueueIfNoPath { on }),
         1 => path.clone().prop_map(|path| Op::InjectTargetError { path }),
+        1 => any::<bool>().prop_map(|high| Op::AddPath { high }),
+        1 => path.clone().prop_map(|path| Op::RemovePath { path }),
         2 => prop_oneof![Just(1u64), Just(30), Just(59), Just(61)].prop_map(|secs| Op::Advance { secs }),
     ]
 }
@@ -76,10 +118,11 @@ enum Failing {
 /// The reference model: which paths the engine may use, and the no-path policy
 /// (bounded queueing, switchable at run time).
 struct Model {
-    up: [bool; PATHS],
-    active: [bool; PATHS],
+    up: Vec<bool>,
+    active: Vec<bool>,
     /// Failed by the operator: only the operator reinstates it.
-    held: [bool; PATHS],
+    held: Vec<bool>,
+    removed: Vec<bool>,
     queue_on: bool,
     now: Duration,
     window_start: Option<Duration>,
@@ -173,7 +216,7 @@ async fn run(
     fence: bool,
 ) -> Result<(), TestCaseError> {
     let lu = FakeLu::new(BLOCKS, BS);
-    let paths: Vec<FakePath> = (0..PATHS)
+    let mut paths: Vec<FakePath> = (0..PATHS)
         .map(|i| FakePath::new(format!("p{i}"), lu.clone()))
         .collect();
     for ((p, &l), &h) in paths.iter().zip(&late).zip(&hold) {
@@ -182,16 +225,17 @@ async fn run(
     }
     // Paths 0 and 1 in the preferred group, path 2 below; failback immediate.
     let prios = [10, 10, 1];
+    let spec = |p: &FakePath, prio: u32| {
+        let info = PathInfo {
+            priority: Some(prio),
+            ..PathInfo::new(p.name())
+        };
+        PathSpec::new(info, Arc::new(p.clone()) as Arc<dyn PathTransport>)
+    };
     let specs = paths
         .iter()
         .zip(prios)
-        .map(|(p, prio)| {
-            let info = PathInfo {
-                priority: Some(prio),
-                ..PathInfo::new(p.name())
-            };
-            PathSpec::new(info, Arc::new(p.clone()) as Arc<dyn PathTransport>)
-        })
+        .map(|(p, prio)| spec(p, prio))
         .collect();
     let device = DeviceInfo {
         size: BLOCKS * u64::from(BS),
@@ -211,9 +255,10 @@ async fn run(
     };
     let dev = MultipathDevice::start(config, specs).expect("start");
     let mut model = Model {
-        up: [true; PATHS],
-        active: [true; PATHS],
-        held: [false; PATHS],
+        up: vec![true; PATHS],
+        active: vec![true; PATHS],
+        held: vec![false; PATHS],
+        removed: vec![false; PATHS],
         queue_on: true,
         now: Duration::ZERO,
         window_start: None,
@@ -225,6 +270,7 @@ async fn run(
 
     for op in ops {
         let was_usable = model.usable();
+        let n = paths.len();
         match op {
             Op::Submit { block, write } => {
                 let offset = ByteOffset(block * u64::from(BS));
@@ -251,21 +297,24 @@ async fn run(
                 });
             }
             Op::Release { path } => {
-                paths[path].release_all();
-                paths[path].release_failed();
+                paths[path % n].release_all();
+                paths[path % n].release_failed();
             }
-            Op::Hold { path, on } => paths[path].set_hold(on),
+            Op::Hold { path, on } => paths[path % n].set_hold(on),
             Op::TransportFail { path } => {
+                let path = path % n;
                 paths[path].fail(PathFailKind::ConnectionReset);
                 model.up[path] = false;
                 model.active[path] = false;
             }
             Op::TransportRecover { path } => {
+                let path = path % n;
                 paths[path].recover();
                 model.up[path] = true;
-                model.active[path] = !model.held[path];
+                model.active[path] = !model.held[path] && !model.removed[path];
             }
             Op::OperatorFail { path } => {
+                let path = path % n;
                 let r = dev.fail_path(PathId(path as u32)).await;
                 prop_assert_eq!(r.is_ok(), model.active[path]);
                 if model.active[path] {
@@ -274,8 +323,9 @@ async fn run(
                 model.active[path] = false;
             }
             Op::OperatorReinstate { path } => {
+                let path = path % n;
                 let r = dev.reinstate_path(PathId(path as u32)).await;
-                let applies = !model.active[path] && model.up[path];
+                let applies = !model.active[path] && model.up[path] && !model.removed[path];
                 prop_assert_eq!(r.is_ok(), applies, "reinstate {}: {:?}", path, r);
                 if applies {
                     model.active[path] = true;
@@ -302,6 +352,11 @@ async fn run(
                 }
             }
             Op::InjectTargetError { path } => {
+                let path = path % n;
+                if model.removed[path] {
+                    // Nothing would ever consume it.
+                    continue;
+                }
                 paths[path].inject(sense_error(
                     IoErrorKind::Target,
                     SenseKey::MEDIUM_ERROR,
@@ -313,6 +368,34 @@ async fn run(
                 let d = Duration::from_secs(secs);
                 tokio::time::advance(d).await;
                 model.advance(d);
+            }
+            Op::AddPath { high } => {
+                if n == MAX_PATHS {
+                    continue;
+                }
+                let p = FakePath::new(format!("p{n}"), lu.clone());
+                let id = dev.add_path(spec(&p, if high { 10 } else { 1 })).await;
+                prop_assert_eq!(id, Ok(PathId(n as u32)), "ids are given in order, once");
+                paths.push(p);
+                model.up.push(true);
+                model.active.push(true);
+                model.held.push(false);
+                model.removed.push(false);
+            }
+            Op::RemovePath { path } => {
+                let path = path % n;
+                let r = dev.remove_path(PathId(path as u32)).await;
+                prop_assert_eq!(r.is_ok(), !model.removed[path], "remove {}: {:?}", path, r);
+                if r.is_ok() {
+                    model.removed[path] = true;
+                    model.active[path] = false;
+                    // What was in flight on it goes elsewhere now, while its transport
+                    // still holds the old attempts...
+                    model.paths_changed(was_usable);
+                    settle().await;
+                    // ...which the logout then ends without executing them.
+                    paths[path].fail(PathFailKind::ConnectionClosed);
+                }
             }
         }
         model.paths_changed(was_usable);
@@ -330,7 +413,11 @@ async fn run(
     }
 
     // Bring everything back: every request must complete.
-    for p in &paths {
+    for (i, p) in paths.iter().enumerate() {
+        if model.removed[i] {
+            p.release_failed();
+            continue;
+        }
         p.set_hold(false);
         p.release_all();
         p.release_failed();
@@ -339,10 +426,18 @@ async fn run(
         }
     }
     settle().await;
-    for p in 0..PATHS {
-        if dev.reinstate_path(PathId(p as u32)).await.is_ok() {
+    for p in 0..paths.len() {
+        let r = dev.reinstate_path(PathId(p as u32)).await;
+        if model.removed[p] {
+            prop_assert!(r.is_err(), "removed {} reinstated", p);
+        } else if r.is_ok() {
             settle().await;
         }
+    }
+    if model.removed.iter().all(|&r| r) {
+        let p = FakePath::new("last", lu.clone());
+        prop_assert!(dev.add_path(spec(&p, 1)).await.is_ok());
+        paths.push(p);
     }
     settle().await;
     // Every path is usable now; let fence holds of writes put in doubt late run out.
@@ -385,7 +480,21 @@ async fn run(
             );
         }
     }
+    let writes_ok = reqs
+        .iter()
+        .filter(|r| r.fill.is_some() && matches!(r.result, Some(Ok(_))))
+        .count() as u64;
+    prop_assert_eq!(
+        lu.writes(),
+        writes_ok,
+        "WRITEs executed vs writes that succeeded"
+    );
     let c = dev.counters();
+    prop_assert_eq!(
+        c.paths.len(),
+        dev.path_ids().len(),
+        "counters of removed paths shown"
+    );
     prop_assert_eq!(c.map.ios, ok);
     prop_assert_eq!(c.map.errors, failed);
     Ok(())

@@ -37,6 +37,24 @@ pub enum EventKind {
         from: CheckerState,
         to: CheckerState,
     },
+    /// A path joined the map while it runs (the paths it starts with are not announced).
+    PathAdded {
+        path: PathId,
+        name: String,
+    },
+    /// A path left the map; its id is never given to another path.
+    PathRemoved {
+        path: PathId,
+        name: String,
+    },
+    /// The reason recorded for a path's current failure was replaced by a more precise
+    /// one: the failure was first seen through a command's transport error that did not
+    /// say why (`from`), and the transport's own report (`to`) followed.
+    PathFailReasonUpdated {
+        path: PathId,
+        from: PathFailReason,
+        to: PathFailReason,
+    },
     /// The transport stopped trying to recover the path.
     PathGaveUp {
         path: PathId,
@@ -119,6 +137,8 @@ pub enum RequeueCause {
     PathFailed,
     /// The LU was in an ALUA transition; retried after a delay.
     Transitioning,
+    /// Its path was removed from the map while it was in flight; it was not waited for.
+    PathRemoved,
 }
 
 impl fmt::Display for SwitchCause {
@@ -138,6 +158,7 @@ impl fmt::Display for RequeueCause {
             RequeueCause::PathError => "path error",
             RequeueCause::PathFailed => "path failed with the I/O in flight",
             RequeueCause::Transitioning => "ALUA transitioning",
+            RequeueCause::PathRemoved => "path removed with the I/O in flight",
         })
     }
 }
@@ -163,6 +184,11 @@ impl fmt::Display for EventKind {
             ),
             EventKind::PathCheckerChanged { path, from, to } => {
                 write!(f, "{path} checker {from} -> {to}")
+            }
+            EventKind::PathAdded { path, name } => write!(f, "{path} ({name}) added"),
+            EventKind::PathRemoved { path, name } => write!(f, "{path} ({name}) removed"),
+            EventKind::PathFailReasonUpdated { path, from, to } => {
+                write!(f, "{path} failure reason: {to} (was: {from})")
             }
             EventKind::PathGaveUp { path, reason } => {
                 write!(f, "{path} recovery gave up: {reason}")

@@ -3,7 +3,8 @@
 //!
 //! [`Multipath`] is a sans-IO state machine in the style of `quinn-proto`'s `Connection`:
 //! inputs are method calls with `now` passed in (`fail_path`, `reinstate_path`,
-//! `checker_report`, `switch_group`, `handle_timeout`...); outputs are polled
+//! `checker_report`, `switch_group`, `add_path`, `remove_path`, `handle_timeout`...);
+//! outputs are polled
 //! ([`Multipath::poll_event`], [`Multipath::poll_timeout`]) or read ([`Multipath::routing`],
 //! [`Multipath::no_path_verdict`]). It never reads a clock and performs nothing.
 //!
@@ -229,11 +230,13 @@ enum NoPathState {
 enum Trigger {
     Initial,
     Other,
+    /// The path became usable: reinstated, or added up.
     Reinstated(PathId),
 }
 
 #[derive(Clone, Debug)]
 struct PathEntry {
+    id: PathId,
     info: PathInfo,
     state: PathState,
     since: Instant,
@@ -293,6 +296,7 @@ pub enum QueueingView {
 /// The serialisable projection of a map's policy state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MapView {
+    /// The map's paths in id order; removed paths are not shown.
     pub paths: Vec<PathView>,
     pub groups: Vec<GroupView>,
     pub active_group: Option<usize>,
@@ -300,6 +304,17 @@ pub struct MapView {
     pub queue_if_no_path: bool,
     pub failback_at: Option<Instant>,
     pub generation: u64,
+}
+
+impl MapView {
+    /// The view of path `id` (`paths` is in id order and leaves removed paths out, so
+    /// after a removal a path's position is not its id).
+    pub fn path(&self, id: PathId) -> Option<&PathView> {
+        self.paths
+            .binary_search_by_key(&id, |p| p.id)
+            .ok()
+            .map(|i| &self.paths[i])
+    }
 }
 
 /// A held-back or immediate reinstatement.
@@ -329,38 +344,22 @@ pub struct Multipath {
     no_path_total: Duration,
     generation: u64,
     events: VecDeque<Event>,
+    /// The id the next added path gets: ids are never given twice.
+    next_id: u32,
 }
 
 impl Multipath {
     /// A map over `paths` (facts, and whether the transport is up now). Paths that are not
     /// up start failed.
     pub fn new(config: MapConfig, paths: Vec<(PathInfo, bool)>, now: Instant) -> Multipath {
-        let paths = paths
+        let paths: Vec<PathEntry> = paths
             .into_iter()
-            .map(|(info, up)| {
-                let state = if up {
-                    if info.alua_inaccessible() {
-                        PathState::new(DmState::Active, CheckerState::Ghost)
-                    } else {
-                        PathState::ACTIVE_UP
-                    }
-                } else {
-                    PathState::FAILED_DOWN
-                };
-                PathEntry {
-                    info,
-                    state,
-                    since: now,
-                    last_failure: (!up).then(|| {
-                        PathFailReason::new(PathFailKind::LoginFailed, "not connected at start")
-                    }),
-                    failures: 0,
-                    recent_failures: VecDeque::new(),
-                    reinstate_at: None,
-                    operator_failed: false,
-                }
+            .enumerate()
+            .map(|(i, (info, up))| {
+                PathEntry::new(PathId(i as u32), info, up, now, "not connected at start")
             })
             .collect();
+        let next_id = paths.len() as u32;
         let mut m = Multipath {
             config,
             paths,
@@ -373,6 +372,7 @@ impl Multipath {
             no_path_total: Duration::ZERO,
             generation: 0,
             events: VecDeque::new(),
+            next_id,
         };
         m.groups = m.build_groups();
         m.refresh(now, Trigger::Initial);
@@ -393,11 +393,27 @@ impl Multipath {
     }
 
     pub fn path_state(&self, id: PathId) -> Option<PathState> {
-        self.paths.get(id.index()).map(|p| p.state)
+        self.entry(id).map(|p| p.state)
     }
 
     pub fn path_info(&self, id: PathId) -> Option<&PathInfo> {
-        self.paths.get(id.index()).map(|p| &p.info)
+        self.entry(id).map(|p| &p.info)
+    }
+
+    /// The map's paths, in id order.
+    pub fn path_ids(&self) -> Vec<PathId> {
+        self.paths.iter().map(|p| p.id).collect()
+    }
+
+    /// Whether `id` is a path of the map (not removed, not unknown).
+    pub fn contains_path(&self, id: PathId) -> bool {
+        self.pos(id).is_some()
+    }
+
+    /// The id [`add_path`](Self::add_path) gives the next path, for a caller that must
+    /// name the path before adding it (to subscribe to its events first).
+    pub fn next_path_id(&self) -> PathId {
+        PathId(self.next_id)
     }
 
     pub fn active_group(&self) -> Option<usize> {
@@ -429,17 +445,15 @@ impl Multipath {
             self.groups[g]
                 .paths
                 .iter()
-                .copied()
-                .filter(|p| self.paths[p.index()].state.is_usable())
+                .filter_map(|&p| self.entry(p))
+                .filter(|p| p.state.is_usable())
         };
-        let Some(tier) = usable()
-            .map(|p| self.paths[p.index()].state.checker.tier())
-            .min()
-        else {
+        let Some(tier) = usable().map(|p| p.state.checker.tier()).min() else {
             return Vec::new();
         };
         usable()
-            .filter(|p| self.paths[p.index()].state.checker.tier() == tier)
+            .filter(|p| p.state.checker.tier() == tier)
+            .map(|p| p.id)
             .collect()
     }
 
@@ -499,7 +513,7 @@ impl Multipath {
                 if self.paths[i].state.checker == CheckerState::Delayed {
                     let checker = self.reinstated_checker(i, CheckerState::Up);
                     self.apply_reinstate(
-                        PathId(i as u32),
+                        self.paths[i].id,
                         ReinstateCause::HoldElapsed,
                         checker,
                         now,
@@ -775,8 +789,50 @@ impl Multipath {
             return Ok(());
         }
         self.paths[i].info = info;
-        self.regroup(now);
+        self.regroup(now, Trigger::Other);
         Ok(())
+    }
+
+    /// A path joins the running map, with its facts and whether its transport is up now
+    /// (up: active, else failed/down until it recovers). The groups are rebuilt; an up
+    /// path in a better group than the active one is failed back to per the failback
+    /// policy, as a path coming back would be (`followover` counts it as the first path
+    /// of its group coming back). Returns its id, [`next_path_id`](Self::next_path_id).
+    pub fn add_path(&mut self, info: PathInfo, up: bool, now: Instant) -> PathId {
+        let id = PathId(self.next_id);
+        // Four billion additions to one map: the id space is not a limit in practice, and
+        // saturating keeps ids from wrapping onto paths that still exist.
+        self.next_id = self.next_id.saturating_add(1);
+        let name = info.name.clone();
+        let usable = PathState::initial(up, info.alua_inaccessible()).is_usable();
+        self.paths.push(PathEntry::new(
+            id,
+            info,
+            up,
+            now,
+            "not connected when added",
+        ));
+        self.push(now, EventKind::PathAdded { path: id, name });
+        let trigger = if usable {
+            Trigger::Reinstated(id)
+        } else {
+            Trigger::Other
+        };
+        self.regroup(now, trigger);
+        id
+    }
+
+    /// A path leaves the map, from whatever state it is in; its facts are returned. The
+    /// groups are rebuilt without it: if it was the active group's last usable path the
+    /// map fails over, and if it was the map's last usable path the no-path policy
+    /// applies (queue or fail), as when a path fails. Its id is never given again.
+    pub fn remove_path(&mut self, id: PathId, now: Instant) -> Result<PathInfo, PolicyError> {
+        let i = self.index(id)?;
+        let entry = self.paths.remove(i);
+        let name = entry.info.name.clone();
+        self.push(now, EventKind::PathRemoved { path: id, name });
+        self.regroup(now, Trigger::Other);
+        Ok(entry.info)
     }
 
     /// The ALUA access state a path's sense data revealed; regroups when it changed.
@@ -799,13 +855,12 @@ impl Multipath {
             paths: self
                 .paths
                 .iter()
-                .enumerate()
-                .map(|(i, p)| PathView {
-                    id: PathId(i as u32),
+                .map(|p| PathView {
+                    id: p.id,
                     info: p.info.clone(),
                     state: p.state,
                     since: p.since,
-                    group: group_of(PathId(i as u32)),
+                    group: group_of(p.id),
                     last_failure: p.last_failure.clone(),
                     failures: p.failures,
                     reinstate_at: p.reinstate_at,
@@ -838,16 +893,27 @@ impl Multipath {
 
     // --- internals ---
 
+    /// Where path `id` is in `paths` (kept in id order: ids only grow, removal keeps the
+    /// order).
+    fn pos(&self, id: PathId) -> Option<usize> {
+        self.paths.binary_search_by_key(&id, |p| p.id).ok()
+    }
+
+    fn entry(&self, id: PathId) -> Option<&PathEntry> {
+        self.pos(id).map(|i| &self.paths[i])
+    }
+
+    fn usable(&self, id: PathId) -> bool {
+        self.entry(id).is_some_and(|p| p.state.is_usable())
+    }
+
     fn index(&self, id: PathId) -> Result<usize, PolicyError> {
-        if id.index() < self.paths.len() {
-            Ok(id.index())
-        } else {
-            Err(PolicyError::NoSuchPath(id))
-        }
+        self.pos(id).ok_or(PolicyError::NoSuchPath(id))
     }
 
     fn transition(&self, id: PathId, t: &PathTransition) -> Result<PathState, PolicyError> {
-        next_state(self.paths[id.index()].state, t).map_err(|error| match error {
+        let from = self.entry(id).ok_or(PolicyError::NoSuchPath(id))?.state;
+        next_state(from, t).map_err(|error| match error {
             TransitionError::AlreadyFailed => PolicyError::PathAlreadyFailed(id),
             TransitionError::AlreadyActive => PolicyError::PathAlreadyActive(id),
             error => PolicyError::Transition { path: id, error },
@@ -879,13 +945,8 @@ impl Multipath {
                 p.recent_failures.pop_front();
             }
         }
-        self.push(
-            now,
-            EventKind::PathFailed {
-                path: PathId(i as u32),
-                reason,
-            },
-        );
+        let path = self.paths[i].id;
+        self.push(now, EventKind::PathFailed { path, reason });
     }
 
     /// When the path is flapping, the end of its hold.
@@ -918,7 +979,9 @@ impl Multipath {
         checker: CheckerState,
         now: Instant,
     ) {
-        let i = id.index();
+        let Some(i) = self.pos(id) else {
+            return;
+        };
         let Ok(to) = next_state(
             self.paths[i].state,
             &PathTransition::Reinstate { cause, checker },
@@ -934,10 +997,7 @@ impl Multipath {
     }
 
     fn group_usable(&self, g: usize) -> bool {
-        self.groups[g]
-            .paths
-            .iter()
-            .any(|p| self.paths[p.index()].state.is_usable())
+        self.groups[g].paths.iter().any(|&p| self.usable(p))
     }
 
     /// The highest-priority enabled group with a usable path; a disabled one only when no
@@ -1015,7 +1075,7 @@ impl Multipath {
                         && self.groups[best]
                             .paths
                             .iter()
-                            .filter(|q| self.paths[q.index()].state.is_usable())
+                            .filter(|&&q| self.usable(q))
                             .count()
                             == 1;
                     if first_back {
@@ -1087,27 +1147,24 @@ impl Multipath {
     }
 
     fn build_groups(&self) -> Vec<PriorityGroup> {
-        let v: Vec<(PathId, &PathInfo)> = self
-            .paths
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (PathId(i as u32), &p.info))
-            .collect();
+        let v: Vec<(PathId, &PathInfo)> = self.paths.iter().map(|p| (p.id, &p.info)).collect();
         group_paths(self.config.grouping, &v)
     }
 
     /// Rebuild the groups from the paths' facts. The active group, the pinned group and
     /// disabled groups follow their paths: a new group takes over the role of the old
     /// group its first usable path (else its first path) belonged to.
-    fn regroup(&mut self, now: Instant) {
+    fn regroup(&mut self, now: Instant, trigger: Trigger) {
         let new = self.build_groups();
         let old = std::mem::replace(&mut self.groups, new);
+        // A removed path is in the old groups but no longer in the map: it leads nothing.
+        let first = |g: &PriorityGroup| g.paths.iter().copied().find(|&p| self.contains_path(p));
         let lead = |g: &PriorityGroup| {
             g.paths
                 .iter()
                 .copied()
-                .find(|p| self.paths[p.index()].state.is_usable())
-                .or_else(|| g.paths.first().copied())
+                .find(|&p| self.usable(p))
+                .or_else(|| first(g))
         };
         let find = |groups: &[PriorityGroup], p: Option<PathId>| {
             p.and_then(|p| groups.iter().position(|g| g.paths.contains(&p)))
@@ -1117,7 +1174,7 @@ impl Multipath {
         let disabled: Vec<PathId> = old
             .iter()
             .filter(|g| g.disabled)
-            .filter_map(|g| g.paths.first().copied())
+            .filter_map(first)
             .collect();
         for g in &mut self.groups {
             g.disabled = g.paths.first().is_some_and(|p| disabled.contains(p));
@@ -1127,6 +1184,22 @@ impl Multipath {
         self.failback_at = None;
         let groups = self.groups.len();
         self.push(now, EventKind::Regrouped { groups });
-        self.refresh(now, Trigger::Other);
+        self.refresh(now, trigger);
+    }
+}
+
+impl PathEntry {
+    fn new(id: PathId, info: PathInfo, up: bool, now: Instant, down_why: &str) -> PathEntry {
+        PathEntry {
+            id,
+            state: PathState::initial(up, info.alua_inaccessible()),
+            info,
+            since: now,
+            last_failure: (!up).then(|| PathFailReason::new(PathFailKind::LoginFailed, down_why)),
+            failures: 0,
+            recent_failures: VecDeque::new(),
+            reinstate_at: None,
+            operator_failed: false,
+        }
     }
 }

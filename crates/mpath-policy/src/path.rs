@@ -7,12 +7,17 @@ use std::fmt;
 use block::{PathFailKind, PathFailReason};
 use scsi::AluaState;
 
-/// A path's index in its map, fixed for the map's life (assigned in the order the paths
-/// were given).
+/// A path's identity in its map. The paths a map starts with are numbered in the order
+/// given (`PathId(0)`...); a path added later gets the next number. A number is never
+/// given twice in a map's life, so an event, a counter or an operator's command that
+/// names a removed path can never reach another one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct PathId(pub u32);
 
 impl PathId {
+    /// The number as an index: the path's position in the map's lists while no path has
+    /// been removed (removed paths leave no hole in views; look paths up by id, e.g.
+    /// [`MapView::path`](crate::MapView::path)).
     pub fn index(self) -> usize {
         self.0 as usize
     }
@@ -192,6 +197,18 @@ impl PathState {
         PathState { dm, checker }
     }
 
+    /// The state a path enters the map in (at start or when added): active when its
+    /// transport is up — a ghost if ALUA says its port refuses I/O — else failed/down.
+    /// Membership is not a transition of the table: a path enters in this state and
+    /// leaves the map from any state, with nothing left behind to transition.
+    pub fn initial(up: bool, alua_inaccessible: bool) -> PathState {
+        match (up, alua_inaccessible) {
+            (false, _) => PathState::FAILED_DOWN,
+            (true, false) => PathState::ACTIVE_UP,
+            (true, true) => PathState::new(DmState::Active, CheckerState::Ghost),
+        }
+    }
+
     /// The invariant every reachable state keeps: an active path's checker state allows
     /// I/O (never `down` or `delayed`).
     pub fn is_valid(self) -> bool {
@@ -285,6 +302,9 @@ pub enum TransitionError {
 ///
 /// Every result is checked against [`PathState::is_valid`]; a transition to the same
 /// state is refused as [`TransitionError::NoChange`] so that events mean change.
+///
+/// Membership is outside the table: a path enters a map in [`PathState::initial`] (at
+/// start or when added) and is removed from whatever state it is in.
 pub fn next_state(from: PathState, t: &PathTransition) -> Result<PathState, TransitionError> {
     use CheckerState as C;
     use DmState::{Active, Failed};

@@ -546,3 +546,169 @@ fn an_operators_fail_is_not_undone_by_automatic_causes() {
     assert_eq!(m.path_state(PathId(0)), Some(PathState::ACTIVE_UP));
     assert!(!m.view().paths[0].operator_failed);
 }
+
+#[test]
+fn added_paths_get_new_ids_and_removed_ones_leave_no_trace() {
+    let t0 = Instant::now();
+    let mut m = Multipath::new(MapConfig::default(), plain_paths(2), t0);
+    events(&mut m);
+    assert_eq!(m.next_path_id(), PathId(2));
+    let p2 = m.add_path(PathInfo::new("p2"), true, t0);
+    assert_eq!(p2, PathId(2));
+    assert_eq!(m.routing(), ids(&[0, 1, 2]));
+    let ev = events(&mut m);
+    assert_eq!(
+        ev[0],
+        EventKind::PathAdded {
+            path: PathId(2),
+            name: "p2".into()
+        }
+    );
+    assert!(ev.contains(&EventKind::Regrouped { groups: 1 }));
+
+    let info = m.remove_path(PathId(1), t0).unwrap();
+    assert_eq!(info.name, "p1");
+    assert_eq!(m.routing(), ids(&[0, 2]));
+    assert_eq!(m.path_ids(), ids(&[0, 2]));
+    assert!(!m.contains_path(PathId(1)));
+    let v = m.view();
+    assert_eq!(
+        v.paths.iter().map(|p| p.id).collect::<Vec<_>>(),
+        ids(&[0, 2])
+    );
+    assert_eq!(v.path(PathId(2)).map(|p| p.info.name.as_str()), Some("p2"));
+    assert!(v.path(PathId(1)).is_none());
+    assert!(v.groups.iter().all(|g| !g.paths.contains(&PathId(1))));
+    // Gone means gone: every input naming it is refused, and its id is not given again.
+    assert_eq!(
+        m.remove_path(PathId(1), t0),
+        Err(PolicyError::NoSuchPath(PathId(1)))
+    );
+    assert_eq!(
+        m.fail_path(PathId(1), reason(), t0),
+        Err(PolicyError::NoSuchPath(PathId(1)))
+    );
+    assert_eq!(m.path_state(PathId(1)), None);
+    assert_eq!(m.add_path(PathInfo::new("p3"), true, t0), PathId(3));
+}
+
+#[test]
+fn a_path_added_down_starts_failed_and_recovers() {
+    let t0 = Instant::now();
+    let mut m = Multipath::new(MapConfig::default(), plain_paths(1), t0);
+    let p = m.add_path(PathInfo::new("late"), false, t0);
+    assert_eq!(m.path_state(p), Some(PathState::FAILED_DOWN));
+    assert_eq!(m.routing(), ids(&[0]));
+    let why = m.view().path(p).and_then(|v| v.last_failure.clone());
+    assert_eq!(why.map(|r| r.kind), Some(PathFailKind::LoginFailed));
+    m.reinstate_path(p, ReinstateCause::TransportRecovered, t0)
+        .unwrap();
+    assert_eq!(m.routing(), ids(&[0, 1]));
+}
+
+#[test]
+fn removing_the_active_groups_last_path_fails_over_and_the_last_path_queues() {
+    let (mut m, t0) = two_groups(Failback::Immediate);
+    m.remove_path(PathId(0), t0).unwrap();
+    m.remove_path(PathId(1), t0).unwrap();
+    assert_eq!(m.routing(), ids(&[2, 3]));
+    let ev = events(&mut m);
+    assert!(ev.iter().any(|k| matches!(
+        k,
+        EventKind::GroupSwitched {
+            cause: SwitchCause::Failover,
+            ..
+        }
+    )));
+    m.remove_path(PathId(2), t0).unwrap();
+    m.remove_path(PathId(3), t0).unwrap();
+    assert!(m.routing().is_empty());
+    assert!(m.groups().is_empty());
+    assert_eq!(
+        m.no_path_verdict(),
+        NoPathVerdict::Queue {
+            until: Some(t0 + DEFAULT_NO_PATH_QUEUE)
+        }
+    );
+    assert!(events(&mut m).contains(&EventKind::QueueingStarted {
+        until: Some(t0 + DEFAULT_NO_PATH_QUEUE)
+    }));
+    // A path added to the empty map ends the queueing.
+    let t1 = t0 + Duration::from_secs(5);
+    let p = m.add_path(PathInfo::new("new"), true, t1);
+    assert_eq!(m.routing(), vec![p]);
+    assert_eq!(m.no_path_verdict(), NoPathVerdict::Retry);
+    assert!(events(&mut m).contains(&EventKind::QueueingEnded {
+        cause: QueueEndCause::PathAvailable
+    }));
+    assert_eq!(m.no_path_time(t1), Duration::from_secs(5));
+}
+
+/// One path with priority 1; a path with priority 10 is added: a new, better group.
+fn add_better(failback: Failback) -> (Multipath, PathId, Instant) {
+    let t0 = Instant::now();
+    let config = MapConfig {
+        failback,
+        flap: None,
+        ..MapConfig::default()
+    };
+    let low = PathInfo {
+        priority: Some(1),
+        ..PathInfo::new("low")
+    };
+    let mut m = Multipath::new(config, vec![(low, true)], t0);
+    let high = PathInfo {
+        priority: Some(10),
+        ..PathInfo::new("high")
+    };
+    let p = m.add_path(high, true, t0);
+    (m, p, t0)
+}
+
+#[test]
+fn a_path_added_in_a_better_group_is_failed_back_to_per_policy() {
+    let (m, p, _) = add_better(Failback::Immediate);
+    assert_eq!(m.groups().len(), 2);
+    assert_eq!(m.groups()[0].paths, vec![p]);
+    assert_eq!(m.routing(), vec![p]);
+
+    let (mut m, p, t0) = add_better(Failback::Manual);
+    assert_eq!(m.routing(), ids(&[0]), "manual: stays on the old group");
+    m.switch_group(0, t0).unwrap();
+    assert_eq!(m.routing(), vec![p]);
+
+    let (mut m, p, _) = add_better(Failback::Followover);
+    assert_eq!(
+        m.routing(),
+        vec![p],
+        "followover: the group's first path came"
+    );
+    assert!(events(&mut m).iter().any(|k| matches!(
+        k,
+        EventKind::GroupSwitched {
+            cause: SwitchCause::Failback,
+            ..
+        }
+    )));
+
+    let (mut m, p, t0) = add_better(Failback::Deferred(Duration::from_secs(10)));
+    assert_eq!(m.routing(), ids(&[0]));
+    m.handle_timeout(t0 + Duration::from_secs(10));
+    assert_eq!(m.routing(), vec![p]);
+}
+
+#[test]
+fn removing_a_pinned_or_disabled_groups_first_path_keeps_the_group_state() {
+    let (mut m, t0) = two_groups(Failback::Immediate);
+    m.switch_group(1, t0).unwrap();
+    m.remove_path(PathId(2), t0).unwrap();
+    let v = m.view();
+    assert_eq!(v.active_group, Some(1));
+    assert!(v.groups[1].pinned, "the pin follows the group's other path");
+    assert_eq!(m.routing(), ids(&[3]));
+
+    let (mut m, t0) = two_groups(Failback::Immediate);
+    m.disable_group(1, t0).unwrap();
+    m.remove_path(PathId(2), t0).unwrap();
+    assert_eq!(m.group_status(1), Some(GroupStatus::Disabled));
+}

@@ -21,10 +21,14 @@ enum Input {
     Priority(u32, u32),
     Alua(u32, u8),
     Advance(u64),
+    /// A path joins: its TPG, and whether its transport is up.
+    Add(u16, bool),
+    Remove(u32),
 }
 
 fn input() -> impl Strategy<Value = Input> {
-    let p = 0..PATHS + 1;
+    // Ids past the initial paths: added ones, and ones that never exist.
+    let p = 0..PATHS + 4;
     prop_oneof![
         3 => (p.clone(), any::<bool>()).prop_map(|(p, admin)| Input::Fail(p, admin)),
         3 => (p.clone(), any::<bool>()).prop_map(|(p, op)| Input::Reinstate(p, op)),
@@ -34,8 +38,10 @@ fn input() -> impl Strategy<Value = Input> {
         1 => (0usize..5).prop_map(Input::Enable),
         1 => any::<bool>().prop_map(Input::Queue),
         1 => (p.clone(), 0u32..3).prop_map(|(p, prio)| Input::Priority(p, prio * 10)),
-        1 => (p, 0u8..4).prop_map(|(p, s)| Input::Alua(p, s)),
+        1 => (p.clone(), 0u8..4).prop_map(|(p, s)| Input::Alua(p, s)),
         3 => prop_oneof![Just(1u64), Just(10), Just(31), Just(61)].prop_map(Input::Advance),
+        1 => (0u16..3, any::<bool>()).prop_map(|(tpg, up)| Input::Add(tpg, up)),
+        1 => p.prop_map(Input::Remove),
     ]
 }
 
@@ -92,21 +98,28 @@ fn check(m: &Multipath, now: Instant) -> Result<(), TestCaseError> {
         prop_assert!(p.state.is_valid(), "{}: {}", p.id, p.state);
         prop_assert!(p.group.is_some(), "{} in no group", p.id);
     }
+    // Removed paths are nowhere: every grouped path is a path of the map.
+    for g in &v.groups {
+        prop_assert!(!g.paths.is_empty(), "empty group");
+        for p in &g.paths {
+            prop_assert!(v.path(*p).is_some(), "{} grouped but not in the map", p);
+        }
+    }
+    let usable = |p: &PathId| v.path(*p).is_some_and(|p| p.state.is_usable());
     prop_assert_eq!(v.active_group.is_some(), any_usable);
     let routing = m.routing();
     prop_assert_eq!(routing.is_empty(), !any_usable);
     if let Some(g) = v.active_group {
         for p in &routing {
             prop_assert!(v.groups[g].paths.contains(p));
-            prop_assert!(v.paths[p.index()].state.is_usable());
+            prop_assert!(usable(p));
         }
         // An enabled group with a usable path beats a disabled active one.
         if v.groups[g].status == GroupStatus::Disabled {
-            prop_assert!(!v.groups.iter().any(|gr| gr.status == GroupStatus::Enabled
-                && gr
-                    .paths
-                    .iter()
-                    .any(|p| v.paths[p.index()].state.is_usable())));
+            prop_assert!(!v
+                .groups
+                .iter()
+                .any(|gr| gr.status == GroupStatus::Enabled && gr.paths.iter().any(usable)));
         }
     }
     for g in &v.groups {
@@ -145,6 +158,7 @@ fn run(config: MapConfig, inputs: Vec<Input>) -> Result<(), TestCaseError> {
     let mut now = t0;
     let mut generation = m.generation();
     let mut last_event = t0;
+    let mut removed: Vec<PathId> = Vec::new();
     for input in inputs {
         let reason = |admin: bool| {
             PathFailReason::new(
@@ -194,7 +208,28 @@ fn run(config: MapConfig, inputs: Vec<Input>) -> Result<(), TestCaseError> {
                 m.handle_timeout(now);
                 Ok(())
             }
+            Input::Add(tpg, up) => {
+                let next = m.next_path_id();
+                let info = PathInfo {
+                    tpg: Some(tpg),
+                    ..PathInfo::new("added")
+                };
+                let id = m.add_path(info, up, now);
+                prop_assert_eq!(id, next);
+                prop_assert!(!removed.contains(&id), "{} given twice", id);
+                Ok(())
+            }
+            Input::Remove(p) => {
+                let r = m.remove_path(PathId(p), now);
+                if r.is_ok() {
+                    removed.push(PathId(p));
+                }
+                r.map(|_| ())
+            }
         };
+        for id in &removed {
+            prop_assert!(!m.contains_path(*id) && m.path_state(*id).is_none());
+        }
         prop_assert!(m.generation() >= generation);
         generation = m.generation();
         while let Some(e) = m.poll_event() {
