@@ -123,13 +123,17 @@ impl fmt::Display for IoErrorKind {
 }
 
 /// A failed block operation: its kind and a human-readable reason with context.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{kind}: {detail}")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IoError {
     pub kind: IoErrorKind,
     pub detail: String,
     /// The SCSI status and sense, when the error came from the target.
     pub scsi: Option<ScsiFailure>,
+    /// For a `Path` error the transport raised itself (no SCSI status): why the path
+    /// failed, when the transport knows — the same kind its `PathEvent::Failed` carries.
+    /// The multipath engine records it as the path's failure kind; without it the kind
+    /// is inferred (a socket error) until the transport's event says better.
+    pub path_fail: Option<PathFailKind>,
 }
 
 impl IoError {
@@ -138,6 +142,7 @@ impl IoError {
             kind,
             detail: detail.into(),
             scsi: None,
+            path_fail: None,
         }
     }
 
@@ -147,9 +152,41 @@ impl IoError {
             kind,
             detail: detail.into(),
             scsi: Some(ScsiFailure { status, sense }),
+            path_fail: None,
+        }
+    }
+
+    /// A `Path` error because the path failed in this way (connection reset, keepalive
+    /// timeout, stall...): what a transport completes its commands with when it knows why
+    /// its connection is gone.
+    pub fn path_failed(kind: PathFailKind, detail: impl Into<String>) -> IoError {
+        IoError::new(IoErrorKind::Path, detail).with_path_fail(kind)
+    }
+
+    /// This error, saying how the path failed (see [`IoError::path_fail`]).
+    pub fn with_path_fail(mut self, kind: PathFailKind) -> IoError {
+        self.path_fail = Some(kind);
+        self
+    }
+
+    /// The path failure this error reports, when the transport said which.
+    pub fn path_fail_reason(&self) -> Option<PathFailReason> {
+        self.path_fail
+            .clone()
+            .map(|kind| PathFailReason::new(kind, self.detail.clone()))
+    }
+}
+
+impl fmt::Display for IoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.path_fail {
+            Some(why) => write!(f, "{}: {why}: {}", self.kind, self.detail),
+            None => write!(f, "{}: {}", self.kind, self.detail),
         }
     }
 }
+
+impl std::error::Error for IoError {}
 
 /// Static facts about a block device.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -190,5 +227,30 @@ mod tests {
             e.to_string(),
             "path error: connection reset by 127.0.0.2:3260"
         );
+        assert_eq!(e.path_fail, None);
+        assert_eq!(
+            IoError::scsi(IoErrorKind::Target, "x", 2, Bytes::new()).path_fail,
+            None
+        );
+    }
+
+    #[test]
+    fn path_errors_can_say_how_the_path_failed() {
+        let e = IoError::path_failed(PathFailKind::KeepaliveTimeout, "10.0.0.1:3260: 1 s");
+        assert_eq!(e.kind, IoErrorKind::Path);
+        assert_eq!(
+            e.to_string(),
+            "path error: keepalive timeout: 10.0.0.1:3260: 1 s"
+        );
+        assert_eq!(
+            e.path_fail_reason(),
+            Some(PathFailReason::new(
+                PathFailKind::KeepaliveTimeout,
+                "10.0.0.1:3260: 1 s"
+            ))
+        );
+        let e =
+            IoError::new(IoErrorKind::Path, "reset").with_path_fail(PathFailKind::ConnectionReset);
+        assert_eq!(e.path_fail, Some(PathFailKind::ConnectionReset));
     }
 }

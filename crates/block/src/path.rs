@@ -91,9 +91,9 @@ impl PathFailReason {
     }
 }
 
-impl fmt::Display for PathFailReason {
+impl fmt::Display for PathFailKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let k = match self.kind {
+        f.write_str(match self {
             PathFailKind::ConnectionReset => "connection reset",
             PathFailKind::ConnectionClosed => "connection closed",
             PathFailKind::SocketError => "socket error",
@@ -105,11 +105,16 @@ impl fmt::Display for PathFailReason {
             PathFailKind::NotReady => "logical unit not ready",
             PathFailKind::CommandTimeout => "command timeout",
             PathFailKind::Administrative => "failed by request",
-        };
+        })
+    }
+}
+
+impl fmt::Display for PathFailReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.detail.is_empty() {
-            f.write_str(k)
+            write!(f, "{}", self.kind)
         } else {
-            write!(f, "{k}: {}", self.detail)
+            write!(f, "{}: {}", self.kind, self.detail)
         }
     }
 }

@@ -22,8 +22,8 @@ use block::{
 };
 use bytes::{Bytes, BytesMut};
 use mpath_policy::{
-    classify, ErrorClass, Event, EventKind, Multipath, PathId, PathLoad, Reinstatement,
-    RequeueCause, Selector, SelectorKind,
+    classify, reason_is_inferred, ErrorClass, Event, EventKind, Multipath, PathId, PathLoad,
+    Reinstatement, RequeueCause, Selector, SelectorKind,
 };
 use scsi::AluaState;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -103,6 +103,9 @@ pub(crate) enum Ask {
         path: PathId,
         incarnation: u64,
         reason: PathFailReason,
+        /// `reason` is a guess from an error that did not say why (see
+        /// `mpath_policy::reason_is_inferred`): the transport's own reason replaces it.
+        inferred: bool,
         alua: Option<AluaState>,
     },
 }
@@ -329,7 +332,7 @@ impl Shared {
                 Attempt::Done(Err(e)) => e,
             };
             path.counters.error();
-            let (reason, alua) = match classify(&err) {
+            let (reason, alua, inferred) = match classify(&err) {
                 ErrorClass::Target | ErrorClass::Invalid => {
                     if self.io_stats {
                         path.counters.completed(cmd.bytes, end - start);
@@ -359,6 +362,7 @@ impl Shared {
                             ),
                         ),
                         None,
+                        false,
                     )
                 }
                 ErrorClass::PathFailure { reason, alua } => {
@@ -366,7 +370,7 @@ impl Shared {
                     if err.scsi.is_none() {
                         self.note_in_doubt(path.id, cmd);
                     }
-                    (reason, alua)
+                    (reason, alua, reason_is_inferred(&err))
                 }
             };
             path.counters.requeue();
@@ -379,6 +383,7 @@ impl Shared {
                 path: path.id,
                 incarnation,
                 reason,
+                inferred,
                 alua,
             };
             match self.ask(ask).await {

@@ -175,6 +175,7 @@ impl Owner {
             path,
             incarnation,
             reason,
+            inferred,
             alua,
         } = ask
         {
@@ -190,7 +191,11 @@ impl Owner {
                 // An error from before the path was last reinstated is about a connection
                 // that is gone; one on an already failed path changes nothing.
                 if incarnation == current && active {
-                    let _ = self.policy.fail_path(path, reason, t);
+                    let _ = if inferred {
+                        self.policy.fail_path_inferred(path, reason, t)
+                    } else {
+                        self.policy.fail_path(path, reason, t)
+                    };
                 }
                 if let Some(state) = alua {
                     let _ = self.policy.set_path_alua(path, state, t);
@@ -218,11 +223,13 @@ impl Owner {
             PathEvent::Failed { reason } => {
                 // Already failed (by an I/O error or an operator) or not: the transport
                 // says its commands are dead, so whatever is in flight goes elsewhere now.
-                match self.policy.fail_path(path, reason, t) {
+                match self.policy.fail_path(path, reason.clone(), t) {
                     Ok(()) => {}
                     // Failed already (by an I/O error, an operator, or while held back by
-                    // flap damping): the transport is down now, which ends any hold.
+                    // flap damping): the transport is down now, which ends any hold; and
+                    // its reason is better than one inferred from an I/O error.
                     Err(PolicyError::PathAlreadyFailed(_)) => {
+                        let _ = self.policy.refine_fail_reason(path, reason, t);
                         let _ = self.policy.checker_report(path, CheckerState::Down, t);
                     }
                     Err(e) => tracing::warn!(map = %self.shared.name, "{path}: {e}"),
@@ -263,6 +270,7 @@ impl Owner {
                 if self.policy.fail_path(path, reason.clone(), t).is_ok() {
                     self.orphan.push(path);
                 } else {
+                    let _ = self.policy.refine_fail_reason(path, reason.clone(), t);
                     let _ = self.policy.checker_report(path, CheckerState::Down, t);
                 }
                 self.shared.emit(Event {

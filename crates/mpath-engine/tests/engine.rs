@@ -1119,3 +1119,92 @@ async fn a_path_added_in_a_better_group_is_failed_back_to_per_policy() {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_first_seen_through_an_io_error_takes_the_transports_reason() {
+    let r = rig_primary(2, quiet_policy());
+    let mut ev = r.dev.events();
+    // The command's error does not say why: the reason is inferred.
+    r.paths[0].inject(path_error("connection failed"));
+    assert_eq!(r.dev.submit(write(1, 1)).await, Ok(Outcome::Done));
+    let st = r.dev.status().await.unwrap();
+    let why = st.view.path(PathId(0)).and_then(|p| p.last_failure.clone());
+    assert_eq!(why.map(|r| r.kind), Some(PathFailKind::SocketError));
+    // The transport's own report follows a little later and replaces it.
+    tokio::time::advance(Duration::from_millis(5)).await;
+    r.paths[0].fail(PathFailKind::KeepaliveTimeout);
+    settle().await;
+    let st = r.dev.status().await.unwrap();
+    let p0 = st.view.path(PathId(0)).unwrap();
+    assert_eq!(
+        p0.last_failure.as_ref().map(|r| r.kind.clone()),
+        Some(PathFailKind::KeepaliveTimeout)
+    );
+    assert_eq!(p0.failures, 1, "one failure, better described");
+    // Both steps stay visible, each with its time.
+    let mut failed_at = None;
+    let mut updated = None;
+    while let Ok(e) = ev.try_recv() {
+        match e.kind {
+            EventKind::PathFailed {
+                path: PathId(0),
+                reason,
+            } => {
+                assert_eq!(reason.kind, PathFailKind::SocketError);
+                failed_at = Some(e.at);
+            }
+            EventKind::PathFailReasonUpdated {
+                path: PathId(0),
+                from,
+                to,
+            } => updated = Some((e.at, from.kind, to.kind)),
+            _ => {}
+        }
+    }
+    let (at, from, to) = updated.expect("PathFailReasonUpdated");
+    assert_eq!(
+        (from, to),
+        (PathFailKind::SocketError, PathFailKind::KeepaliveTimeout)
+    );
+    let failed_at = failed_at.expect("PathFailed");
+    assert_eq!(at - failed_at, Duration::from_millis(5));
+    // The first account from the transport stands: a later one does not replace it.
+    r.paths[0].send_event(block::PathEvent::Failed {
+        reason: block::PathFailReason::new(PathFailKind::ConnectionReset, "again"),
+    });
+    settle().await;
+    let st = r.dev.status().await.unwrap();
+    let why = st.view.path(PathId(0)).and_then(|p| p.last_failure.clone());
+    assert_eq!(why.map(|r| r.kind), Some(PathFailKind::KeepaliveTimeout));
+    assert!(!events_of(&mut ev)
+        .iter()
+        .any(|k| matches!(k, EventKind::PathFailReasonUpdated { .. })));
+}
+
+#[tokio::test]
+async fn an_io_error_that_names_the_path_failure_is_recorded_at_once() {
+    let r = rig_primary(2, quiet_policy());
+    let mut ev = r.dev.events();
+    r.paths[0].inject(block::IoError::path_failed(
+        PathFailKind::Stalled,
+        "nothing received for 500 ms",
+    ));
+    assert_eq!(r.dev.submit(write(1, 1)).await, Ok(Outcome::Done));
+    let st = r.dev.status().await.unwrap();
+    let why = st.view.path(PathId(0)).and_then(|p| p.last_failure.clone());
+    assert_eq!(
+        why,
+        Some(block::PathFailReason::new(
+            PathFailKind::Stalled,
+            "nothing received for 500 ms"
+        ))
+    );
+    r.paths[0].fail(PathFailKind::KeepaliveTimeout);
+    settle().await;
+    let st = r.dev.status().await.unwrap();
+    let why = st.view.path(PathId(0)).and_then(|p| p.last_failure.clone());
+    assert_eq!(why.map(|r| r.kind), Some(PathFailKind::Stalled));
+    assert!(!events_of(&mut ev)
+        .iter()
+        .any(|k| matches!(k, EventKind::PathFailReasonUpdated { .. })));
+}

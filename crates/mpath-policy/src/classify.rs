@@ -24,7 +24,20 @@ pub enum ErrorClass {
 
 /// Classify an error returned by `PathTransport::submit`.
 pub fn classify(err: &IoError) -> ErrorClass {
-    match err.kind {
+    classify_with_certainty(err).0
+}
+
+/// Whether the reason of [`classify`]'s `PathFailure` for `err` is inferred rather than
+/// stated: no sense says why and the transport did not name the failure
+/// ([`IoError::path_fail`]), so the kind is a guess (`SocketError`, with the error's
+/// text). The transport's own `PathEvent::Failed` reason, when it follows, is the better
+/// one (`Multipath::refine_fail_reason`).
+pub fn reason_is_inferred(err: &IoError) -> bool {
+    classify_with_certainty(err).1
+}
+
+fn classify_with_certainty(err: &IoError) -> (ErrorClass, bool) {
+    let class = match err.kind {
         IoErrorKind::Target => ErrorClass::Target,
         IoErrorKind::Invalid => ErrorClass::Invalid,
         // A transport that says "no path" for itself (not logged in) is a failed path.
@@ -54,15 +67,28 @@ pub fn classify(err: &IoError) -> ErrorClass {
                     alua: None,
                 },
                 // No sense: the transport failed the command (connection lost, timeout,
-                // transport disrupted). The path's own `Failed` event, when it comes,
-                // carries the precise kind; this one says what the I/O saw.
-                _ => ErrorClass::PathFailure {
-                    reason: PathFailReason::new(PathFailKind::SocketError, err.detail.clone()),
-                    alua: None,
+                // transport disrupted), and says why when it knows.
+                _ => match err.path_fail_reason() {
+                    Some(reason) => ErrorClass::PathFailure { reason, alua: None },
+                    // It did not: the path's own `Failed` event, when it comes, carries
+                    // the precise kind; until then this one says what the I/O saw.
+                    None => {
+                        return (
+                            ErrorClass::PathFailure {
+                                reason: PathFailReason::new(
+                                    PathFailKind::SocketError,
+                                    err.detail.clone(),
+                                ),
+                                alua: None,
+                            },
+                            true,
+                        )
+                    }
                 },
             }
         }
-    }
+    };
+    (class, false)
 }
 
 #[cfg(test)]
@@ -117,9 +143,33 @@ mod tests {
                 ..
             }
         ));
+        let generic = IoError::new(IoErrorKind::Path, "connection reset");
         assert!(matches!(
-            classify(&IoError::new(IoErrorKind::Path, "connection reset")),
+            classify(&generic),
             ErrorClass::PathFailure { alua: None, reason } if reason.detail == "connection reset"
+                && reason.kind == PathFailKind::SocketError
         ));
+        assert!(reason_is_inferred(&generic));
+    }
+
+    #[test]
+    fn a_transport_that_says_why_is_believed() {
+        let e = IoError::path_failed(PathFailKind::Stalled, "no answer for 500 ms");
+        assert_eq!(
+            classify(&e),
+            ErrorClass::PathFailure {
+                reason: PathFailReason::new(PathFailKind::Stalled, "no answer for 500 ms"),
+                alua: None
+            }
+        );
+        assert!(!reason_is_inferred(&e));
+        // Sense decides before the transport's kind, and is never inferred.
+        let standby = with_sense(
+            IoErrorKind::Path,
+            SenseKey::NOT_READY,
+            TARGET_PORT_IN_STANDBY_STATE,
+        );
+        assert!(!reason_is_inferred(&standby));
+        assert!(!reason_is_inferred(&IoError::new(IoErrorKind::Target, "x")));
     }
 }

@@ -24,7 +24,7 @@ pub mod map;
 pub mod path;
 pub mod selector;
 
-pub use classify::{classify, ErrorClass};
+pub use classify::{classify, reason_is_inferred, ErrorClass};
 pub use event::{Event, EventKind, QueueEndCause, RequeueCause, SwitchCause};
 pub use group::{group_paths, GroupStatus, Grouping, PriorityGroup};
 pub use map::{

@@ -241,6 +241,9 @@ struct PathEntry {
     state: PathState,
     since: Instant,
     last_failure: Option<PathFailReason>,
+    /// The current failure's reason was inferred from a command's error that did not say
+    /// why; the transport's own reason replaces it (once) while the path stays failed.
+    reason_inferred: bool,
     failures: u64,
     /// Failure times within the flap window (at most `FlapDamping::failures` kept).
     recent_failures: VecDeque<Instant>,
@@ -569,6 +572,58 @@ impl Multipath {
         self.record_failure(i, to, reason, now);
         self.refresh(now, Trigger::Other);
         Ok(())
+    }
+
+    /// [`fail_path`](Self::fail_path) on the evidence of a command's error that did not
+    /// say why the path failed (see `classify::reason_is_inferred`): `reason` is a guess,
+    /// which [`refine_fail_reason`](Self::refine_fail_reason) replaces when the
+    /// transport's own report arrives.
+    pub fn fail_path_inferred(
+        &mut self,
+        id: PathId,
+        reason: PathFailReason,
+        now: Instant,
+    ) -> Result<(), PolicyError> {
+        self.fail_path(id, reason, now)?;
+        let i = self.index(id)?;
+        self.paths[i].reason_inferred = true;
+        Ok(())
+    }
+
+    /// The transport's own reason for the failure of a path that is failed. When the
+    /// recorded reason was inferred from an I/O error ([`fail_path_inferred`](
+    /// Self::fail_path_inferred)) and the path has not been reinstated since, `reason`
+    /// replaces it — in the path's view and as a `PathFailReasonUpdated` event, the
+    /// `PathFailed` event before it staying as it was — and `true` is returned. A stated
+    /// reason is never replaced: it is the first account of this failure.
+    pub fn refine_fail_reason(
+        &mut self,
+        id: PathId,
+        reason: PathFailReason,
+        now: Instant,
+    ) -> Result<bool, PolicyError> {
+        let i = self.index(id)?;
+        let p = &mut self.paths[i];
+        if p.state.dm != DmState::Failed || !p.reason_inferred {
+            return Ok(false);
+        }
+        p.reason_inferred = false;
+        let Some(from) = p.last_failure.replace(reason.clone()) else {
+            return Ok(false);
+        };
+        if from == reason {
+            return Ok(false);
+        }
+        self.push(
+            now,
+            EventKind::PathFailReasonUpdated {
+                path: id,
+                from,
+                to: reason,
+            },
+        );
+        self.generation += 1;
+        Ok(true)
     }
 
     /// Send I/O to a failed path again. Automatic causes are subject to flap damping; the
@@ -932,6 +987,7 @@ impl Multipath {
         p.state = to;
         p.since = now;
         p.last_failure = Some(reason.clone());
+        p.reason_inferred = false;
         p.failures += 1;
         p.reinstate_at = None;
         p.operator_failed = reason.kind == PathFailKind::Administrative;
@@ -993,6 +1049,7 @@ impl Multipath {
         p.since = now;
         p.reinstate_at = None;
         p.operator_failed = false;
+        p.reason_inferred = false;
         self.push(now, EventKind::PathReinstated { path: id, cause });
     }
 
@@ -1196,6 +1253,7 @@ impl PathEntry {
             info,
             since: now,
             last_failure: (!up).then(|| PathFailReason::new(PathFailKind::LoginFailed, down_why)),
+            reason_inferred: false,
             failures: 0,
             recent_failures: VecDeque::new(),
             reinstate_at: None,

@@ -712,3 +712,66 @@ fn removing_a_pinned_or_disabled_groups_first_path_keeps_the_group_state() {
     m.remove_path(PathId(2), t0).unwrap();
     assert_eq!(m.group_status(1), Some(GroupStatus::Disabled));
 }
+
+#[test]
+fn an_inferred_failure_reason_is_replaced_once_by_the_transports() {
+    let t0 = Instant::now();
+    let mut m = Multipath::new(MapConfig::default(), plain_paths(2), t0);
+    let guess = PathFailReason::new(PathFailKind::SocketError, "command failed");
+    let stated = PathFailReason::new(PathFailKind::ConnectionReset, "by peer");
+    m.fail_path_inferred(PathId(0), guess.clone(), t0).unwrap();
+    events(&mut m);
+    let g = m.generation();
+    let t1 = t0 + Duration::from_millis(3);
+    assert_eq!(
+        m.refine_fail_reason(PathId(0), stated.clone(), t1),
+        Ok(true)
+    );
+    assert!(m.generation() > g);
+    assert_eq!(
+        m.view().path(PathId(0)).unwrap().last_failure,
+        Some(stated.clone())
+    );
+    assert_eq!(m.view().path(PathId(0)).unwrap().failures, 1);
+    let e = m.poll_event().unwrap();
+    assert_eq!(e.at, t1);
+    assert_eq!(
+        e.kind,
+        EventKind::PathFailReasonUpdated {
+            path: PathId(0),
+            from: guess,
+            to: stated.clone()
+        }
+    );
+    // Once: the transport's first account stands.
+    let later = PathFailReason::new(PathFailKind::Stalled, "");
+    assert_eq!(
+        m.refine_fail_reason(PathId(0), later.clone(), t1),
+        Ok(false)
+    );
+    // A stated reason is not replaced, nor is anything on an active path.
+    m.fail_path(PathId(1), stated, t0).unwrap();
+    assert_eq!(
+        m.refine_fail_reason(PathId(1), later.clone(), t1),
+        Ok(false)
+    );
+    m.reinstate_path(PathId(1), ReinstateCause::Operator, t1)
+        .unwrap();
+    assert_eq!(
+        m.refine_fail_reason(PathId(1), later.clone(), t1),
+        Ok(false)
+    );
+    // A reinstatement ends the failure the guess was about.
+    let guess = PathFailReason::new(PathFailKind::SocketError, "x");
+    m.reinstate_path(PathId(0), ReinstateCause::Operator, t1)
+        .unwrap();
+    m.fail_path_inferred(PathId(0), guess, t1).unwrap();
+    m.reinstate_path(PathId(0), ReinstateCause::Operator, t1)
+        .unwrap();
+    m.fail_path(PathId(0), reason(), t1).unwrap();
+    assert_eq!(m.refine_fail_reason(PathId(0), later, t1), Ok(false));
+    assert_eq!(
+        m.refine_fail_reason(PathId(9), reason(), t1),
+        Err(PolicyError::NoSuchPath(PathId(9)))
+    );
+}
