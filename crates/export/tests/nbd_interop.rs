@@ -306,6 +306,8 @@ fn fio_randrw_verify() {
             "--do_verify=1",
             "--verify_fatal=1",
             "--randrepeat=0",
+            // fio otherwise leaves its verify state file in the working directory.
+            "--verify_state_save=0",
         ],
     );
     let text = o.all();

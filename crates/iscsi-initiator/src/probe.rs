@@ -34,6 +34,19 @@ pub struct LuInfo {
     /// The ALUA state of this path's group, and its preferred bit.
     pub alua: Option<(AluaState, bool)>,
     pub thin: bool,
+    /// VPD 0xB0: MAXIMUM TRANSFER LENGTH in blocks (0: no limit reported).
+    pub max_transfer_blocks: u32,
+    /// VPD 0xB0: MAXIMUM UNMAP LBA COUNT (0: none reported).
+    pub max_unmap_blocks: u32,
+    /// VPD 0xB0: MAXIMUM WRITE SAME LENGTH (0: none reported).
+    pub max_write_same_blocks: u64,
+    /// Caching mode page WCE: writes may sit in a volatile cache until SYNCHRONIZE CACHE.
+    pub write_cache: bool,
+    /// DPOFUA in the mode parameter header: the LU honours FUA.
+    pub fua: bool,
+    /// The caching mode page could not be read: `write_cache` is assumed on (safe: FUA and
+    /// FLUSH then go to the LU).
+    pub write_cache_unknown: bool,
 }
 
 fn req(cdb: scsi::cdb::build::Cdb, len: u32) -> ScsiRequest {
@@ -92,7 +105,37 @@ pub async fn probe_lu(path: &IscsiPath) -> Result<LuInfo, IoError> {
         target_port_group: None,
         alua: None,
         thin: cap.lbpme,
+        max_transfer_blocks: 0,
+        max_unmap_blocks: 0,
+        max_write_same_blocks: 0,
+        write_cache: true,
+        fua: false,
+        write_cache_unknown: true,
     };
+    if info.device_type == 0 {
+        if let Ok(d) = path.command(req(build::inquiry(Some(0xb0), 64), 64)).await {
+            if let Ok(b) = scsi::inquiry::BlockLimits::parse(&d) {
+                info.max_transfer_blocks = b.max_transfer;
+                info.max_unmap_blocks = b.max_unmap_lba_count;
+                info.max_write_same_blocks = b.max_write_same;
+            }
+        }
+        // MODE SENSE(10), caching page, current values.
+        if let Ok(d) = path
+            .command(req(build::mode_sense_10(true, 0, 0x08, 0, 255), 255))
+            .await
+        {
+            if let Ok(m) = scsi::mode::ModeParameters::parse(&d, true) {
+                info.fua = m.device_specific & 0x10 != 0;
+                for p in &m.pages {
+                    if let scsi::mode::ModePage::Caching(c) = p {
+                        info.write_cache = c.wce;
+                        info.write_cache_unknown = false;
+                    }
+                }
+            }
+        }
+    }
     if let Ok(d) = path
         .command(req(build::inquiry(Some(0x80), 255), 255))
         .await

@@ -85,11 +85,18 @@ impl Default for HstParams {
 /// cannot overflow; ours are u128, but a cap also keeps one deep queue from dominating.
 const HST_MAX_INFLIGHT: u64 = 1024;
 
+/// `PathLoad::in_flight` packs the I/Os in flight above the bytes in flight, so that
+/// `start_io` and `end_io` are one atomic operation each instead of two. 40 bits of bytes
+/// is 1 TiB in flight on one path (a thousand 1 GiB commands: far beyond any queue),
+/// and leaves 24 bits, 16 million, for the I/O count.
+const IN_FLIGHT_BYTES_BITS: u32 = 40;
+const IN_FLIGHT_BYTES_MASK: u64 = (1 << IN_FLIGHT_BYTES_BITS) - 1;
+
 /// The load on one path, shared by every selector that lists it.
 #[derive(Debug)]
 pub struct PathLoad {
-    in_flight_ios: AtomicU64,
-    in_flight_bytes: AtomicU64,
+    /// I/Os in flight (high 24 bits) and their bytes (low 40 bits).
+    in_flight: AtomicU64,
     relative_throughput: AtomicU32,
     /// Decaying average service time in ns (0: none measured yet).
     hst_ns: AtomicU64,
@@ -111,8 +118,7 @@ impl PathLoad {
     pub fn with_decay_shift(relative_throughput: u32, decay_shift: u32) -> PathLoad {
         PathLoad {
             decay_shift: decay_shift.min(16),
-            in_flight_ios: AtomicU64::new(0),
-            in_flight_bytes: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
             relative_throughput: AtomicU32::new(relative_throughput.min(MAX_RELATIVE_THROUGHPUT)),
             hst_ns: AtomicU64::new(0),
             last_finish_ns: AtomicU64::new(0),
@@ -130,11 +136,11 @@ impl PathLoad {
     }
 
     pub fn in_flight_ios(&self) -> u64 {
-        self.in_flight_ios.load(Ordering::Relaxed)
+        self.in_flight.load(Ordering::Relaxed) >> IN_FLIGHT_BYTES_BITS
     }
 
     pub fn in_flight_bytes(&self) -> u64 {
-        self.in_flight_bytes.load(Ordering::Relaxed)
+        self.in_flight.load(Ordering::Relaxed) & IN_FLIGHT_BYTES_MASK
     }
 
     /// The decaying average service time, in ns (0 before the first completion).
@@ -143,15 +149,24 @@ impl PathLoad {
     }
 
     /// An I/O of `bytes` was sent on this path (dm's `start_io`).
+    #[inline]
     pub fn start_io(&self, bytes: u64) {
-        self.in_flight_ios.fetch_add(1, Ordering::Relaxed);
-        self.in_flight_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.in_flight
+            .fetch_add(Self::packed(bytes), Ordering::Relaxed);
     }
 
     /// An I/O started with [`start_io`](Self::start_io) ended (dm's `end_io`).
+    #[inline]
     pub fn end_io(&self, bytes: u64) {
-        self.in_flight_ios.fetch_sub(1, Ordering::Relaxed);
-        self.in_flight_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.in_flight
+            .fetch_sub(Self::packed(bytes), Ordering::Relaxed);
+    }
+
+    /// One I/O of `bytes`, as added to `in_flight`. A single I/O larger than the bytes
+    /// field counts as its maximum, so that it can never carry into the I/O count.
+    #[inline]
+    fn packed(bytes: u64) -> u64 {
+        (1 << IN_FLIGHT_BYTES_BITS) | bytes.min(IN_FLIGHT_BYTES_MASK)
     }
 
     /// For `historical-service-time` (see [`SelectorKind::needs_time`]): an I/O started at
@@ -372,6 +387,23 @@ mod tests {
 
     fn pick(s: &Selector, l: &[PathLoad], bytes: u64, now: u64) -> usize {
         s.select(l.len(), |i| &l[i], bytes, now).unwrap()
+    }
+
+    #[test]
+    fn in_flight_ios_and_bytes_are_kept_apart() {
+        let l = PathLoad::new(1);
+        l.start_io(4096);
+        l.start_io(1 << 20);
+        l.start_io(0);
+        assert_eq!(
+            (l.in_flight_ios(), l.in_flight_bytes()),
+            (3, 4096 + (1 << 20))
+        );
+        l.end_io(1 << 20);
+        assert_eq!((l.in_flight_ios(), l.in_flight_bytes()), (2, 4096));
+        l.start_io(u64::MAX);
+        l.end_io(u64::MAX);
+        assert_eq!((l.in_flight_ios(), l.in_flight_bytes()), (2, 4096));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+mod daemon_cmd;
 mod iscsi_cmd;
 mod target_cmd;
 
@@ -29,12 +30,108 @@ enum Command {
     /// iSCSI diagnostics: discover targets, probe LUNs, run verified I/O (instead of
     /// iscsiadm and sg3_utils).
     Iscsi(IscsiCmd),
+    /// Run the multipath daemon: log in to every portal, group paths into maps by WWID,
+    /// check paths, export each map (NBD, FUSE). SIGHUP re-reads the configuration.
+    Daemon(DaemonCmd),
+    /// Show the daemon's view: topology (multipath -ll), paths, maps, status, stats,
+    /// config, events.
+    Show(ShowCmd),
+    /// Fail a path (I/O stops using it; only an operator reinstates it).
+    Fail(PathCmd),
+    /// Reinstate a path failed by an operator or by its checker.
+    Reinstate(PathCmd),
+    /// Make group N (1-based, as in `show topology`) of a map active.
+    Switchgroup {
+        map: String,
+        group: usize,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Stop queueing I/O of a map when it has no path: queued and new I/O fails.
+    Disablequeueing {
+        map: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Queue again per the map's no_path_retry policy.
+    Restorequeueing {
+        map: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Re-read the daemon's configuration file and apply it.
+    Reconfigure {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Stop the daemon.
+    Shutdown {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
+/// How a CLI command reaches the daemon.
+#[derive(Args, Clone)]
+struct ClientOpts {
+    /// The daemon's control socket.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct DaemonCmd {
+    /// TOML configuration (see docs/daemon.md).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// A portal to log in through, IP or IP:PORT (repeatable; adds to the file's).
+    #[arg(long, value_name = "ADDR")]
+    portal: Vec<String>,
+    /// Control socket path.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// NBD listen address, or "off".
+    #[arg(long, value_name = "ADDR")]
+    nbd: Option<String>,
+    /// Mount a FUSE directory with one file per map here.
+    #[arg(long, value_name = "DIR")]
+    fuse: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+}
+
+#[derive(Args)]
+struct ShowCmd {
+    #[arg(value_parser = ["topology", "paths", "maps", "status", "stats", "config", "events"])]
+    what: String,
+    /// With `events`: keep printing events as they happen.
+    #[arg(long)]
+    follow: bool,
+    /// With `events`: only the last N.
+    #[arg(long)]
+    last: Option<usize>,
+    #[command(flatten)]
+    client: ClientOpts,
+}
+
+#[derive(Args)]
+struct PathCmd {
+    #[arg(value_parser = ["path"])]
+    what: String,
+    /// The path, as `show paths` names it (a unique prefix such as the portal will do).
+    path: String,
+    #[command(flatten)]
+    client: ClientOpts,
 }
 
 /// Options every `mpath iscsi` command takes.
 #[derive(Args, Clone)]
 struct IscsiCommon {
-    /// Initiator IQN (default: iqn.2026-01.io.mpath:<hostname>).
+    /// Initiator IQN (default: iqn.2026-01.io.mpath: followed by the host name).
     #[arg(long, value_name = "IQN")]
     initiator: Option<String>,
     /// CHAP credentials, USER:SECRET.
@@ -64,7 +161,7 @@ struct IscsiCmd {
 enum IscsiOp {
     /// List the targets a portal offers and every portal of each (SendTargets).
     Discover {
-        /// Portal, IP[:PORT] (port 3260 by default).
+        /// Portal, IP or IP:PORT (port 3260 by default).
         portal: String,
         #[command(flatten)]
         common: IscsiCommon,
@@ -243,5 +340,6 @@ fn main() -> Result<()> {
             None => rt.block_on(target_cmd::target_serve(t.serve)),
         },
         Command::Iscsi(c) => rt.block_on(iscsi_cmd::run(c)),
+        other => rt.block_on(daemon_cmd::run(other)),
     }
 }

@@ -1,0 +1,497 @@
+//! The daemon as operators run it: `mpath target` (or tgtd) with two portals, `mpath
+//! daemon`, the CLI, and real clients on the NBD export and the FUSE file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use testkit::{free_port, require, run, MpathTarget, Output, TempDir, Tgtd};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_mpath"))
+}
+
+struct DaemonProc {
+    child: Child,
+    socket: PathBuf,
+    nbd: SocketAddr,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Drop for DaemonProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl DaemonProc {
+    fn start(portals: &[SocketAddr], extra: &[&str]) -> DaemonProc {
+        let dir = TempDir::new("daemon");
+        let socket = dir.path().join("mpath.sock");
+        let log = dir.path().join("daemon.log");
+        let nbd: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
+            .parse()
+            .unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.arg("daemon")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--nbd")
+            .arg(nbd.to_string());
+        for p in portals {
+            cmd.arg("--portal").arg(p.to_string());
+        }
+        cmd.args(extra);
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start mpath daemon");
+        let d = DaemonProc {
+            child,
+            socket,
+            nbd,
+            log,
+            _dir: dir,
+        };
+        let start = Instant::now();
+        while !d.socket.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "daemon did not start: {}",
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        let mut c = Command::new(bin());
+        c.args(args).arg("--socket").arg(&self.socket);
+        run(&mut c, Duration::from_secs(30))
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let o = self.cli(&a);
+        assert!(
+            o.success(),
+            "mpath {args:?}: {}\n{}",
+            o.all(),
+            self.log_text()
+        );
+        serde_json::from_str(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", o.stdout))
+    }
+
+    /// Wait for one map with `paths` active paths; returns its name.
+    fn wait_map(&self, paths: usize) -> String {
+        let start = Instant::now();
+        loop {
+            let v = self.json(&["show", "maps"]);
+            if let Some(m) = v["maps"].as_array().and_then(|a| a.first()) {
+                if m["active_paths"] == paths {
+                    return m["name"].as_str().unwrap().to_string();
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no map with {paths} active paths: {v}\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn tool(args: &[&str], secs: u64) -> Output {
+    let (c, rest) = args.split_first().unwrap();
+    run(Command::new(c).args(rest), Duration::from_secs(secs))
+}
+
+fn nbd_uri(d: &DaemonProc, map: &str) -> String {
+    format!("nbd://{}/{}", d.nbd, map)
+}
+
+fn two_portal_mpath_target() -> MpathTarget {
+    MpathTarget::start(
+        bin(),
+        &[
+            "--iqn",
+            "iqn.2026-01.io.mpath:daemon",
+            "--portal",
+            "127.0.0.2:0",
+            "--portal",
+            "127.0.0.3:0",
+            "--lun",
+            "mem:256M",
+        ],
+    )
+}
+
+#[test]
+fn topology_nbd_clients_and_operator_commands() {
+    if !require("daemon_nbd", &["nbdinfo", "qemu-img", "fio"]) {
+        return;
+    }
+    let t = two_portal_mpath_target();
+    // One portal given: discovery finds the other.
+    let d = DaemonProc::start(&t.portals[..1], &[]);
+    let map = d.wait_map(2);
+    let topo = d.cli(&["show", "topology"]);
+    assert!(topo.success());
+    assert!(
+        topo.stdout.starts_with(&format!("{map} (3")),
+        "{}",
+        topo.stdout
+    );
+    assert!(
+        topo.stdout
+            .contains("size=256M features='1 queue_if_no_path' hwhandler='1 alua' wp=rw"),
+        "{}",
+        topo.stdout
+    );
+    assert_eq!(
+        topo.stdout.matches("active ready running").count(),
+        2,
+        "{}",
+        topo.stdout
+    );
+
+    // nbdinfo: the size.
+    let o = tool(&["nbdinfo", "--json", &nbd_uri(&d, &map)], 20);
+    assert!(o.success(), "{}", o.all());
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v["exports"][0]["export-size"], 256u64 << 20, "{v}");
+
+    // qemu-img: 64 MiB of random data in and back out, identical.
+    let dir = TempDir::new("qemu");
+    let src = dir.path().join("src.img");
+    let back = dir.path().join("back.img");
+    let o = tool(
+        &[
+            "dd",
+            "if=/dev/urandom",
+            &format!("of={}", src.display()),
+            "bs=1M",
+            "count=64",
+            "status=none",
+        ],
+        60,
+    );
+    assert!(o.success());
+    let o = tool(
+        &[
+            "qemu-img",
+            "convert",
+            "-n",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            src.to_str().unwrap(),
+            &nbd_uri(&d, &map),
+        ],
+        120,
+    );
+    assert!(o.success(), "qemu-img in: {}", o.all());
+    let o = tool(&["qemu-img", "convert", "-O", "raw", "--image-opts", &format!("driver=raw,file.driver=nbd,file.server.type=inet,file.server.host={},file.server.port={},file.export={map}", d.nbd.ip(), d.nbd.port()), back.to_str().unwrap()], 120);
+    assert!(o.success(), "qemu-img out: {}", o.all());
+    let a = std::fs::read(&src).unwrap();
+    let b = std::fs::read(&back).unwrap();
+    assert!(
+        b.len() >= a.len() && a[..] == b[..a.len()],
+        "64 MiB came back different"
+    );
+
+    // fio randrw with verification, while an operator fails and reinstates a path.
+    let fio = Command::new("fio")
+        .args([
+            "--name=v",
+            "--ioengine=nbd",
+            &format!("--uri={}", nbd_uri(&d, &map)),
+            "--rw=randrw",
+            "--bs=4k",
+            "--size=32M",
+            "--iodepth=8",
+            "--verify=crc32c",
+            "--do_verify=1",
+            "--verify_state_save=0",
+            "--time_based=0",
+            "--output-format=json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fio");
+    std::thread::sleep(Duration::from_millis(300));
+    let p0 = t.portals[0].to_string();
+    let o = d.cli(&["fail", "path", &p0]);
+    assert!(o.success(), "{}", o.all());
+    let topo = d.cli(&["show", "topology"]);
+    assert!(
+        topo.stdout.contains("failed") && topo.stdout.contains("[failed by operator]"),
+        "{}",
+        topo.stdout
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let o = d.cli(&["reinstate", "path", &p0]);
+    assert!(o.success(), "{}", o.all());
+    let out = fio.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "fio failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(&text[text.find('{').unwrap_or(0)..]).unwrap();
+    assert_eq!(v["jobs"][0]["error"], 0, "{v}");
+    assert_eq!(d.json(&["show", "maps"])["maps"][0]["active_paths"], 2);
+
+    // The operator's actions are in the timeline.
+    let ev = d.cli(&["show", "events"]);
+    assert!(
+        ev.stdout.contains("fail path") && ev.stdout.contains("reinstate path"),
+        "{}",
+        ev.stdout
+    );
+    // Errors name what is wrong.
+    let o = d.cli(&["fail", "path", "10.9.9.9:3260"]);
+    assert!(!o.success() && o.all().contains("no path"), "{}", o.all());
+    let o = d.cli(&["switchgroup", "nosuchmap", "1"]);
+    assert!(!o.success() && o.all().contains("no map"), "{}", o.all());
+}
+
+/// fio verifying through the export while the target blackholes one portal: 0 errors.
+fn blackhole_during_fio(
+    d: &DaemonProc,
+    map: &str,
+    blackhole: impl FnOnce(),
+    restore: impl FnOnce(),
+) {
+    let fio = Command::new("fio")
+        .args([
+            "--name=v",
+            "--ioengine=nbd",
+            &format!("--uri={}", nbd_uri(d, map)),
+            "--rw=randrw",
+            "--bs=4k",
+            "--size=64M",
+            "--iodepth=8",
+            "--verify=crc32c",
+            "--do_verify=1",
+            "--verify_state_save=0",
+            "--runtime=6",
+            "--time_based=1",
+            "--output-format=json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fio");
+    std::thread::sleep(Duration::from_secs(2));
+    blackhole();
+    std::thread::sleep(Duration::from_secs(2));
+    restore();
+    let out = fio.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "fio failed: {text}{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log_text()
+    );
+    let v: serde_json::Value = serde_json::from_str(&text[text.find('{').unwrap_or(0)..]).unwrap();
+    assert_eq!(v["jobs"][0]["error"], 0, "{v}");
+    let ev = d.cli(&["show", "events"]);
+    assert!(
+        ev.stdout.contains("path-failed"),
+        "the failure is visible: {}",
+        ev.stdout
+    );
+}
+
+#[test]
+fn blackhole_under_fio_mpath_target() {
+    if !require("daemon_blackhole", &["fio"]) {
+        return;
+    }
+    let t = two_portal_mpath_target();
+    let d = DaemonProc::start(&t.portals, &[]);
+    let map = d.wait_map(2);
+    let p = t.portals[0].to_string();
+    blackhole_during_fio(
+        &d,
+        &map,
+        || assert!(t.ctl(bin(), &["fault", &p, "blackhole"]).success()),
+        || assert!(t.ctl(bin(), &["fault", &p, "clear"]).success()),
+    );
+}
+
+#[test]
+fn blackhole_under_fio_tgtd() {
+    if !require("daemon_tgtd", &["fio", "tgtd", "tgtadm"]) {
+        return;
+    }
+    let portals: Vec<SocketAddr> = vec![
+        format!("127.0.0.6:{}", free_port("127.0.0.6"))
+            .parse()
+            .unwrap(),
+        format!("127.0.0.7:{}", free_port("127.0.0.7"))
+            .parse()
+            .unwrap(),
+    ];
+    let t = Tgtd::start(7341, &portals, 256 << 20);
+    // tgtd lists only the portal asked: give both.
+    let d = DaemonProc::start(&portals, &[]);
+    let map = d.wait_map(2);
+    // tgtd has no fault switch: take the portal away (new connections refused) and close
+    // its connection — the daemon's path fails, I/O continues on the other.
+    let p = portals[0].to_string();
+    blackhole_during_fio(
+        &d,
+        &map,
+        || {
+            let o = t.tgtadm(&[
+                "--mode", "target", "--op", "update", "--tid", "1", "--name", "state", "--value",
+                "offline",
+            ]);
+            assert!(o.success(), "{}", o.all());
+            let _ = p;
+        },
+        || {
+            let o = t.tgtadm(&[
+                "--mode", "target", "--op", "update", "--tid", "1", "--name", "state", "--value",
+                "ready",
+            ]);
+            assert!(o.success(), "{}", o.all());
+        },
+    );
+}
+
+#[test]
+fn fuse_file_loop_device_ext4() {
+    if !require(
+        "daemon_fuse",
+        &["losetup", "mkfs.ext4", "e2fsck", "fusermount3"],
+    ) {
+        return;
+    }
+    if !Path::new("/dev/fuse").exists() {
+        assert!(!testkit::peers_required(), "/dev/fuse is missing");
+        eprintln!("daemon_fuse: skipped, no /dev/fuse");
+        return;
+    }
+    let t = two_portal_mpath_target();
+    let dir = TempDir::new("fusemnt");
+    let fuse = dir.path().join("disks");
+    let d = DaemonProc::start(&t.portals, &["--fuse", fuse.to_str().unwrap()]);
+    let map = d.wait_map(2);
+    let file = fuse.join(&map);
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let o = tool(&["losetup", "--find", "--show", file.to_str().unwrap()], 20);
+    assert!(o.success(), "losetup: {}", o.all());
+    let dev = o.stdout.trim().to_string();
+    struct Cleanup(String, PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.1).status();
+            let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+        }
+    }
+    let guard = Cleanup(dev.clone(), mnt.clone());
+    assert!(tool(&["mkfs.ext4", "-q", "-F", &dev], 120).success());
+    assert!(tool(&["mount", &dev, mnt.to_str().unwrap()], 30).success());
+    let f = mnt.join("f");
+    let o = tool(
+        &[
+            "dd",
+            "if=/dev/urandom",
+            &format!("of={}", f.display()),
+            "bs=1M",
+            "count=100",
+            "status=none",
+            "conv=fsync",
+        ],
+        120,
+    );
+    assert!(o.success(), "{}", o.all());
+    let sum = tool(&["sha256sum", f.to_str().unwrap()], 60).stdout;
+    assert!(tool(&["umount", mnt.to_str().unwrap()], 30).success());
+    let o = tool(&["e2fsck", "-fn", &dev], 120);
+    assert!(o.success(), "e2fsck: {}", o.all());
+    assert!(tool(&["mount", &dev, mnt.to_str().unwrap()], 30).success());
+    assert_eq!(tool(&["sha256sum", f.to_str().unwrap()], 60).stdout, sum);
+    drop(guard);
+}
+
+#[test]
+fn bad_input_gets_clear_messages_and_the_daemon_keeps_running() {
+    let dir = TempDir::new("badcfg");
+    let cfg = dir.path().join("mpath.toml");
+    std::fs::write(&cfg, "[defaults]\nchecker = \"ping\"\n").unwrap();
+    let o = run(
+        Command::new(bin()).args(["daemon", "--config", cfg.to_str().unwrap()]),
+        Duration::from_secs(10),
+    );
+    assert!(!o.success());
+    assert!(
+        o.stderr
+            .contains("mpath.toml:2: defaults.checker: unknown checker \"ping\""),
+        "{}",
+        o.stderr
+    );
+
+    // An unreachable portal next to a good one: the daemon starts, serves the good path,
+    // and says what is wrong with the other.
+    let t = MpathTarget::start(
+        bin(),
+        &[
+            "--iqn",
+            "iqn.2026-01.io.mpath:bad",
+            "--portal",
+            "127.0.0.2:0",
+            "--lun",
+            "mem:16M",
+        ],
+    );
+    let dead: SocketAddr = format!("127.0.0.9:{}", free_port("127.0.0.9"))
+        .parse()
+        .unwrap();
+    let d = DaemonProc::start(&[t.portals[0], dead], &[]);
+    let map = d.wait_map(1);
+    let st = d.cli(&["show", "status"]);
+    assert!(
+        st.stdout.contains(&format!("portal {dead} unreachable")),
+        "{}",
+        st.stdout
+    );
+    // An NBD client that sends garbage: dropped, the daemon goes on.
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(d.nbd).unwrap();
+    let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n garbage garbage");
+    drop(s);
+    assert!(d.cli(&["show", "maps"]).success());
+    // The LUN disappears (offline at the target): I/O errors are reported, nothing hangs,
+    // and the daemon still answers.
+    assert!(t
+        .ctl(bin(), &["lun", "iqn.2026-01.io.mpath:bad", "1", "offline"])
+        .success());
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(d.cli(&["show", "paths"]).success());
+    assert!(t
+        .ctl(bin(), &["lun", "iqn.2026-01.io.mpath:bad", "1", "online"])
+        .success());
+    let _ = map;
+}

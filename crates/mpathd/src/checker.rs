@@ -1,0 +1,222 @@
+//! The checker loop (multipathd's `checkerloop`): probe paths, tell each map what its
+//! checker sees, and refresh priorities.
+//!
+//! Failed paths are checked every `checker_interval` (2 s): that is how they are
+//! reinstated. Healthy paths are checked every `checker_interval_ok` (10 s) to catch a LU
+//! that fails I/O while its connection is fine — the transport itself pushes connection
+//! failures at once, so the checker is not how failures are found.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use block::{DataPhase, IoErrorKind, ScsiRequest};
+use bytes::Bytes;
+use iscsi_initiator::probe;
+use mpath_policy::{CheckerState, DmState};
+use scsi::cdb::build;
+use tracing::debug;
+
+use crate::config::{CheckerKind, PrioritizerKind};
+use crate::daemon::Shared;
+
+/// How often the loop looks for paths due a check. Checks themselves run at their own
+/// intervals; this bounds how late one can start.
+const TICK: Duration = Duration::from_millis(250);
+
+/// One check's outcome.
+struct Checked {
+    name: String,
+    state: CheckerState,
+    latency: Duration,
+    /// New ALUA facts, with the alua prioritizer.
+    alua: Option<(scsi::AluaState, bool)>,
+    why: String,
+}
+
+impl Shared {
+    pub async fn checker_loop(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        let mut round: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(TICK) => {}
+                _ = stop.changed() => return,
+            }
+            round += 1;
+            let cfg = self.cfg();
+            let now = Instant::now();
+            // Take what to check; no lock held during the I/O.
+            let due: Vec<(String, iscsi_initiator::IscsiPath, u64)> = {
+                let st = self.state();
+                st.paths
+                    .values()
+                    .filter(|p| p.excluded.is_none() && p.next_check <= now)
+                    .map(|p| (p.name.clone(), p.path.clone(), p.lu.blocks))
+                    .collect()
+            };
+            if due.is_empty() {
+                continue;
+            }
+            let mut set = tokio::task::JoinSet::new();
+            for (name, path, blocks) in due {
+                let kind = cfg.checker;
+                let alua = matches!(cfg.prioritizer, PrioritizerKind::Alua);
+                set.spawn(async move { check(name, path, kind, alua, blocks, round).await });
+            }
+            while let Some(r) = set.join_next().await {
+                let Ok(c) = r else { continue };
+                self.apply_check(c, &cfg).await;
+            }
+        }
+    }
+
+    async fn apply_check(self: &Arc<Self>, c: Checked, cfg: &crate::config::DaemonConfig) {
+        // Record, decide what to tell the map, release the lock, then tell it.
+        let (map, id, device, changed, new_prio, info) = {
+            let mut st = self.state();
+            let Some(p) = st.paths.get_mut(&c.name) else {
+                return;
+            };
+            let changed = p.checker != c.state;
+            p.checker = c.state;
+            p.last_check = Some(Instant::now());
+            if c.state == CheckerState::Up {
+                p.latency = Some(match p.latency {
+                    Some(l) => (l * 7 + c.latency) / 8,
+                    None => c.latency,
+                });
+            }
+            if let Some(a) = c.alua {
+                p.lu.alua = Some(a);
+            }
+            let latency = p.latency;
+            let (portal, lu, name) = (p.portal, p.lu.clone(), p.name.clone());
+            let target = p.target.clone();
+            let map = p.map.clone();
+            drop(st);
+            let prio = self.priority(cfg, &name, portal, &lu, latency);
+            let mut st = self.state();
+            let Some(p) = st.paths.get_mut(&c.name) else {
+                return;
+            };
+            let prio_changed = p.priority != prio;
+            p.priority = prio;
+            let Some((map, id)) = map else { return };
+            let Some(m) = st.maps.get(&map) else { return };
+            let info = self.path_info(&name, &target, &lu, prio);
+            (
+                map,
+                id,
+                m.device.clone(),
+                changed,
+                prio_changed.then_some(prio),
+                info,
+            )
+        };
+        if changed {
+            debug!(path = %c.name, state = ?c.state, "checker: {}", c.why);
+        }
+        if let Err(e) = device.checker_report(id, c.state).await {
+            debug!(path = %c.name, %map, "checker report refused: {e}");
+        }
+        if new_prio.is_some() {
+            if let Err(e) = device.update_path(id, info).await {
+                debug!(path = %c.name, %map, "priority update refused: {e}");
+            }
+        }
+        // Next check: failed (or not up) paths soon, healthy ones later.
+        let dm_failed = match device.status().await {
+            Ok(s) => s
+                .view
+                .paths
+                .iter()
+                .find(|p| p.id == id)
+                .map(|p| p.state.dm == DmState::Failed)
+                .unwrap_or(false),
+            Err(_) => true,
+        };
+        let interval = if dm_failed || c.state != CheckerState::Up {
+            cfg.checker_interval
+        } else {
+            cfg.checker_interval_ok
+        };
+        if let Some(p) = self.state().paths.get_mut(&c.name) {
+            p.next_check = Instant::now() + interval;
+        }
+    }
+}
+
+async fn check(
+    name: String,
+    path: iscsi_initiator::IscsiPath,
+    kind: CheckerKind,
+    alua: bool,
+    blocks: u64,
+    round: u64,
+) -> Checked {
+    let t0 = Instant::now();
+    let req = match kind {
+        CheckerKind::Tur => ScsiRequest {
+            cdb: Bytes::copy_from_slice(build::test_unit_ready().as_bytes()),
+            data: DataPhase::None,
+        },
+        CheckerKind::Readsector0 => read_block(0),
+        // A block that moves across the LU: a LU failing only part of its range shows.
+        CheckerKind::Directio => read_block(if blocks > 1 {
+            round.wrapping_mul(0x9e37_79b9) % blocks
+        } else {
+            0
+        }),
+    };
+    if !path.session().is_up() {
+        return Checked {
+            name,
+            state: CheckerState::Down,
+            latency: t0.elapsed(),
+            alua: None,
+            why: "session down".into(),
+        };
+    }
+    let (state, why) = match path.command(req).await {
+        Ok(_) => (CheckerState::Up, "ok".to_string()),
+        Err(e) => {
+            // ALUA standby answers but serves nothing: a ghost (usable last).
+            let standby = e
+                .scsi
+                .as_ref()
+                .and_then(|s| scsi::Sense::decode(&s.sense).ok())
+                .is_some_and(|s| s.is_alua_standby());
+            if standby {
+                (CheckerState::Ghost, e.to_string())
+            } else if e.kind == IoErrorKind::Target && kind == CheckerKind::Tur {
+                // TUR refused for a reason that is not the path's (e.g. reservation conflict):
+                // the path answers.
+                (CheckerState::Up, e.to_string())
+            } else {
+                (CheckerState::Down, e.to_string())
+            }
+        }
+    };
+    let latency = t0.elapsed();
+    let mut alua_now = None;
+    if alua && state != CheckerState::Down {
+        if let Ok(info) = probe::probe_lu(&path).await {
+            alua_now = info.alua;
+        }
+    }
+    Checked {
+        name,
+        state,
+        latency,
+        alua: alua_now,
+        why,
+    }
+}
+
+fn read_block(lba: u64) -> ScsiRequest {
+    ScsiRequest {
+        cdb: Bytes::copy_from_slice(build::read_16(lba, 1, false).as_bytes()),
+        // One block of up to 4 KiB: the LU's block size bounds what comes back.
+        data: DataPhase::In { len: 4096 },
+    }
+}

@@ -1,0 +1,899 @@
+//! The daemon's configuration: TOML, with every error naming its key and line.
+//!
+//! ```toml
+//! [defaults]
+//! selector = "service-time"        # round-robin | queue-length | service-time | historical-service-time
+//! grouping = "group_by_prio"       # failover | multibus | group_by_prio | group_by_serial | group_by_node_name | group_by_tpg
+//! failback = "immediate"           # immediate | manual | followover | <seconds>
+//! no_path_retry = "60s"            # fail | queue | <duration>
+//! checker = "tur"                  # tur | readsector0 | directio
+//! checker_interval = "2s"
+//! prioritizer = "alua"             # const | alua | weightedpath | path_latency
+//! user_friendly_names = true
+//! bindings_file = "/var/lib/mpath/bindings"
+//!
+//! [[portal]]
+//! address = "127.0.0.2:3260"
+//! chap = { user = "alice", secret = "a-long-secret" }
+//!
+//! [[multipath]]
+//! wwid = "36026d70..."
+//! alias = "db"
+//!
+//! [blacklist]
+//! wwid = ["3600..."]
+//! vendor = ["IET"]
+//! ```
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mpath_policy::{
+    Failback, FlapDamping, Grouping, HstParams, MapConfig, NoPathPolicy, SelectorKind,
+};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// How the checker probes a path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckerKind {
+    /// TEST UNIT READY.
+    Tur,
+    /// READ of block 0.
+    Readsector0,
+    /// A READ through the data path at a block that moves each check: catches a LU that
+    /// answers TEST UNIT READY but fails I/O.
+    Directio,
+}
+
+/// How paths get their priority.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrioritizerKind {
+    /// Every path 1.
+    Const,
+    /// REPORT TARGET PORT GROUPS: active/optimized 50, non-optimized 10, standby 1,
+    /// unavailable 0, +80 for the preferred bit.
+    Alua,
+    /// Priorities by portal (or path name) pattern.
+    Weightedpath(Vec<(String, u32)>),
+    /// Measured latency of checker I/O: faster paths get higher priority.
+    PathLatency,
+}
+
+/// A portal to log in through.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortalConfig {
+    pub address: SocketAddr,
+    pub chap: Option<(String, String)>,
+    pub mutual_chap: Option<(String, String)>,
+    /// Only these target IQNs (empty: every target the portal offers).
+    pub targets: Vec<String>,
+    /// Offer CRC32C digests.
+    pub header_digest: bool,
+    pub data_digest: bool,
+}
+
+/// Per-WWID settings (`multipaths` section of multipath.conf).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MultipathConfig {
+    pub wwid: String,
+    pub alias: Option<String>,
+    pub policy: MapConfig,
+    pub prioritizer: Option<PrioritizerKind>,
+}
+
+/// Devices the daemon leaves alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Blacklist {
+    pub wwid: Vec<String>,
+    pub vendor: Vec<String>,
+    pub product: Vec<String>,
+}
+
+impl Blacklist {
+    /// Whether a LU is excluded; patterns are exact strings or end in `*` (prefix).
+    pub fn excludes(&self, wwid: &str, vendor: &str, product: &str) -> Option<String> {
+        fn m<'a>(pats: &'a [String], v: &str) -> Option<&'a String> {
+            pats.iter().find(|p| match p.strip_suffix('*') {
+                Some(pre) => v.starts_with(pre),
+                None => p.as_str() == v,
+            })
+        }
+        if let Some(p) = m(&self.wwid, wwid) {
+            return Some(format!("wwid matches blacklist entry {p:?}"));
+        }
+        if let Some(p) = m(&self.vendor, vendor) {
+            return Some(format!("vendor {vendor:?} matches blacklist entry {p:?}"));
+        }
+        if let Some(p) = m(&self.product, product) {
+            return Some(format!("product {product:?} matches blacklist entry {p:?}"));
+        }
+        None
+    }
+}
+
+/// The whole daemon configuration, defaults filled in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DaemonConfig {
+    pub policy: MapConfig,
+    pub checker: CheckerKind,
+    /// How often failed paths are checked (reinstatement).
+    pub checker_interval: Duration,
+    /// How often healthy paths are checked (to catch a LU that fails I/O while its
+    /// connection looks fine).
+    pub checker_interval_ok: Duration,
+    pub prioritizer: PrioritizerKind,
+    pub user_friendly_names: bool,
+    pub bindings_file: Option<PathBuf>,
+    pub initiator_name: String,
+    pub portals: Vec<PortalConfig>,
+    pub multipaths: Vec<MultipathConfig>,
+    pub blacklist: Blacklist,
+    pub nbd_listen: Option<SocketAddr>,
+    pub nbd_unix: Option<PathBuf>,
+    pub fuse_dir: Option<PathBuf>,
+    pub control_socket: PathBuf,
+    pub metrics: Option<SocketAddr>,
+    /// How long start-up waits for paths before building maps from those present (more
+    /// arrive later).
+    pub settle: Duration,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            policy: MapConfig::default(),
+            checker: CheckerKind::Tur,
+            checker_interval: Duration::from_secs(2),
+            checker_interval_ok: Duration::from_secs(10),
+            prioritizer: PrioritizerKind::Alua,
+            user_friendly_names: true,
+            bindings_file: None,
+            initiator_name: iscsi_initiator::default_initiator_name(),
+            portals: Vec::new(),
+            multipaths: Vec::new(),
+            blacklist: Blacklist::default(),
+            nbd_listen: Some(SocketAddr::from(([127, 0, 0, 1], 10809))),
+            nbd_unix: None,
+            fuse_dir: None,
+            control_socket: default_control_socket(),
+            metrics: None,
+            settle: Duration::from_secs(3),
+        }
+    }
+}
+
+/// `$XDG_RUNTIME_DIR/mpath.sock`, else `/tmp/mpath.sock`.
+pub fn default_control_socket() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d).join("mpath.sock"),
+        None => PathBuf::from("/tmp/mpath.sock"),
+    }
+}
+
+/// A configuration error: what is wrong, where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: Option<PathBuf>,
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.file, self.line) {
+            (Some(p), Some(l)) => write!(f, "{}:{}: ", p.display(), l)?,
+            (Some(p), None) => write!(f, "{}: ", p.display())?,
+            (None, Some(l)) => write!(f, "line {}: ", l)?,
+            (None, None) => {}
+        }
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    defaults: Option<Defaults>,
+    #[serde(default)]
+    portal: Vec<PortalSection>,
+    #[serde(default)]
+    multipath: Vec<MultipathSection>,
+    #[serde(default)]
+    blacklist: Option<BlacklistSection>,
+    #[serde(default)]
+    exports: Option<ExportsSection>,
+    control_socket: Option<PathBuf>,
+    metrics: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Defaults {
+    selector: Option<Spanned<String>>,
+    rr_min_io: Option<Spanned<u32>>,
+    grouping: Option<Spanned<String>>,
+    failback: Option<Spanned<toml::Value>>,
+    no_path_retry: Option<Spanned<String>>,
+    checker: Option<Spanned<String>>,
+    checker_interval: Option<Spanned<String>>,
+    checker_interval_ok: Option<Spanned<String>>,
+    prioritizer: Option<Spanned<String>>,
+    prio_args: Option<Vec<(String, u32)>>,
+    user_friendly_names: Option<bool>,
+    bindings_file: Option<PathBuf>,
+    initiator_name: Option<Spanned<String>>,
+    flap_damping: Option<bool>,
+    marginal_failures: Option<Spanned<u32>>,
+    marginal_window: Option<Spanned<String>>,
+    marginal_hold: Option<Spanned<String>>,
+    settle: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PortalSection {
+    address: Spanned<String>,
+    chap: Option<Credentials>,
+    mutual_chap: Option<Credentials>,
+    #[serde(default)]
+    targets: Vec<String>,
+    #[serde(default)]
+    header_digest: bool,
+    #[serde(default)]
+    data_digest: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Credentials {
+    user: String,
+    secret: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MultipathSection {
+    wwid: Spanned<String>,
+    alias: Option<Spanned<String>>,
+    selector: Option<Spanned<String>>,
+    grouping: Option<Spanned<String>>,
+    failback: Option<Spanned<toml::Value>>,
+    no_path_retry: Option<Spanned<String>>,
+    prioritizer: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct BlacklistSection {
+    #[serde(default)]
+    wwid: Vec<String>,
+    #[serde(default)]
+    vendor: Vec<String>,
+    #[serde(default)]
+    product: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ExportsSection {
+    /// `false` or "off" disables the TCP listener.
+    nbd: Option<Spanned<String>>,
+    nbd_unix: Option<PathBuf>,
+    fuse: Option<PathBuf>,
+}
+
+struct Ctx<'a> {
+    file: Option<&'a Path>,
+    src: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(
+        &self,
+        span: Option<Range<usize>>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            file: self.file.map(Path::to_path_buf),
+            line: span.map(|s| {
+                self.src[..s.start.min(self.src.len())]
+                    .matches('\n')
+                    .count()
+                    + 1
+            }),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Read and validate a configuration file.
+pub fn load_file(path: &Path) -> Result<DaemonConfig, ConfigError> {
+    let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: Some(path.to_path_buf()),
+        line: None,
+        key: String::new(),
+        message: format!("cannot read: {e}"),
+    })?;
+    parse_str(&src, Some(path))
+}
+
+/// Parse and validate configuration text (`file` labels errors).
+pub fn parse_str(src: &str, file: Option<&Path>) -> Result<DaemonConfig, ConfigError> {
+    let ctx = Ctx { file, src };
+    let raw: File = toml::from_str(src).map_err(|e| {
+        let key = e.message().split('`').nth(1).unwrap_or("").to_string();
+        ctx.err(e.span(), &key, e.message().trim().to_string())
+    })?;
+    let mut c = DaemonConfig::default();
+    if let Some(d) = raw.defaults {
+        apply_defaults(&ctx, d, &mut c)?;
+    }
+    for (i, p) in raw.portal.into_iter().enumerate() {
+        let key = format!("portal[{i}].address");
+        let address = iscsi_target::config::parse_portal(p.address.get_ref())
+            .map_err(|m| ctx.err(Some(p.address.span()), &key, m))?;
+        if c.portals.iter().any(|q| q.address == address) {
+            return Err(ctx.err(
+                Some(p.address.span()),
+                &key,
+                format!("portal {address} is listed twice"),
+            ));
+        }
+        if p.mutual_chap.is_some() && p.chap.is_none() {
+            return Err(ctx.err(
+                Some(p.address.span()),
+                &format!("portal[{i}].mutual_chap"),
+                "mutual CHAP needs chap as well",
+            ));
+        }
+        c.portals.push(PortalConfig {
+            address,
+            chap: p.chap.map(|k| (k.user, k.secret)),
+            mutual_chap: p.mutual_chap.map(|k| (k.user, k.secret)),
+            targets: p.targets,
+            header_digest: p.header_digest,
+            data_digest: p.data_digest,
+        });
+    }
+    for (i, m) in raw.multipath.into_iter().enumerate() {
+        let key = |k: &str| format!("multipath[{i}].{k}");
+        let wwid = m.wwid.get_ref().trim().to_string();
+        if wwid.is_empty() {
+            return Err(ctx.err(Some(m.wwid.span()), &key("wwid"), "empty WWID"));
+        }
+        if c.multipaths.iter().any(|x| x.wwid == wwid) {
+            return Err(ctx.err(
+                Some(m.wwid.span()),
+                &key("wwid"),
+                format!("WWID {wwid} has two entries"),
+            ));
+        }
+        let mut policy = c.policy.clone();
+        if let Some(s) = &m.selector {
+            policy.selector = selector(&ctx, s, &key("selector"), 1)?;
+        }
+        if let Some(s) = &m.grouping {
+            policy.grouping = grouping(&ctx, s, &key("grouping"))?;
+        }
+        if let Some(s) = &m.failback {
+            policy.failback = failback(&ctx, s, &key("failback"))?;
+        }
+        if let Some(s) = &m.no_path_retry {
+            policy.no_path = no_path(&ctx, s, &key("no_path_retry"))?;
+        }
+        let prioritizer = match &m.prioritizer {
+            Some(p) => Some(prioritizer(&ctx, p, &key("prioritizer"), &[])?),
+            None => None,
+        };
+        let alias = match &m.alias {
+            Some(a) if valid_name(a.get_ref()) => Some(a.get_ref().clone()),
+            Some(a) => {
+                return Err(ctx.err(
+                    Some(a.span()),
+                    &key("alias"),
+                    "an alias is 1-64 characters of letters, digits, '-', '_' and '.'",
+                ))
+            }
+            None => None,
+        };
+        if let Some(a) = &alias {
+            if c.multipaths.iter().any(|x| x.alias.as_ref() == Some(a)) {
+                return Err(ctx.err(
+                    m.alias.as_ref().map(|s| s.span()),
+                    &key("alias"),
+                    format!("alias {a} is used twice"),
+                ));
+            }
+        }
+        c.multipaths.push(MultipathConfig {
+            wwid,
+            alias,
+            policy,
+            prioritizer,
+        });
+    }
+    if let Some(b) = raw.blacklist {
+        c.blacklist = Blacklist {
+            wwid: b.wwid,
+            vendor: b.vendor,
+            product: b.product,
+        };
+    }
+    if let Some(e) = raw.exports {
+        if let Some(n) = &e.nbd {
+            c.nbd_listen = match n.get_ref().as_str() {
+                "off" | "false" | "none" | "" => None,
+                s => Some(
+                    iscsi_target::config::parse_portal(s)
+                        .map(|mut a| {
+                            if !s.contains(':') || s.ends_with(']') {
+                                a.set_port(10809);
+                            }
+                            a
+                        })
+                        .map_err(|m| ctx.err(Some(n.span()), "exports.nbd", m))?,
+                ),
+            };
+        }
+        c.nbd_unix = e.nbd_unix;
+        c.fuse_dir = e.fuse;
+    }
+    if let Some(s) = raw.control_socket {
+        c.control_socket = s;
+    }
+    if let Some(m) = &raw.metrics {
+        c.metrics = Some(m.get_ref().parse().map_err(|_| {
+            ctx.err(
+                Some(m.span()),
+                "metrics",
+                format!("{:?} is not IP:PORT", m.get_ref()),
+            )
+        })?);
+    }
+    Ok(c)
+}
+
+fn apply_defaults(ctx: &Ctx, d: Defaults, c: &mut DaemonConfig) -> Result<(), ConfigError> {
+    let rr = d.rr_min_io.as_ref().map(|v| *v.get_ref()).unwrap_or(1);
+    if let Some(v) = &d.rr_min_io {
+        if rr == 0 {
+            return Err(ctx.err(Some(v.span()), "defaults.rr_min_io", "must be at least 1"));
+        }
+    }
+    if let Some(s) = &d.selector {
+        c.policy.selector = selector(ctx, s, "defaults.selector", rr)?;
+    }
+    if let Some(s) = &d.grouping {
+        c.policy.grouping = grouping(ctx, s, "defaults.grouping")?;
+    }
+    if let Some(s) = &d.failback {
+        c.policy.failback = failback(ctx, s, "defaults.failback")?;
+    }
+    if let Some(s) = &d.no_path_retry {
+        c.policy.no_path = no_path(ctx, s, "defaults.no_path_retry")?;
+    }
+    if let Some(s) = &d.checker {
+        c.checker = match s.get_ref().as_str() {
+            "tur" => CheckerKind::Tur,
+            "readsector0" => CheckerKind::Readsector0,
+            "directio" => CheckerKind::Directio,
+            other => {
+                return Err(ctx.err(
+                    Some(s.span()),
+                    "defaults.checker",
+                    format!("unknown checker {other:?} (tur, readsector0, directio)"),
+                ))
+            }
+        };
+    }
+    if let Some(s) = &d.checker_interval {
+        c.checker_interval = duration(ctx, s, "defaults.checker_interval")?;
+    }
+    if let Some(s) = &d.checker_interval_ok {
+        c.checker_interval_ok = duration(ctx, s, "defaults.checker_interval_ok")?;
+    }
+    if let Some(s) = &d.prioritizer {
+        c.prioritizer = prioritizer(
+            ctx,
+            s,
+            "defaults.prioritizer",
+            d.prio_args.as_deref().unwrap_or(&[]),
+        )?;
+    }
+    if let Some(v) = d.user_friendly_names {
+        c.user_friendly_names = v;
+    }
+    c.bindings_file = d.bindings_file;
+    if let Some(n) = &d.initiator_name {
+        iscsi_target::config::check_name(n.get_ref())
+            .map_err(|m| ctx.err(Some(n.span()), "defaults.initiator_name", m))?;
+        c.initiator_name = n.get_ref().clone();
+    }
+    if d.flap_damping == Some(false) {
+        c.policy.flap = None;
+    } else {
+        let mut f = c.policy.flap.unwrap_or_default();
+        if let Some(v) = &d.marginal_failures {
+            if *v.get_ref() == 0 {
+                return Err(ctx.err(
+                    Some(v.span()),
+                    "defaults.marginal_failures",
+                    "must be at least 1",
+                ));
+            }
+            f.failures = *v.get_ref();
+        }
+        if let Some(v) = &d.marginal_window {
+            f.window = duration(ctx, v, "defaults.marginal_window")?;
+        }
+        if let Some(v) = &d.marginal_hold {
+            f.hold = duration(ctx, v, "defaults.marginal_hold")?;
+        }
+        c.policy.flap = Some(f);
+    }
+    if let Some(v) = &d.settle {
+        c.settle = duration(ctx, v, "defaults.settle")?;
+    }
+    Ok(())
+}
+
+fn selector(
+    ctx: &Ctx,
+    s: &Spanned<String>,
+    key: &str,
+    rr: u32,
+) -> Result<SelectorKind, ConfigError> {
+    Ok(match s.get_ref().as_str() {
+        "round-robin" => SelectorKind::RoundRobin { repeat_count: rr },
+        "queue-length" => SelectorKind::QueueLength,
+        "service-time" => SelectorKind::ServiceTime,
+        "historical-service-time" => SelectorKind::HistoricalServiceTime(HstParams::default()),
+        other => {
+            return Err(ctx.err(
+                Some(s.span()),
+                key,
+                format!("unknown selector {other:?} (round-robin, queue-length, service-time, historical-service-time)"),
+            ))
+        }
+    })
+}
+
+fn grouping(ctx: &Ctx, s: &Spanned<String>, key: &str) -> Result<Grouping, ConfigError> {
+    Ok(match s.get_ref().as_str() {
+        "failover" => Grouping::Failover,
+        "multibus" => Grouping::Multibus,
+        "group_by_prio" => Grouping::GroupByPrio,
+        "group_by_serial" => Grouping::GroupBySerial,
+        "group_by_node_name" => Grouping::GroupByNodeName,
+        "group_by_tpg" => Grouping::GroupByTpg,
+        other => return Err(ctx.err(
+            Some(s.span()),
+            key,
+            format!("unknown grouping {other:?} (failover, multibus, group_by_prio, group_by_serial, group_by_node_name, group_by_tpg)"),
+        )),
+    })
+}
+
+fn failback(ctx: &Ctx, s: &Spanned<toml::Value>, key: &str) -> Result<Failback, ConfigError> {
+    let bad = || {
+        ctx.err(
+            Some(s.span()),
+            key,
+            "expected immediate, manual, followover or a number of seconds",
+        )
+    };
+    Ok(match s.get_ref() {
+        toml::Value::String(v) => match v.as_str() {
+            "immediate" => Failback::Immediate,
+            "manual" => Failback::Manual,
+            "followover" => Failback::Followover,
+            other => match other.trim_end_matches('s').parse::<u64>() {
+                Ok(n) => Failback::Deferred(Duration::from_secs(n)),
+                Err(_) => return Err(bad()),
+            },
+        },
+        toml::Value::Integer(n) if *n >= 0 => Failback::Deferred(Duration::from_secs(*n as u64)),
+        _ => return Err(bad()),
+    })
+}
+
+fn no_path(ctx: &Ctx, s: &Spanned<String>, key: &str) -> Result<NoPathPolicy, ConfigError> {
+    Ok(match s.get_ref().as_str() {
+        "fail" => NoPathPolicy::Fail,
+        "queue" => NoPathPolicy::QueueForever,
+        _ => NoPathPolicy::Queue(duration(ctx, s, key).map_err(|mut e| {
+            e.message = format!(
+                "expected fail, queue or a duration such as 60s: {}",
+                e.message
+            );
+            e
+        })?),
+    })
+}
+
+fn prioritizer(
+    ctx: &Ctx,
+    s: &Spanned<String>,
+    key: &str,
+    args: &[(String, u32)],
+) -> Result<PrioritizerKind, ConfigError> {
+    Ok(match s.get_ref().as_str() {
+        "const" => PrioritizerKind::Const,
+        "alua" => PrioritizerKind::Alua,
+        "weightedpath" => PrioritizerKind::Weightedpath(args.to_vec()),
+        "path_latency" => PrioritizerKind::PathLatency,
+        other => {
+            return Err(ctx.err(
+                Some(s.span()),
+                key,
+                format!("unknown prioritizer {other:?} (const, alua, weightedpath, path_latency)"),
+            ))
+        }
+    })
+}
+
+/// `500ms`, `2s`, `1m`, `1h` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, mult_ms) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1000.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60_000.0)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3_600_000.0)
+    } else {
+        (t, 1000.0)
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(Duration::from_secs_f64(v * mult_ms / 1000.0)),
+        _ => Err(format!("{s:?} is not a duration (examples: 500ms, 2s, 1m)")),
+    }
+}
+
+fn duration(ctx: &Ctx, s: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {
+    parse_duration(s.get_ref()).map_err(|m| ctx.err(Some(s.span()), key, m))
+}
+
+/// Map names (aliases, user-friendly names) are also NBD export and file names.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && !s.starts_with('.')
+}
+
+/// The effective configuration as TOML-like text, for `mpath show config`.
+pub fn render(c: &DaemonConfig) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let p = &c.policy;
+    let _ = writeln!(s, "[defaults]");
+    let _ = writeln!(s, "selector = {:?}", selector_name(&p.selector));
+    let _ = writeln!(s, "grouping = {:?}", grouping_name(p.grouping));
+    let _ = writeln!(s, "failback = {}", failback_name(&p.failback));
+    let _ = writeln!(s, "no_path_retry = {}", no_path_name(&p.no_path));
+    let _ = writeln!(
+        s,
+        "checker = {:?}",
+        format!("{:?}", c.checker).to_lowercase()
+    );
+    let _ = writeln!(s, "checker_interval = \"{:?}\"", c.checker_interval);
+    let _ = writeln!(s, "checker_interval_ok = \"{:?}\"", c.checker_interval_ok);
+    let _ = writeln!(s, "prioritizer = {:?}", prio_name(&c.prioritizer));
+    let _ = writeln!(s, "user_friendly_names = {}", c.user_friendly_names);
+    if let Some(b) = &c.bindings_file {
+        let _ = writeln!(s, "bindings_file = {:?}", b.display().to_string());
+    }
+    let _ = writeln!(s, "initiator_name = {:?}", c.initiator_name);
+    match &p.flap {
+        Some(f) => {
+            let _ = writeln!(
+                s,
+                "flap_damping = true  # {} failures in {:?} hold reinstatement {:?}",
+                f.failures, f.window, f.hold
+            );
+        }
+        None => {
+            let _ = writeln!(s, "flap_damping = false");
+        }
+    }
+    let _ = writeln!(s, "settle = \"{:?}\"", c.settle);
+    for pc in &c.portals {
+        let _ = writeln!(s, "\n[[portal]]\naddress = \"{}\"", pc.address);
+        if let Some((u, _)) = &pc.chap {
+            let _ = writeln!(s, "chap = {{ user = {u:?}, secret = \"<hidden>\" }}");
+        }
+        if !pc.targets.is_empty() {
+            let _ = writeln!(s, "targets = {:?}", pc.targets);
+        }
+    }
+    for m in &c.multipaths {
+        let _ = writeln!(s, "\n[[multipath]]\nwwid = {:?}", m.wwid);
+        if let Some(a) = &m.alias {
+            let _ = writeln!(s, "alias = {a:?}");
+        }
+    }
+    let _ = writeln!(s, "\n[exports]");
+    let _ = writeln!(
+        s,
+        "nbd = {:?}",
+        c.nbd_listen
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "off".into())
+    );
+    if let Some(u) = &c.nbd_unix {
+        let _ = writeln!(s, "nbd_unix = {:?}", u.display().to_string());
+    }
+    if let Some(f) = &c.fuse_dir {
+        let _ = writeln!(s, "fuse = {:?}", f.display().to_string());
+    }
+    let _ = writeln!(
+        s,
+        "\ncontrol_socket = {:?}",
+        c.control_socket.display().to_string()
+    );
+    if let Some(m) = c.metrics {
+        let _ = writeln!(s, "metrics = \"{m}\"");
+    }
+    s
+}
+
+pub fn selector_name(s: &SelectorKind) -> String {
+    match s {
+        SelectorKind::RoundRobin { repeat_count } => format!("round-robin {repeat_count}"),
+        SelectorKind::QueueLength => "queue-length 0".into(),
+        SelectorKind::ServiceTime => "service-time 0".into(),
+        SelectorKind::HistoricalServiceTime(_) => "historical-service-time 0".into(),
+    }
+}
+
+pub fn grouping_name(g: Grouping) -> &'static str {
+    match g {
+        Grouping::Failover => "failover",
+        Grouping::Multibus => "multibus",
+        Grouping::GroupByPrio => "group_by_prio",
+        Grouping::GroupBySerial => "group_by_serial",
+        Grouping::GroupByNodeName => "group_by_node_name",
+        Grouping::GroupByTpg => "group_by_tpg",
+    }
+}
+
+pub fn failback_name(f: &Failback) -> String {
+    match f {
+        Failback::Immediate => "\"immediate\"".into(),
+        Failback::Manual => "\"manual\"".into(),
+        Failback::Followover => "\"followover\"".into(),
+        Failback::Deferred(d) => d.as_secs().to_string(),
+    }
+}
+
+pub fn no_path_name(n: &NoPathPolicy) -> String {
+    match n {
+        NoPathPolicy::Fail => "\"fail\"".into(),
+        NoPathPolicy::QueueForever => "\"queue\"".into(),
+        NoPathPolicy::Queue(d) => format!("\"{}s\"", d.as_secs()),
+    }
+}
+
+pub fn prio_name(p: &PrioritizerKind) -> &'static str {
+    match p {
+        PrioritizerKind::Const => "const",
+        PrioritizerKind::Alua => "alua",
+        PrioritizerKind::Weightedpath(_) => "weightedpath",
+        PrioritizerKind::PathLatency => "path_latency",
+    }
+}
+
+/// Default flap damping, re-exported for callers that build configurations in code.
+pub fn default_flap() -> FlapDamping {
+    FlapDamping::default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[defaults]
+selector = "round-robin"
+rr_min_io = 4
+failback = 30
+no_path_retry = "10s"
+checker = "readsector0"
+
+[[portal]]
+address = "127.0.0.2:3260"
+chap = { user = "alice", secret = "a-long-secret" }
+
+[[portal]]
+address = "127.0.0.3"
+
+[[multipath]]
+wwid = "36026d70aaaa"
+alias = "db"
+no_path_retry = "fail"
+
+[blacklist]
+vendor = ["IET*"]
+
+[exports]
+nbd = "127.0.0.1:10900"
+"#;
+
+    #[test]
+    fn parses() {
+        let c = parse_str(GOOD, None).unwrap();
+        assert_eq!(
+            c.policy.selector,
+            SelectorKind::RoundRobin { repeat_count: 4 }
+        );
+        assert_eq!(
+            c.policy.failback,
+            Failback::Deferred(Duration::from_secs(30))
+        );
+        assert_eq!(
+            c.policy.no_path,
+            NoPathPolicy::Queue(Duration::from_secs(10))
+        );
+        assert_eq!(c.checker, CheckerKind::Readsector0);
+        assert_eq!(c.portals[1].address.port(), 3260);
+        assert_eq!(c.multipaths[0].policy.no_path, NoPathPolicy::Fail);
+        assert_eq!(
+            c.multipaths[0].policy.selector,
+            SelectorKind::RoundRobin { repeat_count: 4 }
+        );
+        assert!(c.blacklist.excludes("x", "IET", "VIRTUAL-DISK").is_some());
+        assert_eq!(c.nbd_listen.unwrap().port(), 10900);
+        assert!(render(&c).contains("round-robin 4"));
+        assert!(!render(&c).contains("a-long-secret"));
+    }
+
+    #[test]
+    fn errors_name_key_and_line() {
+        let e = parse_str(
+            &GOOD.replace("\"readsector0\"", "\"ping\""),
+            Some(Path::new("m.toml")),
+        )
+        .unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (Some(7), "defaults.checker"));
+        assert!(
+            e.to_string()
+                .starts_with("m.toml:7: defaults.checker: unknown checker"),
+            "{e}"
+        );
+        let e = parse_str(&GOOD.replace("rr_min_io", "rr_min_ios"), None).unwrap_err();
+        assert_eq!(e.line, Some(4));
+        assert!(e.to_string().contains("rr_min_ios"), "{e}");
+        let e = parse_str(&GOOD.replace("alias = \"db\"", "alias = \"a b\""), None).unwrap_err();
+        assert_eq!(e.key, "multipath[0].alias");
+        let e = parse_str(&GOOD.replace("127.0.0.3", "127.0.0.2:3260"), None).unwrap_err();
+        assert!(e.message.contains("twice"));
+        let e = parse_str(&GOOD.replace("\"10s\"", "\"soon\""), None).unwrap_err();
+        assert_eq!(e.key, "defaults.no_path_retry");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert!(parse_duration("x").is_err());
+    }
+}

@@ -1,0 +1,818 @@
+//! The control plane: [`Request`] is every command the CLI can send; [`Control::handle`]
+//! answers it from the daemon's state and the maps' owner tasks. The socket server only
+//! forwards (one JSON request per line, one JSON [`Response`] per line; `show events
+//! --follow` streams one response per event).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Instant;
+
+use iscsi_initiator::SessionState;
+use mpath_policy::{CheckerState, DmState, GroupStatus, NoPathPolicy, QueueingView};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tracing::{info, warn};
+
+use crate::config::{self, selector_name};
+use crate::daemon::Shared;
+
+/// A command to the daemon.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub enum Request {
+    /// Maps, groups and paths in the `multipath -ll` layout.
+    ShowTopology,
+    /// Every path with multipathd's columns.
+    ShowPaths,
+    ShowMaps,
+    ShowStatus,
+    /// I/O counters and latency per map and path.
+    ShowStats,
+    /// The effective configuration.
+    ShowConfig,
+    /// The event timeline (the last `last` events); `follow` keeps streaming.
+    ShowEvents {
+        follow: bool,
+        last: Option<usize>,
+    },
+    /// Stop I/O to a path (an operator's failure: only an operator reinstates it).
+    FailPath {
+        path: String,
+    },
+    ReinstatePath {
+        path: String,
+    },
+    /// Make group `group` (1-based, as multipathd counts) of a map active.
+    SwitchGroup {
+        map: String,
+        group: usize,
+    },
+    /// `restorequeueing` (on) / `disablequeueing` (off).
+    Queueing {
+        map: String,
+        on: bool,
+    },
+    /// Re-read the configuration file and apply it.
+    Reconfigure,
+    Shutdown,
+}
+
+impl Request {
+    /// Whether it changes anything (only root or the daemon's own user may send those).
+    pub fn mutates(&self) -> bool {
+        matches!(
+            self,
+            Request::FailPath { .. }
+                | Request::ReinstatePath { .. }
+                | Request::SwitchGroup { .. }
+                | Request::Queueing { .. }
+                | Request::Reconfigure
+                | Request::Shutdown
+        )
+    }
+}
+
+/// The answer: text for people, data for `--json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    pub text: String,
+    pub data: Value,
+}
+
+impl Response {
+    fn ok(text: String, data: Value) -> Response {
+        Response {
+            ok: true,
+            text,
+            data,
+        }
+    }
+    fn err(msg: impl Into<String>) -> Response {
+        let m = msg.into();
+        Response {
+            ok: false,
+            text: m.clone(),
+            data: json!({ "error": m }),
+        }
+    }
+}
+
+/// In-process access to the control plane (what the socket serves).
+#[derive(Clone)]
+pub struct Control {
+    pub(crate) shared: Arc<Shared>,
+}
+
+fn human_size(b: u64) -> String {
+    let units = ["", "K", "M", "G", "T", "P"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if v.fract() == 0.0 {
+        format!("{}{}", v as u64, units[u])
+    } else {
+        format!("{v:.1}{}", units[u])
+    }
+}
+
+fn checker_word(c: CheckerState) -> &'static str {
+    match c {
+        CheckerState::Up => "ready",
+        CheckerState::Down => "faulty",
+        CheckerState::Ghost => "ghost",
+        CheckerState::Pending => "i/o pending",
+        CheckerState::Shaky => "shaky",
+        CheckerState::Delayed => "delayed",
+    }
+}
+
+fn conn_word(s: &SessionState) -> &'static str {
+    match s {
+        SessionState::Up => "running",
+        SessionState::Connecting => "connecting",
+        SessionState::Recovering { .. } => "recovering",
+        SessionState::GaveUp(_) => "offline",
+        SessionState::Closed => "closed",
+    }
+}
+
+impl Control {
+    /// Answer one request. `ShowEvents { follow: true }` answers with the backlog only; the
+    /// socket server streams the rest.
+    pub async fn handle(&self, req: Request) -> Response {
+        match req {
+            Request::ShowTopology => self.topology().await,
+            Request::ShowPaths => self.paths().await,
+            Request::ShowMaps => self.maps().await,
+            Request::ShowStatus => self.status(),
+            Request::ShowStats => self.stats(),
+            Request::ShowConfig => {
+                let c = self.shared.cfg();
+                Response::ok(config::render(&c), json!({ "text": config::render(&c) }))
+            }
+            Request::ShowEvents { last, .. } => self.events(last),
+            Request::FailPath { path } => self.fail_path(&path).await,
+            Request::ReinstatePath { path } => self.reinstate_path(&path).await,
+            Request::SwitchGroup { map, group } => self.switch_group(&map, group).await,
+            Request::Queueing { map, on } => self.queueing(&map, on).await,
+            Request::Reconfigure => match self.shared.clone().reconfigure().await {
+                Ok(summary) => Response::ok(summary.clone(), json!({ "summary": summary })),
+                Err(e) => Response::err(e),
+            },
+            Request::Shutdown => {
+                info!("shutdown requested through the control socket");
+                let _ = self.shared.stop.send(true);
+                Response::ok("shutting down".into(), json!({}))
+            }
+        }
+    }
+
+    /// The `multipath -ll` layout, one block per map.
+    pub async fn topology(&self) -> Response {
+        let maps: Vec<_> = {
+            let st = self.shared.state();
+            st.maps
+                .values()
+                .map(|m| {
+                    (
+                        m.name.clone(),
+                        m.wwid.clone(),
+                        m.vendor.clone(),
+                        m.product.clone(),
+                        m.size,
+                        m.policy.clone(),
+                        m.device.clone(),
+                        m.paths.clone(),
+                    )
+                })
+                .collect()
+        };
+        let mut text = String::new();
+        let mut data = Vec::new();
+        for (name, wwid, vendor, product, size, policy, device, paths) in maps {
+            let status = match device.status().await {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = writeln!(text, "{name} ({wwid}): {e}");
+                    continue;
+                }
+            };
+            let queue =
+                status.view.queue_if_no_path && !matches!(policy.no_path, NoPathPolicy::Fail);
+            let alua = status.view.paths.iter().any(|p| p.info.alua.is_some());
+            let _ = writeln!(text, "{name} ({wwid}) {vendor},{product}");
+            let _ = writeln!(
+                text,
+                "size={} features='{}' hwhandler='{}' wp=rw",
+                human_size(size),
+                if queue { "1 queue_if_no_path" } else { "0" },
+                if alua { "1 alua" } else { "0" }
+            );
+            let mut groups_json = Vec::new();
+            let ng = status.view.groups.len();
+            for (gi, g) in status.view.groups.iter().enumerate() {
+                let last_group = gi + 1 == ng;
+                let (gp, cont) = if last_group {
+                    ("`-+-", "  ")
+                } else {
+                    ("|-+-", "| ")
+                };
+                let _ = writeln!(
+                    text,
+                    "{gp} policy='{}' prio={} status={}{}",
+                    selector_name(&policy.selector),
+                    g.priority,
+                    match g.status {
+                        GroupStatus::Active => "active",
+                        GroupStatus::Enabled => "enabled",
+                        GroupStatus::Disabled => "disabled",
+                    },
+                    if g.pinned {
+                        " (switched by operator)"
+                    } else {
+                        ""
+                    }
+                );
+                let mut paths_json = Vec::new();
+                for (pi, pid) in g.paths.iter().enumerate() {
+                    let Some(pv) = status.view.paths.iter().find(|p| p.id == *pid) else {
+                        continue;
+                    };
+                    let name = paths
+                        .iter()
+                        .find(|(i, _)| i == pid)
+                        .map(|(_, n)| n.clone())
+                        .unwrap_or_default();
+                    let (portal, target, lun, tsih, conn) = {
+                        let st = self.shared.state();
+                        match st.paths.get(&name) {
+                            Some(p) => (
+                                p.portal.to_string(),
+                                p.target.clone(),
+                                p.lun,
+                                p.path.session().tsih().map(|t| t.0).unwrap_or(0),
+                                conn_word(&p.path.session().state()),
+                            ),
+                            None => (name.clone(), String::new(), 0, 0, "gone"),
+                        }
+                    };
+                    let branch = if pi + 1 == g.paths.len() { "`-" } else { "|-" };
+                    let dm = if pv.state.dm == DmState::Active {
+                        "active"
+                    } else {
+                        "failed"
+                    };
+                    let mut note = String::new();
+                    if let Some(at) = pv.reinstate_at {
+                        let _ = write!(
+                            note,
+                            "  [held {:.1}s: flapping]",
+                            at.saturating_duration_since(Instant::now()).as_secs_f64()
+                        );
+                    }
+                    if pv.operator_failed {
+                        note.push_str("  [failed by operator]");
+                    }
+                    let _ = writeln!(text, "{cont}{branch} {portal} {target} lun {lun} tsih {tsih}  {dm} {} {conn}{note}", checker_word(pv.state.checker));
+                    paths_json.push(json!({
+                        "path": name, "portal": portal, "target": target, "lun": lun, "tsih": tsih,
+                        "dm_state": dm, "checker_state": checker_word(pv.state.checker), "connection": conn,
+                        "priority": pv.info.effective_priority(),
+                        "last_failure": pv.last_failure.as_ref().map(|r| r.to_string()),
+                        "operator_failed": pv.operator_failed,
+                    }));
+                }
+                groups_json.push(json!({
+                    "group": gi + 1, "priority": g.priority,
+                    "status": format!("{}", g.status).to_lowercase(), "paths": paths_json,
+                }));
+            }
+            if status.view.groups.is_empty() {
+                let _ = writeln!(text, "`-+- (no usable group)");
+            }
+            data.push(json!({
+                "name": name, "wwid": wwid, "vendor": vendor, "product": product, "size": size,
+                "queue_if_no_path": queue, "hwhandler": if alua { "alua" } else { "" },
+                "selector": selector_name(&policy.selector), "queued": status.queued,
+                "groups": groups_json,
+            }));
+        }
+        if text.is_empty() {
+            text = "no maps\n".into();
+        }
+        Response::ok(text, json!({ "maps": data }))
+    }
+
+    /// multipathd's `show paths` columns.
+    pub async fn paths(&self) -> Response {
+        let rows: Vec<_> = {
+            let st = self.shared.state();
+            st.paths
+                .values()
+                .map(|p| {
+                    let dev = p.map.as_ref().and_then(|(m, id)| {
+                        st.maps.get(m).map(|mr| (mr.device.clone(), *id, m.clone()))
+                    });
+                    (
+                        p.name.clone(),
+                        p.target.clone(),
+                        p.priority,
+                        p.checker,
+                        conn_word(&p.path.session().state()),
+                        p.next_check,
+                        p.excluded.clone(),
+                        p.latency,
+                        dev,
+                    )
+                })
+                .collect()
+        };
+        let mut text = format!(
+            "{:<26} {:<36} {:>4} {:<7} {:<11} {:<11} {:>10} {:<10} {}\n",
+            "path", "target", "pri", "dm_st", "chk_st", "conn_st", "next_check", "map", "note"
+        );
+        let mut data = Vec::new();
+        for (name, target, prio, chk, conn, next, excluded, latency, dev) in rows {
+            let (dm, map, note, failure) = match &dev {
+                Some((d, id, m)) => {
+                    match d.status().await {
+                        Ok(s) => {
+                            let pv = s.view.paths.iter().find(|p| p.id == *id).cloned();
+                            let dm = pv
+                                .as_ref()
+                                .map(|p| {
+                                    if p.state.dm == DmState::Active {
+                                        "active"
+                                    } else {
+                                        "failed"
+                                    }
+                                })
+                                .unwrap_or("?");
+                            let mut note = String::new();
+                            if let Some(p) = &pv {
+                                if let Some(at) = p.reinstate_at {
+                                    let _ = write!(note, "marginal: {} failures, reinstated only after {:.1}s healthy", p.failures, at.saturating_duration_since(Instant::now()).as_secs_f64());
+                                } else if p.operator_failed {
+                                    note.push_str("failed by operator");
+                                } else if p.state.dm == DmState::Failed {
+                                    if let Some(r) = &p.last_failure {
+                                        note = r.to_string();
+                                    }
+                                }
+                            }
+                            let failure = pv
+                                .as_ref()
+                                .and_then(|p| p.last_failure.as_ref().map(|r| r.to_string()));
+                            (dm, m.clone(), note, failure)
+                        }
+                        Err(_) => ("?", m.clone(), String::new(), None),
+                    }
+                }
+                None => (
+                    "-",
+                    "-".to_string(),
+                    excluded.clone().unwrap_or_default(),
+                    None,
+                ),
+            };
+            let next_s = if next > Instant::now() {
+                format!(
+                    "{:.1}s",
+                    next.saturating_duration_since(Instant::now()).as_secs_f64()
+                )
+            } else {
+                "now".into()
+            };
+            let _ = writeln!(
+                text,
+                "{:<26} {:<36} {:>4} {:<7} {:<11} {:<11} {:>10} {:<10} {}",
+                name,
+                target,
+                prio,
+                dm,
+                checker_word(chk),
+                conn,
+                next_s,
+                map,
+                note
+            );
+            data.push(json!({
+                "path": name, "target": target, "priority": prio, "dm_state": dm,
+                "checker_state": checker_word(chk), "connection": conn, "next_check_s": next.saturating_duration_since(Instant::now()).as_secs_f64(),
+                "map": map, "note": note, "last_failure": failure,
+                "latency_us": latency.map(|l| l.as_micros() as u64),
+            }));
+        }
+        Response::ok(text, json!({ "paths": data }))
+    }
+
+    pub async fn maps(&self) -> Response {
+        let maps: Vec<_> = {
+            let st = self.shared.state();
+            st.maps
+                .values()
+                .map(|m| {
+                    (
+                        m.name.clone(),
+                        m.wwid.clone(),
+                        m.size,
+                        m.block_size,
+                        m.device.clone(),
+                    )
+                })
+                .collect()
+        };
+        let mut text = format!(
+            "{:<12} {:<36} {:>8} {:>6} {:>7} {}\n",
+            "name", "wwid", "size", "paths", "queued", "state"
+        );
+        let mut data = Vec::new();
+        for (name, wwid, size, block_size, dev) in maps {
+            let (active, total, queued, state) = match dev.status().await {
+                Ok(s) => {
+                    let active = s
+                        .view
+                        .paths
+                        .iter()
+                        .filter(|p| p.state.dm == DmState::Active)
+                        .count();
+                    let state = match s.view.queueing {
+                        QueueingView::Usable => "ok".to_string(),
+                        QueueingView::Queueing { .. } => "queueing (no path)".to_string(),
+                        QueueingView::Failing { .. } => "failing (no path)".to_string(),
+                    };
+                    (active, s.view.paths.len(), s.queued, state)
+                }
+                Err(e) => (0, 0, 0, e.to_string()),
+            };
+            let _ = writeln!(
+                text,
+                "{:<12} {:<36} {:>8} {:>6} {:>7} {}",
+                name,
+                wwid,
+                human_size(size),
+                format!("{active}/{total}"),
+                queued,
+                state
+            );
+            data.push(json!({ "name": name, "wwid": wwid, "size": size, "block_size": block_size, "active_paths": active, "paths": total, "queued": queued, "state": state }));
+        }
+        Response::ok(text, json!({ "maps": data }))
+    }
+
+    pub fn status(&self) -> Response {
+        let st = self.shared.state();
+        let mut by_state = std::collections::BTreeMap::new();
+        for p in st.paths.values() {
+            *by_state.entry(checker_word(p.checker)).or_insert(0usize) += 1;
+        }
+        let sessions_up = st.sessions.values().filter(|s| s.is_up()).count();
+        let uptime = self.shared.epoch.elapsed();
+        let mut text = format!(
+            "uptime {}s, {} maps, {} paths, {}/{} sessions up\n",
+            uptime.as_secs(),
+            st.maps.len(),
+            st.paths.len(),
+            sessions_up,
+            st.sessions.len()
+        );
+        for (k, v) in &by_state {
+            let _ = writeln!(text, "paths {k}: {v}");
+        }
+        for (p, e) in &st.portal_errors {
+            let _ = writeln!(text, "portal {p} unreachable: {e}");
+        }
+        Response::ok(
+            text,
+            json!({
+                "uptime_s": uptime.as_secs(), "maps": st.maps.len(), "paths": st.paths.len(),
+                "sessions": st.sessions.len(), "sessions_up": sessions_up, "paths_by_checker": by_state,
+                "unreachable_portals": st.portal_errors.iter().map(|(p, e)| json!({"portal": p.to_string(), "error": e})).collect::<Vec<_>>(),
+            }),
+        )
+    }
+
+    pub fn stats(&self) -> Response {
+        let maps: Vec<_> = {
+            let st = self.shared.state();
+            st.maps
+                .values()
+                .map(|m| (m.name.clone(), m.device.clone(), m.paths.clone()))
+                .collect()
+        };
+        let mut text = String::new();
+        let mut data = Vec::new();
+        for (name, dev, paths) in maps {
+            let c = dev.counters();
+            let lat = |h: &mpath_engine::Histogram, q: f64| {
+                h.quantile(q)
+                    .map(|d| format!("{:.0}us", d.as_secs_f64() * 1e6))
+                    .unwrap_or_else(|| "-".into())
+            };
+            let _ = writeln!(
+                text,
+                "{name}: ios {} bytes {} errors {} requeues {} p50 {} p99 {} no-path {:.1}s in-doubt writes {}",
+                c.map.ios, c.map.bytes, c.map.errors, c.map.requeues, lat(&c.map.latency, 0.5), lat(&c.map.latency, 0.99),
+                c.no_path_time.as_secs_f64(), c.in_doubt_writes
+            );
+            let mut pj = Vec::new();
+            for (id, s) in &c.paths {
+                let pn = paths
+                    .iter()
+                    .find(|(i, _)| i == id)
+                    .map(|(_, n)| n.clone())
+                    .unwrap_or_else(|| id.to_string());
+                let _ = writeln!(
+                    text,
+                    "  {pn}: ios {} bytes {} errors {} requeues {} p50 {} p99 {}",
+                    s.ios,
+                    s.bytes,
+                    s.errors,
+                    s.requeues,
+                    lat(&s.latency, 0.5),
+                    lat(&s.latency, 0.99)
+                );
+                pj.push(json!({ "path": pn, "ios": s.ios, "bytes": s.bytes, "errors": s.errors, "requeues": s.requeues }));
+            }
+            data.push(json!({
+                "map": name, "ios": c.map.ios, "bytes": c.map.bytes, "errors": c.map.errors, "requeues": c.map.requeues,
+                "no_path_seconds": c.no_path_time.as_secs_f64(), "in_doubt_writes": c.in_doubt_writes, "paths": pj,
+            }));
+        }
+        if text.is_empty() {
+            text = "no maps\n".into();
+        }
+        Response::ok(text, json!({ "maps": data }))
+    }
+
+    pub fn events(&self, last: Option<usize>) -> Response {
+        let t = self
+            .shared
+            .timeline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let n = last.unwrap_or(t.len()).min(t.len());
+        let evs: Vec<_> = t.iter().skip(t.len() - n).cloned().collect();
+        let mut text = String::new();
+        for e in &evs {
+            let _ = writeln!(text, "{}", format_event(e));
+        }
+        Response::ok(text, json!({ "events": evs }))
+    }
+
+    /// Find a path by its name, or by a unique prefix (a portal, say).
+    fn find_path(
+        &self,
+        q: &str,
+    ) -> Result<
+        (
+            String,
+            Arc<mpath_engine::MultipathDevice>,
+            mpath_policy::PathId,
+        ),
+        String,
+    > {
+        let st = self.shared.state();
+        let matches: Vec<&crate::daemon::PathRec> = match st.paths.get(q) {
+            Some(p) => vec![p],
+            None => st
+                .paths
+                .values()
+                .filter(|p| p.name.starts_with(q))
+                .collect(),
+        };
+        match matches.as_slice() {
+            [p] => match &p.map {
+                Some((m, id)) => st
+                    .maps
+                    .get(m)
+                    .map(|mr| (p.name.clone(), mr.device.clone(), *id))
+                    .ok_or_else(|| format!("map {m} is gone")),
+                None => Err(format!(
+                    "path {} is in no map ({})",
+                    p.name,
+                    p.excluded.clone().unwrap_or_default()
+                )),
+            },
+            [] => Err(format!("no path {q:?} (mpath show paths lists them)")),
+            many => Err(format!(
+                "{q:?} matches {} paths: {}",
+                many.len(),
+                many.iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
+    async fn fail_path(&self, q: &str) -> Response {
+        let (name, dev, id) = match self.find_path(q) {
+            Ok(x) => x,
+            Err(e) => return Response::err(e),
+        };
+        match dev.fail_path(id).await {
+            Ok(()) => {
+                self.shared.record(
+                    Some(dev.name()),
+                    Some(&name),
+                    "operator",
+                    "fail path".into(),
+                );
+                Response::ok(format!("ok: {name} failed\n"), json!({ "path": name }))
+            }
+            Err(e) => Response::err(format!("{name}: {e}")),
+        }
+    }
+
+    async fn reinstate_path(&self, q: &str) -> Response {
+        let (name, dev, id) = match self.find_path(q) {
+            Ok(x) => x,
+            Err(e) => return Response::err(e),
+        };
+        match dev.reinstate_path(id).await {
+            Ok(r) => {
+                self.shared.record(
+                    Some(dev.name()),
+                    Some(&name),
+                    "operator",
+                    "reinstate path".into(),
+                );
+                Response::ok(
+                    format!("ok: {name} reinstated ({r:?})\n"),
+                    json!({ "path": name }),
+                )
+            }
+            Err(e) => Response::err(format!("{name}: {e}")),
+        }
+    }
+
+    fn map(&self, name: &str) -> Result<Arc<mpath_engine::MultipathDevice>, String> {
+        let st = self.shared.state();
+        st.maps.get(name).map(|m| m.device.clone()).ok_or_else(|| {
+            format!(
+                "no map {name:?} (maps: {})",
+                st.maps.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })
+    }
+
+    async fn switch_group(&self, map: &str, group: usize) -> Response {
+        let dev = match self.map(map) {
+            Ok(d) => d,
+            Err(e) => return Response::err(e),
+        };
+        if group == 0 {
+            return Response::err("groups are numbered from 1, as in show topology");
+        }
+        match dev.switch_group(group - 1).await {
+            Ok(()) => {
+                self.shared
+                    .record(Some(map), None, "operator", format!("switchgroup {group}"));
+                Response::ok(format!("ok: {map} switched to group {group}\n"), json!({}))
+            }
+            Err(e) => Response::err(format!("{map}: {e}")),
+        }
+    }
+
+    async fn queueing(&self, map: &str, on: bool) -> Response {
+        let dev = match self.map(map) {
+            Ok(d) => d,
+            Err(e) => return Response::err(e),
+        };
+        match dev.set_queue_if_no_path(on).await {
+            Ok(()) => {
+                let what = if on {
+                    "restorequeueing"
+                } else {
+                    "disablequeueing"
+                };
+                self.shared.record(Some(map), None, "operator", what.into());
+                Response::ok(format!("ok: {map} {what}\n"), json!({}))
+            }
+            Err(e) => Response::err(format!("{map}: {e}")),
+        }
+    }
+}
+
+/// One timeline line: `+12.345s  mpatha  127.0.0.2:3260/1  path-failed  stalled ...`.
+pub fn format_event(e: &crate::daemon::TimelineEvent) -> String {
+    format!(
+        "{:>10}  {:<8} {:<24} {:<22} {}",
+        format!("+{:.3}s", e.t_ms as f64 / 1000.0),
+        e.map.as_deref().unwrap_or("-"),
+        e.path.as_deref().unwrap_or("-"),
+        e.kind,
+        e.detail
+    )
+}
+
+/// Serve the control socket until the daemon stops.
+pub async fn serve(listener: UnixListener, control: Control) {
+    let mut stop = control.shared.stop.subscribe();
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => { warn!("control socket accept: {e}"); continue; }
+            },
+            _ = stop.changed() => return,
+        };
+        let c = control.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_one(stream, c).await {
+                tracing::debug!("control connection: {e}");
+            }
+        });
+    }
+}
+
+async fn serve_one(stream: UnixStream, control: Control) -> std::io::Result<()> {
+    // SO_PEERCRED: who is asking.
+    let uid = stream.peer_cred().map(|c| c.uid()).ok();
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let me = unsafe { libc::getuid() };
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    while let Some(line) = lines.next_line().await? {
+        let req: Request = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                write_resp(&mut w, &Response::err(format!("bad request: {e}"))).await?;
+                continue;
+            }
+        };
+        if req.mutates() && !matches!(uid, Some(0)) && uid != Some(me) {
+            write_resp(&mut w, &Response::err(format!("permission denied: {req:?} needs root or the daemon's user (uid {me}); you are uid {}", uid.map(|u| u.to_string()).unwrap_or_else(|| "?".into())))).await?;
+            continue;
+        }
+        if let Request::ShowEvents { follow: true, last } = req {
+            let mut rx = control.shared.events.subscribe();
+            write_resp(&mut w, &control.events(last.or(Some(20)))).await?;
+            loop {
+                match rx.recv().await {
+                    Ok(e) => {
+                        let r =
+                            Response::ok(format!("{}\n", format_event(&e)), json!({ "event": e }));
+                        write_resp(&mut w, &r).await?;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        write_resp(
+                            &mut w,
+                            &Response::ok(
+                                format!("({n} events skipped: too slow a reader)\n"),
+                                json!({ "skipped": n }),
+                            ),
+                        )
+                        .await?;
+                    }
+                    Err(_) => return Ok(()),
+                }
+            }
+        }
+        let resp = control.handle(req).await;
+        write_resp(&mut w, &resp).await?;
+    }
+    Ok(())
+}
+
+async fn write_resp(w: &mut tokio::net::unix::OwnedWriteHalf, r: &Response) -> std::io::Result<()> {
+    let mut b = serde_json::to_vec(r).map_err(std::io::Error::other)?;
+    b.push(b'\n');
+    w.write_all(&b).await
+}
+
+/// Send one request to a daemon's control socket; for `ShowEvents { follow: true }` call
+/// `on_line` for every response until the connection closes.
+pub async fn call(
+    socket: &std::path::Path,
+    req: &Request,
+    mut on_line: impl FnMut(Response),
+) -> std::io::Result<()> {
+    let stream = UnixStream::connect(socket).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot reach the daemon at {}: {e} (is `mpath daemon` running? --socket picks another)", socket.display()),
+        )
+    })?;
+    let (r, mut w) = stream.into_split();
+    let mut b = serde_json::to_vec(req).map_err(std::io::Error::other)?;
+    b.push(b'\n');
+    w.write_all(&b).await?;
+    let follow = matches!(req, Request::ShowEvents { follow: true, .. });
+    let mut lines = BufReader::new(r).lines();
+    while let Some(line) = lines.next_line().await? {
+        let resp: Response = serde_json::from_str(&line).map_err(std::io::Error::other)?;
+        on_line(resp);
+        if !follow {
+            break;
+        }
+    }
+    Ok(())
+}

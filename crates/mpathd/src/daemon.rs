@@ -1,0 +1,708 @@
+//! The daemon's state and its tasks: assembly (portals → sessions → LUN paths → maps),
+//! the checker loop, the event timeline.
+//!
+//! Locking rule: the state mutex is never held across path I/O or an await on a map's
+//! owner task. Tasks take what they need (path handles are cheap clones), release the lock,
+//! do the I/O, and take the lock again to record results.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use block::{DeviceInfo, PathEvent};
+use export::Exports;
+use iscsi_initiator::probe::{self, LuInfo};
+use iscsi_initiator::{
+    discover, ChapCredentials, DiscoveryConfig, IscsiPath, RetryPolicy, Session, SessionConfig,
+    SessionState,
+};
+use mpath_engine::{EngineConfig, IoLimits, MultipathDevice, PathSpec};
+use mpath_policy::{CheckerState, EventKind, MapConfig, PathId, PathInfo};
+use tokio::sync::broadcast;
+use tracing::{debug, info, warn};
+
+use crate::bindings::Bindings;
+use crate::config::{DaemonConfig, PortalConfig, PrioritizerKind};
+
+/// One entry of the event timeline (`mpath show events`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TimelineEvent {
+    /// Milliseconds since the daemon started.
+    pub t_ms: u64,
+    /// Wall-clock time, RFC 3339.
+    pub time: String,
+    /// The map, if the event belongs to one.
+    pub map: Option<String>,
+    /// The path, if the event concerns one (its name).
+    pub path: Option<String>,
+    /// Short kind: `path-failed`, `group-switched`, `session-recovered`...
+    pub kind: String,
+    pub detail: String,
+}
+
+/// How many events `show events` can replay.
+const TIMELINE_LEN: usize = 10_000;
+
+/// A path: one LUN through one session.
+pub(crate) struct PathRec {
+    pub name: String,
+    pub portal: SocketAddr,
+    pub target: String,
+    pub lun: u16,
+    pub path: IscsiPath,
+    pub lu: LuInfo,
+    pub map: Option<(String, PathId)>,
+    pub checker: CheckerState,
+    pub last_check: Option<Instant>,
+    pub next_check: Instant,
+    /// Smoothed checker I/O latency, for the path_latency prioritizer.
+    pub latency: Option<Duration>,
+    pub priority: u32,
+    /// Why the path is not in a map (blacklist, other device type...).
+    pub excluded: Option<String>,
+}
+
+/// A multipath device with the facts shown about it.
+pub(crate) struct MapRec {
+    pub name: String,
+    pub wwid: String,
+    pub device: Arc<MultipathDevice>,
+    pub vendor: String,
+    pub product: String,
+    pub size: u64,
+    pub block_size: u32,
+    pub policy: MapConfig,
+    pub paths: Vec<(PathId, String)>,
+}
+
+pub(crate) struct State {
+    pub sessions: BTreeMap<(SocketAddr, String), Session>,
+    pub paths: BTreeMap<String, PathRec>,
+    pub maps: BTreeMap<String, MapRec>,
+    pub bindings: Bindings,
+    /// Portals whose discovery has not succeeded yet, with the last error.
+    pub portal_errors: BTreeMap<SocketAddr, String>,
+}
+
+pub(crate) struct Shared {
+    pub cfg: Mutex<DaemonConfig>,
+    pub state: Mutex<State>,
+    pub exports: Exports<MultipathDevice>,
+    pub timeline: Mutex<VecDeque<TimelineEvent>>,
+    pub events: broadcast::Sender<TimelineEvent>,
+    pub epoch: Instant,
+    pub started: SystemTime,
+    pub stop: tokio::sync::watch::Sender<bool>,
+    /// The file `reconfigure` re-reads.
+    pub config_path: Option<std::path::PathBuf>,
+    /// Serialises "find the path's map or create it" (two sessions probed at once must
+    /// not both create a map for one WWID). Held across map start-up and `add_path`, which
+    /// talk to the map's owner task only — never across path I/O.
+    pub membership: tokio::sync::Mutex<()>,
+}
+
+impl Shared {
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn cfg(&self) -> DaemonConfig {
+        self.cfg.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn record(&self, map: Option<&str>, path: Option<&str>, kind: &str, detail: String) {
+        self.record_at(Instant::now(), map, path, kind, detail);
+    }
+
+    pub fn record_at(
+        &self,
+        at: Instant,
+        map: Option<&str>,
+        path: Option<&str>,
+        kind: &str,
+        detail: String,
+    ) {
+        let since = at.saturating_duration_since(self.epoch);
+        let wall = self.started + since;
+        let ev = TimelineEvent {
+            t_ms: since.as_millis() as u64,
+            time: rfc3339(wall),
+            map: map.map(str::to_string),
+            path: path.map(str::to_string),
+            kind: kind.to_string(),
+            detail,
+        };
+        {
+            let mut t = self.timeline.lock().unwrap_or_else(|e| e.into_inner());
+            if t.len() == TIMELINE_LEN {
+                t.pop_front();
+            }
+            t.push_back(ev.clone());
+        }
+        let _ = self.events.send(ev);
+    }
+}
+
+/// `2026-11-25T11:52:28.123Z`, without a date crate.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = if month <= 2 { y + 1 } else { y };
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// The name operators use for a path: `PORTAL/LUN` (portals are unique per target here).
+pub fn path_name(portal: SocketAddr, target: &str, lun: u16, many_targets: bool) -> String {
+    if many_targets {
+        format!("{portal}/{target}/{lun}")
+    } else {
+        format!("{portal}/{lun}")
+    }
+}
+
+impl Shared {
+    /// Start discovery on every configured portal (in the background).
+    pub fn start_portals(self: &Arc<Self>, portals: &[PortalConfig]) {
+        for p in portals.iter().cloned() {
+            let me = self.clone();
+            tokio::spawn(async move { me.portal_task(p).await });
+        }
+    }
+
+    /// Discover a portal's targets, retrying with back-off until it answers, then start a
+    /// session for every (portal, target) it reports.
+    async fn portal_task(self: Arc<Self>, p: PortalConfig) {
+        let mut backoff = Duration::from_millis(200);
+        let mut stop = self.stop.subscribe();
+        loop {
+            let cfg = self.cfg();
+            let dc = DiscoveryConfig {
+                initiator_name: cfg.initiator_name.clone(),
+                chap: p
+                    .chap
+                    .as_ref()
+                    .map(|(u, s)| ChapCredentials::new(u, s.as_bytes())),
+                timeout: Duration::from_secs(3),
+            };
+            match discover(p.address, &dc).await {
+                Ok(targets) => {
+                    self.state().portal_errors.remove(&p.address);
+                    let mut n = 0;
+                    for t in targets {
+                        if !p.targets.is_empty()
+                            && !p.targets.iter().any(|f| f.eq_ignore_ascii_case(&t.name))
+                        {
+                            continue;
+                        }
+                        // tgtd answers with the portal asked; mpath target with all of them.
+                        let mut addrs: Vec<SocketAddr> =
+                            t.portals.iter().filter_map(|a| a.socket).collect();
+                        if addrs.is_empty() {
+                            addrs.push(p.address);
+                        }
+                        for a in addrs {
+                            n += 1;
+                            self.ensure_session(a, &t.name, &p);
+                        }
+                    }
+                    info!(portal = %p.address, sessions = n, "discovery done");
+                    self.record(
+                        None,
+                        None,
+                        "portal-discovered",
+                        format!("{}: {} target portal(s)", p.address, n),
+                    );
+                    return;
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    let first = self
+                        .state()
+                        .portal_errors
+                        .insert(p.address, msg.clone())
+                        .is_none();
+                    if first {
+                        warn!(portal = %p.address, "discovery failed, retrying: {msg}");
+                        self.record(None, None, "portal-unreachable", msg);
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.changed() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// A session to `target` through `addr`, once.
+    fn ensure_session(self: &Arc<Self>, addr: SocketAddr, target: &str, p: &PortalConfig) {
+        let key = (addr, target.to_string());
+        if self.state().sessions.contains_key(&key) {
+            return;
+        }
+        let cfg = self.cfg();
+        let mut sc = SessionConfig::new(addr, target).with_digests(p.header_digest, p.data_digest);
+        sc.initiator_name = cfg.initiator_name.clone();
+        sc.chap = p
+            .chap
+            .as_ref()
+            .map(|(u, s)| ChapCredentials::new(u, s.as_bytes()));
+        sc.mutual_chap = p
+            .mutual_chap
+            .as_ref()
+            .map(|(u, s)| ChapCredentials::new(u, s.as_bytes()));
+        // The engine routes around a down path itself: commands must not wait for it.
+        sc.replacement_timeout = Duration::ZERO;
+        let session = Session::spawn(sc);
+        let me = Arc::downgrade(self);
+        let label = format!("{addr}");
+        let tgt = target.to_string();
+        session.subscribe(Box::new(move |ev| {
+            if let Some(me) = me.upgrade() {
+                let (kind, detail) = match &ev {
+                    PathEvent::Connected => ("session-up", format!("{tgt} logged in")),
+                    PathEvent::Failed { reason } => ("session-failed", reason.to_string()),
+                    PathEvent::Recovering {
+                        attempt,
+                        next_try_in,
+                    } => (
+                        "session-recovering",
+                        format!("attempt {attempt} in {next_try_in:?}"),
+                    ),
+                    PathEvent::Recovered => ("session-recovered", format!("{tgt} logged in again")),
+                    PathEvent::GaveUp { reason } => ("session-gave-up", reason.to_string()),
+                };
+                me.record(None, Some(&label), kind, detail);
+            }
+        }));
+        self.state().sessions.insert(key, session.clone());
+        let me = self.clone();
+        let target = target.to_string();
+        tokio::spawn(async move { me.session_task(addr, target, session).await });
+    }
+
+    /// Wait for the session's first login, then find its LUNs and add their paths.
+    async fn session_task(self: Arc<Self>, addr: SocketAddr, target: String, session: Session) {
+        let mut w = session.watch_state();
+        let mut stop = self.stop.subscribe();
+        loop {
+            if matches!(*w.borrow(), SessionState::Up) {
+                break;
+            }
+            tokio::select! {
+                r = w.changed() => if r.is_err() { return },
+                _ = stop.changed() => return,
+            }
+        }
+        self.scan_session(addr, &target, &session).await;
+    }
+
+    /// REPORT LUNS and probe every LUN of a session; add new paths.
+    pub async fn scan_session(self: &Arc<Self>, addr: SocketAddr, target: &str, session: &Session) {
+        let lun0 = IscsiPath::new(session.clone(), 0, RetryPolicy::default());
+        let luns = match probe::report_luns(&lun0).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(portal = %addr, %target, "REPORT LUNS failed: {e}");
+                self.record(
+                    None,
+                    Some(&addr.to_string()),
+                    "scan-failed",
+                    format!("REPORT LUNS: {e}"),
+                );
+                return;
+            }
+        };
+        for lun in luns {
+            let path = IscsiPath::new(session.clone(), lun, RetryPolicy::default());
+            let t0 = Instant::now();
+            let lu = match probe::probe_lu(&path).await {
+                Ok(lu) => lu,
+                Err(e) => {
+                    warn!(portal = %addr, %target, lun, "probe failed: {e}");
+                    continue;
+                }
+            };
+            let latency = t0.elapsed();
+            if lu.device_type != 0 {
+                debug!(portal = %addr, lun, device_type = lu.device_type, "not a disk: skipped");
+                continue;
+            }
+            self.add_path(addr, target, lun, path, lu, latency).await;
+        }
+    }
+
+    /// Record a probed path and put it into its map (creating the map if needed).
+    async fn add_path(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        target: &str,
+        lun: u16,
+        path: IscsiPath,
+        lu: LuInfo,
+        latency: Duration,
+    ) {
+        let cfg = self.cfg();
+        let many = self
+            .state()
+            .sessions
+            .keys()
+            .map(|(_, t)| t)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            > 1;
+        let name = path_name(addr, target, lun, many);
+        let wwid = lu
+            .wwid
+            .clone()
+            .or_else(|| lu.serial.as_ref().map(|s| format!("serial:{s}")));
+        let excluded = match &wwid {
+            None => Some("no WWID (VPD 0x83) and no serial (VPD 0x80)".to_string()),
+            Some(w) => cfg.blacklist.excludes(w, &lu.vendor, &lu.product),
+        };
+        let priority = self.priority(&cfg, &name, addr, &lu, Some(latency));
+        {
+            let mut st = self.state();
+            if st.paths.contains_key(&name) {
+                return;
+            }
+            st.paths.insert(
+                name.clone(),
+                PathRec {
+                    name: name.clone(),
+                    portal: addr,
+                    target: target.to_string(),
+                    lun,
+                    path: path.clone(),
+                    lu: lu.clone(),
+                    map: None,
+                    checker: CheckerState::Up,
+                    last_check: Some(Instant::now()),
+                    next_check: Instant::now() + cfg.checker_interval_ok,
+                    latency: Some(latency),
+                    priority,
+                    excluded: excluded.clone(),
+                },
+            );
+        }
+        if let Some(why) = excluded {
+            info!(path = %name, "not multipathed: {why}");
+            self.record(None, Some(&name), "path-excluded", why);
+            return;
+        }
+        let Some(wwid) = wwid else { return };
+        let info = self.path_info(&name, target, &lu, priority);
+        let spec = PathSpec::new(info, Arc::new(path));
+        // Existing map: join it. New WWID: create the map.
+        let _membership = self.membership.lock().await;
+        let existing = self
+            .state()
+            .maps
+            .values()
+            .find(|m| m.wwid == wwid)
+            .map(|m| (m.name.clone(), m.device.clone()));
+        match existing {
+            Some((map, device)) => match device.add_path(spec).await {
+                Ok(id) => {
+                    let mut st = self.state();
+                    if let Some(m) = st.maps.get_mut(&map) {
+                        m.paths.push((id, name.clone()));
+                    }
+                    if let Some(p) = st.paths.get_mut(&name) {
+                        p.map = Some((map.clone(), id));
+                    }
+                    drop(st);
+                    info!(path = %name, %map, "path added");
+                    self.record(
+                        Some(&map),
+                        Some(&name),
+                        "path-added",
+                        format!("{} {}", target, lu.wwid.as_deref().unwrap_or("")),
+                    );
+                }
+                Err(e) => warn!(path = %name, %map, "cannot add the path: {e}"),
+            },
+            None => self.create_map(&cfg, &wwid, &name, &lu, spec),
+        }
+    }
+
+    fn create_map(
+        self: &Arc<Self>,
+        cfg: &DaemonConfig,
+        wwid: &str,
+        path: &str,
+        lu: &LuInfo,
+        spec: PathSpec,
+    ) {
+        let entry = cfg.multipaths.iter().find(|m| m.wwid == wwid);
+        let name = match entry.and_then(|m| m.alias.clone()) {
+            Some(a) => a,
+            None if cfg.user_friendly_names => match self.state().bindings.name_for(wwid) {
+                Ok(n) => n,
+                Err(e) => {
+                    warn!("bindings file: {e}; naming the map by its WWID");
+                    wwid.to_string()
+                }
+            },
+            None => wwid.to_string(),
+        };
+        let policy = entry
+            .map(|m| m.policy.clone())
+            .unwrap_or_else(|| cfg.policy.clone());
+        let bs = lu.block_size.max(512);
+        let max_transfer = if lu.max_transfer_blocks > 0 {
+            (lu.max_transfer_blocks as u64 * bs as u64).min(32 << 20) as u32
+        } else {
+            // Nothing reported: a size every target we know takes in one command.
+            1 << 20
+        };
+        let device = DeviceInfo {
+            size: lu.blocks * bs as u64,
+            block_size: bs,
+            max_transfer,
+            supports_discard: lu.thin,
+            supports_write_zeroes: true,
+            volatile_write_cache: lu.write_cache,
+        };
+        let mut ec = EngineConfig::new(name.clone(), device);
+        ec.policy = policy.clone();
+        ec.limits = IoLimits {
+            max_unmap_blocks: if lu.max_unmap_blocks > 0 {
+                lu.max_unmap_blocks
+            } else {
+                mpath_engine::DEFAULT_MAX_UNMAP_BLOCKS
+            },
+            max_write_same_blocks: if lu.max_write_same_blocks > 0 {
+                lu.max_write_same_blocks.min(u32::MAX as u64) as u32
+            } else {
+                mpath_engine::DEFAULT_MAX_WRITE_SAME_BLOCKS
+            },
+            write_same_ndob: false,
+            fua: lu.fua || !lu.write_cache,
+        };
+        let device = match MultipathDevice::start(ec, vec![spec]) {
+            Ok(d) => Arc::new(d),
+            Err(e) => {
+                warn!(map = %name, "cannot start the map: {e}");
+                return;
+            }
+        };
+        let id = PathId(0);
+        {
+            let mut st = self.state();
+            st.maps.insert(
+                name.clone(),
+                MapRec {
+                    name: name.clone(),
+                    wwid: wwid.to_string(),
+                    device: device.clone(),
+                    vendor: lu.vendor.clone(),
+                    product: lu.product.clone(),
+                    size: lu.blocks * bs as u64,
+                    block_size: bs,
+                    policy,
+                    paths: vec![(id, path.to_string())],
+                },
+            );
+            if let Some(p) = st.paths.get_mut(path) {
+                p.map = Some((name.clone(), id));
+            }
+        }
+        let desc = format!("{} {} {}", wwid, lu.vendor, lu.product);
+        if let Err(e) = self
+            .exports
+            .insert_described(&name, Some(desc), device.clone())
+        {
+            warn!(map = %name, "cannot export the map: {e}");
+        }
+        info!(map = %name, %wwid, size = lu.blocks * bs as u64, "map created");
+        self.record(
+            Some(&name),
+            Some(path),
+            "map-created",
+            format!(
+                "{} {} {}, {} bytes",
+                wwid,
+                lu.vendor,
+                lu.product,
+                lu.blocks * bs as u64
+            ),
+        );
+        // The map's own events join the timeline.
+        let me = Arc::downgrade(self);
+        let mut rx = device.events();
+        let map = name.clone();
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => {
+                        let Some(me) = me.upgrade() else { return };
+                        let (kind, path, detail) = describe(&me, &map, &ev.kind);
+                        me.record_at(ev.at, Some(&map), path.as_deref(), kind, detail);
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        if let Some(me) = me.upgrade() {
+                            me.record(
+                                Some(&map),
+                                None,
+                                "events-lost",
+                                format!("{n} events dropped (timeline too slow)"),
+                            );
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+
+    pub fn path_info(&self, name: &str, target: &str, lu: &LuInfo, priority: u32) -> PathInfo {
+        let mut info = PathInfo::new(name);
+        info.priority = Some(priority);
+        info.alua = lu.alua.map(|a| a.0);
+        info.preferred = lu.alua.map(|a| a.1).unwrap_or(false);
+        info.serial = lu.serial.clone().unwrap_or_default();
+        info.node_name = target.to_string();
+        info.tpg = lu.target_port_group;
+        info
+    }
+
+    /// The prioritizer's value for a path.
+    pub fn priority(
+        &self,
+        cfg: &DaemonConfig,
+        name: &str,
+        portal: SocketAddr,
+        lu: &LuInfo,
+        latency: Option<Duration>,
+    ) -> u32 {
+        let kind = lu
+            .wwid
+            .as_ref()
+            .and_then(|w| cfg.multipaths.iter().find(|m| &m.wwid == w))
+            .and_then(|m| m.prioritizer.clone())
+            .unwrap_or_else(|| cfg.prioritizer.clone());
+        match kind {
+            PrioritizerKind::Const => 1,
+            PrioritizerKind::Alua => match lu.alua {
+                Some((state, pref)) => mpath_policy::alua_priority(state, pref),
+                // No ALUA support: every path equal (DESIGN §6: then group_by_prio is multibus).
+                None => mpath_policy::UNKNOWN_PRIORITY,
+            },
+            PrioritizerKind::Weightedpath(weights) => weights
+                .iter()
+                .find(|(pat, _)| {
+                    let p = portal.to_string();
+                    match pat.strip_suffix('*') {
+                        Some(pre) => name.starts_with(pre) || p.starts_with(pre),
+                        None => name == pat || p == *pat || portal.ip().to_string() == *pat,
+                    }
+                })
+                .map(|(_, w)| *w)
+                .unwrap_or(0),
+            PrioritizerKind::PathLatency => latency_priority(latency),
+        }
+    }
+}
+
+/// multipath-tools' path_latency idea: priority by the order of magnitude of the checker's
+/// I/O latency, so paths within the same decade tie. 100 µs → 50, 1 ms → 40, 10 ms → 30 …
+pub fn latency_priority(latency: Option<Duration>) -> u32 {
+    match latency {
+        None => mpath_policy::UNKNOWN_PRIORITY,
+        Some(l) => {
+            let us = l.as_micros().max(1) as f64;
+            let decades = us.log10();
+            (70.0 - 10.0 * decades).clamp(1.0, 90.0) as u32
+        }
+    }
+}
+
+/// A timeline entry for a map event: kind, path name, detail.
+fn describe(me: &Shared, map: &str, k: &EventKind) -> (&'static str, Option<String>, String) {
+    let path_name = |id: &PathId| -> Option<String> {
+        me.state().maps.get(map).and_then(|m| {
+            m.paths
+                .iter()
+                .find(|(i, _)| i == id)
+                .map(|(_, n)| n.clone())
+        })
+    };
+    match k {
+        EventKind::PathFailed { path, reason } => {
+            ("path-failed", path_name(path), reason.to_string())
+        }
+        EventKind::PathReinstated { path, cause } => (
+            "path-reinstated",
+            path_name(path),
+            format!("{cause:?}").to_lowercase(),
+        ),
+        EventKind::PathReinstateDelayed {
+            path,
+            until,
+            recent_failures,
+        } => (
+            "path-reinstate-delayed",
+            path_name(path),
+            format!(
+                "flapping ({recent_failures} recent failures): held for {:?}",
+                until.saturating_duration_since(Instant::now())
+            ),
+        ),
+        EventKind::PathCheckerChanged { path, from, to } => (
+            "checker-changed",
+            path_name(path),
+            format!("{from:?} -> {to:?}").to_lowercase(),
+        ),
+        EventKind::PathGaveUp { path, reason } => {
+            ("path-gave-up", path_name(path), reason.to_string())
+        }
+        EventKind::GroupSwitched { from, to, cause } => (
+            "group-switched",
+            None,
+            format!(
+                "{} -> {} ({cause:?})",
+                from.map(|g| (g + 1).to_string())
+                    .unwrap_or_else(|| "none".into()),
+                to.map(|g| (g + 1).to_string())
+                    .unwrap_or_else(|| "none".into())
+            ),
+        ),
+        EventKind::QueueingStarted { until } => (
+            "queueing-started",
+            None,
+            match until {
+                Some(u) => format!(
+                    "no usable path; queueing for {:?}",
+                    u.saturating_duration_since(Instant::now())
+                ),
+                None => "no usable path; queueing until a path returns".into(),
+            },
+        ),
+        EventKind::QueueingEnded { cause } => ("queueing-ended", None, format!("{cause:?}")),
+        EventKind::IoRequeued { path, cause } => {
+            ("io-requeued", path_name(path), format!("{cause:?}"))
+        }
+        EventKind::IoFailed { .. } => ("io-failed", None, format!("{k:?}")),
+        other => ("map-event", None, format!("{other:?}")),
+    }
+}

@@ -1,0 +1,367 @@
+//! mpath's daemon: the roles of multipathd and the `multipath` command.
+//!
+//! It logs in through every configured portal, finds every LUN, groups paths into maps by
+//! WWID (VPD 0x83, else the VPD 0x80 serial), names them (alias, else `mpatha`… kept stable
+//! in a bindings file, else the WWID), runs one multipath engine per map, exports each map
+//! over NBD (and, optionally, as a FUSE file), checks paths, and answers the control socket.
+//! Start-up never waits on an unreachable portal: it is retried in the background and its
+//! paths join their maps when they come.
+//!
+//! Lifecycle is injected: [`Daemon::start`] takes the configuration and the listeners;
+//! [`Daemon::stop`] (or a `shutdown` request, or the future given to [`Daemon::run`]) ends it.
+
+mod bindings;
+mod checker;
+pub mod config;
+pub mod control;
+mod daemon;
+pub mod metrics;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use export::nbd::{Listener, NbdConfig, NbdServer};
+use export::Exports;
+use tokio::net::{TcpListener, UnixListener};
+use tracing::{info, warn};
+
+pub use config::{ConfigError, DaemonConfig};
+pub use control::{Control, Request, Response};
+pub use daemon::TimelineEvent;
+
+use crate::bindings::Bindings;
+use crate::daemon::{Shared, State};
+
+/// Sockets the daemon serves, opened by the caller.
+#[derive(Default)]
+pub struct Listeners {
+    pub control: Option<UnixListener>,
+    pub nbd: Vec<Listener>,
+    pub metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Bind what the configuration asks for.
+    pub async fn bind(cfg: &DaemonConfig) -> std::io::Result<Listeners> {
+        let mut l = Listeners::default();
+        if let Some(parent) = cfg.control_socket.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        // A stale socket from a previous run: refuse if a daemon answers there.
+        if cfg.control_socket.exists() {
+            if tokio::net::UnixStream::connect(&cfg.control_socket)
+                .await
+                .is_ok()
+            {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!(
+                        "a daemon already answers on {}",
+                        cfg.control_socket.display()
+                    ),
+                ));
+            }
+            let _ = std::fs::remove_file(&cfg.control_socket);
+        }
+        l.control = Some(UnixListener::bind(&cfg.control_socket).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("control socket {}: {e}", cfg.control_socket.display()),
+            )
+        })?);
+        if let Some(a) = cfg.nbd_listen {
+            let t = TcpListener::bind(a)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("NBD listener {a}: {e}")))?;
+            l.nbd.push(t.into());
+        }
+        if let Some(p) = &cfg.nbd_unix {
+            let _ = std::fs::remove_file(p);
+            let u = UnixListener::bind(p).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("NBD socket {}: {e}", p.display()))
+            })?;
+            l.nbd.push(u.into());
+        }
+        if let Some(a) = cfg.metrics {
+            l.metrics = Some(TcpListener::bind(a).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("metrics listener {a}: {e}"))
+            })?);
+        }
+        Ok(l)
+    }
+}
+
+/// A running daemon.
+pub struct Daemon {
+    shared: Arc<Shared>,
+    tasks: tokio::task::JoinSet<()>,
+    fuse: Option<export::fuse::FuseMount>,
+    config_path: Option<PathBuf>,
+}
+
+impl Daemon {
+    /// Start everything: portals (in the background), the checker, the control socket,
+    /// the exports. Returns at once.
+    pub fn start(
+        cfg: DaemonConfig,
+        listeners: Listeners,
+        config_path: Option<PathBuf>,
+    ) -> std::io::Result<Daemon> {
+        let (bindings, warnings) = Bindings::load(cfg.bindings_file.as_deref());
+        for w in warnings {
+            warn!("{w}");
+        }
+        let (events, _) = tokio::sync::broadcast::channel(1024);
+        let shared = Arc::new(Shared {
+            cfg: Mutex::new(cfg.clone()),
+            state: Mutex::new(State {
+                sessions: BTreeMap::new(),
+                paths: BTreeMap::new(),
+                maps: BTreeMap::new(),
+                bindings,
+                portal_errors: BTreeMap::new(),
+            }),
+            exports: Exports::new(),
+            timeline: Mutex::new(VecDeque::new()),
+            events,
+            epoch: Instant::now(),
+            started: SystemTime::now(),
+            stop: tokio::sync::watch::Sender::new(false),
+            config_path: config_path.clone(),
+            membership: tokio::sync::Mutex::new(()),
+        });
+        shared.record(
+            None,
+            None,
+            "daemon-started",
+            format!("{} portal(s) configured", cfg.portals.len()),
+        );
+        let mut tasks = tokio::task::JoinSet::new();
+        shared.start_portals(&cfg.portals);
+        tasks.spawn(shared.clone().checker_loop());
+        let control = Control {
+            shared: shared.clone(),
+        };
+        if let Some(l) = listeners.control {
+            tasks.spawn(control::serve(l, control.clone()));
+        }
+        if !listeners.nbd.is_empty() {
+            let server = NbdServer::new(shared.exports.clone(), NbdConfig::default());
+            let mut stop = shared.stop.subscribe();
+            tasks.spawn(async move {
+                server
+                    .run(listeners.nbd, async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await
+            });
+        }
+        if let Some(l) = listeners.metrics {
+            tasks.spawn(metrics::serve(l, shared.clone()));
+        }
+        let fuse = match &cfg.fuse_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)?;
+                Some(export::fuse::FuseMount::mount(
+                    shared.exports.clone(),
+                    dir,
+                    export::fuse::FuseConfig::default(),
+                )?)
+            }
+            None => None,
+        };
+        Ok(Daemon {
+            shared,
+            tasks,
+            fuse,
+            config_path,
+        })
+    }
+
+    pub fn control(&self) -> Control {
+        Control {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The NBD exports (map name → device), for in-process users.
+    pub fn exports(&self) -> Exports<mpath_engine::MultipathDevice> {
+        self.shared.exports.clone()
+    }
+
+    /// Wait until every configured portal was discovered and every session probed, or
+    /// `timeout`. Maps keep growing afterwards as late paths arrive.
+    pub async fn settle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let done = {
+                let st = self.shared.state();
+                let cfg = self.shared.cfg();
+                st.portal_errors.is_empty()
+                    && st.sessions.len() >= cfg.portals.len()
+                    && st.sessions.iter().all(|((a, t), s)| {
+                        !s.is_up() || st.paths.values().any(|p| p.portal == *a && &p.target == t)
+                    })
+                    && st.sessions.values().all(|s| s.is_up())
+            };
+            if done {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Run until `shutdown` resolves or a `shutdown` request arrives, then stop.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        let mut stop = self.shared.stop.subscribe();
+        tokio::select! {
+            _ = shutdown => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+        self.stop().await;
+    }
+
+    /// Stop: exports first (no new I/O), then the maps, then log out every session.
+    pub async fn stop(&mut self) {
+        info!("stopping");
+        let _ = self.shared.stop.send(true);
+        if let Some(f) = self.fuse.take() {
+            if let Err(e) = f.unmount() {
+                warn!("FUSE unmount: {e}");
+            }
+        }
+        let (maps, sessions): (Vec<_>, Vec<_>) = {
+            let st = self.shared.state();
+            (
+                st.maps.values().map(|m| m.device.clone()).collect(),
+                st.sessions.values().cloned().collect(),
+            )
+        };
+        for m in maps {
+            m.shutdown();
+        }
+        for s in sessions {
+            let _ = tokio::time::timeout(Duration::from_secs(2), s.logout()).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        self.tasks.abort_all();
+        if let Some(p) = self.config_path.take() {
+            let _ = p;
+        }
+        let sock = self.shared.cfg().control_socket;
+        let _ = std::fs::remove_file(sock);
+    }
+}
+
+impl Shared {
+    /// Re-read the configuration file and apply what changed: new portals are logged in,
+    /// removed ones logged out (their paths leave their maps), new LUNs on existing sessions
+    /// join maps. Maps that did not change keep running untouched.
+    pub async fn reconfigure(self: Arc<Self>) -> Result<String, String> {
+        let Some(path) = self.config_path.clone() else {
+            return Err(
+                "the daemon was started without a configuration file: nothing to re-read".into(),
+            );
+        };
+        let new = config::load_file(&path).map_err(|e| e.to_string())?;
+        let old = self.cfg();
+        let added: Vec<_> = new
+            .portals
+            .iter()
+            .filter(|p| !old.portals.iter().any(|o| o.address == p.address))
+            .cloned()
+            .collect();
+        let removed: Vec<_> = old
+            .portals
+            .iter()
+            .filter(|p| !new.portals.iter().any(|n| n.address == p.address))
+            .map(|p| p.address)
+            .collect();
+        *self.cfg.lock().unwrap_or_else(|e| e.into_inner()) = new;
+        self.start_portals(&added);
+        let mut removed_paths = 0;
+        for addr in &removed {
+            removed_paths += self.clone().remove_portal(*addr).await;
+        }
+        // Rescan every session: new LUNs join, known ones are skipped.
+        let sessions: Vec<_> = self
+            .state()
+            .sessions
+            .iter()
+            .map(|((a, t), s)| (*a, t.clone(), s.clone()))
+            .collect();
+        for (a, t, s) in sessions {
+            if s.is_up() {
+                self.scan_session(a, &t, &s).await;
+            }
+        }
+        let summary = format!(
+            "reconfigured from {}: {} portal(s) added, {} removed ({} path(s) left their maps)\n",
+            path.display(),
+            added.len(),
+            removed.len(),
+            removed_paths
+        );
+        self.record(None, None, "reconfigured", summary.trim().to_string());
+        Ok(summary)
+    }
+
+    /// Remove every path through a portal from its map and log out its sessions.
+    async fn remove_portal(self: Arc<Self>, addr: std::net::SocketAddr) -> usize {
+        let (paths, sessions): (Vec<_>, Vec<_>) = {
+            let mut st = self.state();
+            let names: Vec<String> = st
+                .paths
+                .values()
+                .filter(|p| p.portal == addr)
+                .map(|p| p.name.clone())
+                .collect();
+            let mut out = Vec::new();
+            for n in names {
+                if let Some(p) = st.paths.remove(&n) {
+                    if let Some((m, id)) = p.map {
+                        if let Some(mr) = st.maps.get_mut(&m) {
+                            mr.paths.retain(|(i, _)| *i != id);
+                            out.push((mr.device.clone(), id, n));
+                        }
+                    }
+                }
+            }
+            let keys: Vec<_> = st
+                .sessions
+                .keys()
+                .filter(|(a, _)| *a == addr)
+                .cloned()
+                .collect();
+            let sessions = keys
+                .into_iter()
+                .filter_map(|k| st.sessions.remove(&k))
+                .collect();
+            (out, sessions)
+        };
+        let n = paths.len();
+        for (dev, id, name) in paths {
+            if let Err(e) = dev.remove_path(id).await {
+                warn!(path = %name, "cannot remove the path: {e}");
+            }
+            self.record(
+                Some(dev.name()),
+                Some(&name),
+                "path-removed",
+                "portal removed from the configuration".into(),
+            );
+        }
+        for s in sessions {
+            let _ = tokio::time::timeout(Duration::from_secs(2), s.logout()).await;
+        }
+        n
+    }
+}
