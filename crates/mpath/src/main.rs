@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 mod daemon_cmd;
+mod demo;
 mod iscsi_cmd;
 mod target_cmd;
 
@@ -24,6 +25,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the whole stack in one process on embedded defaults: a two-portal target, the
+    /// daemon, the NBD export and a verifying workload, with one portal blackholed and
+    /// restored mid-run; prints status every second, then topology, events and a summary.
+    /// Exits non-zero if the workload saw an error or a bad block.
+    Demo(DemoCmd),
     /// Serve iSCSI targets (flags for the simple case, --config for the rest), or operate a
     /// running one with `mpath target ctl`.
     Target(TargetCmd),
@@ -69,6 +75,28 @@ enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
+}
+
+#[derive(Args)]
+struct DemoCmd {
+    /// Seconds the workload runs.
+    #[arg(long, default_value_t = 15, value_name = "SECONDS")]
+    duration: u64,
+    /// Second at which the first portal is blackholed (its packets silently dropped).
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    blackhole_at: u64,
+    /// Second at which the blackhole ends.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    restore_at: u64,
+    /// Size of the memory LUN, in bytes.
+    #[arg(long, default_value_t = 256 << 20, value_name = "BYTES")]
+    size: u64,
+    /// Requests the workload keeps outstanding.
+    #[arg(long, default_value_t = 8)]
+    depth: usize,
+    /// Print only the summary, as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// How a CLI command reaches the daemon.
@@ -312,7 +340,7 @@ enum CtlOp {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Iscsi(_) => "warn",
+        Command::Iscsi(_) | Command::Demo(_) => "warn",
         _ => "info",
     };
     let level = cli.log.clone().unwrap_or_else(|| default_level.to_string());
@@ -340,6 +368,7 @@ fn main() -> Result<()> {
             None => rt.block_on(target_cmd::target_serve(t.serve)),
         },
         Command::Iscsi(c) => rt.block_on(iscsi_cmd::run(c)),
+        Command::Demo(d) => rt.block_on(demo::run(d)),
         other => rt.block_on(daemon_cmd::run(other)),
     }
 }

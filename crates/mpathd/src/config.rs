@@ -8,6 +8,7 @@
 //! no_path_retry = "60s"            # fail | queue | <duration>
 //! checker = "tur"                  # tur | readsector0 | directio
 //! checker_interval = "2s"
+//! stale_write_fence = "30s"        # off | <duration>: see docs/daemon.md
 //! prioritizer = "alua"             # const | alua | weightedpath | path_latency
 //! user_friendly_names = true
 //! bindings_file = "/var/lib/mpath/bindings"
@@ -36,6 +37,13 @@ use mpath_policy::{
 };
 use serde::Deserialize;
 use toml::Spanned;
+
+/// How long, by default, new writes overlapping an in-doubt write wait for its path to log
+/// in again. Long enough for a path that heals within a failover test or a switch reboot
+/// to come back (then the wait ends at its login); short enough that a write to a hot block
+/// (a journal's) is not held past what applications and the kernel's hung-task watch
+/// tolerate when the path never returns.
+pub const DEFAULT_STALE_WRITE_FENCE: Duration = Duration::from_secs(30);
 
 /// How the checker probes a path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -127,6 +135,10 @@ pub struct DaemonConfig {
     /// How often healthy paths are checked (to catch a LU that fails I/O while its
     /// connection looks fine).
     pub checker_interval_ok: Duration,
+    /// Hold new writes overlapping a write whose attempt was left on a failed path until
+    /// that path logs in again (its old tasks are then gone), at most this long. `None`:
+    /// off. See the engine's "stale-write hazard".
+    pub stale_write_fence: Option<Duration>,
     pub prioritizer: PrioritizerKind,
     pub user_friendly_names: bool,
     pub bindings_file: Option<PathBuf>,
@@ -151,6 +163,7 @@ impl Default for DaemonConfig {
             checker: CheckerKind::Tur,
             checker_interval: Duration::from_secs(2),
             checker_interval_ok: Duration::from_secs(10),
+            stale_write_fence: Some(DEFAULT_STALE_WRITE_FENCE),
             prioritizer: PrioritizerKind::Alua,
             user_friendly_names: true,
             bindings_file: None,
@@ -229,6 +242,7 @@ struct Defaults {
     checker: Option<Spanned<String>>,
     checker_interval: Option<Spanned<String>>,
     checker_interval_ok: Option<Spanned<String>>,
+    stale_write_fence: Option<Spanned<String>>,
     prioritizer: Option<Spanned<String>>,
     prio_args: Option<Vec<(String, u32)>>,
     user_friendly_names: Option<bool>,
@@ -506,6 +520,12 @@ fn apply_defaults(ctx: &Ctx, d: Defaults, c: &mut DaemonConfig) -> Result<(), Co
     if let Some(s) = &d.checker_interval_ok {
         c.checker_interval_ok = duration(ctx, s, "defaults.checker_interval_ok")?;
     }
+    if let Some(s) = &d.stale_write_fence {
+        c.stale_write_fence = match s.get_ref().as_str() {
+            "off" => None,
+            _ => Some(duration(ctx, s, "defaults.stale_write_fence")?),
+        };
+    }
     if let Some(s) = &d.prioritizer {
         c.prioritizer = prioritizer(
             ctx,
@@ -696,6 +716,14 @@ pub fn render(c: &DaemonConfig) -> String {
     );
     let _ = writeln!(s, "checker_interval = \"{:?}\"", c.checker_interval);
     let _ = writeln!(s, "checker_interval_ok = \"{:?}\"", c.checker_interval_ok);
+    match c.stale_write_fence {
+        Some(d) => {
+            let _ = writeln!(s, "stale_write_fence = \"{d:?}\"");
+        }
+        None => {
+            let _ = writeln!(s, "stale_write_fence = \"off\"");
+        }
+    }
     let _ = writeln!(s, "prioritizer = {:?}", prio_name(&c.prioritizer));
     let _ = writeln!(s, "user_friendly_names = {}", c.user_friendly_names);
     if let Some(b) = &c.bindings_file {

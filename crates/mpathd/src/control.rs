@@ -517,9 +517,9 @@ impl Control {
             };
             let _ = writeln!(
                 text,
-                "{name}: ios {} bytes {} errors {} requeues {} p50 {} p99 {} no-path {:.1}s in-doubt writes {}",
+                "{name}: ios {} bytes {} errors {} requeues {} p50 {} p99 {} no-path {:.1}s in-doubt writes {} fenced writes {}",
                 c.map.ios, c.map.bytes, c.map.errors, c.map.requeues, lat(&c.map.latency, 0.5), lat(&c.map.latency, 0.99),
-                c.no_path_time.as_secs_f64(), c.in_doubt_writes
+                c.no_path_time.as_secs_f64(), c.in_doubt_writes, c.fenced_writes
             );
             let mut pj = Vec::new();
             for (id, s) in &c.paths {
@@ -542,7 +542,7 @@ impl Control {
             }
             data.push(json!({
                 "map": name, "ios": c.map.ios, "bytes": c.map.bytes, "errors": c.map.errors, "requeues": c.map.requeues,
-                "no_path_seconds": c.no_path_time.as_secs_f64(), "in_doubt_writes": c.in_doubt_writes, "paths": pj,
+                "no_path_seconds": c.no_path_time.as_secs_f64(), "in_doubt_writes": c.in_doubt_writes, "fenced_writes": c.fenced_writes, "paths": pj,
             }));
         }
         if text.is_empty() {

@@ -485,6 +485,7 @@ impl Shared {
         };
         let mut ec = EngineConfig::new(name.clone(), device);
         ec.policy = policy.clone();
+        ec.stale_write_fence = cfg.stale_write_fence;
         ec.limits = IoLimits {
             max_unmap_blocks: if lu.max_unmap_blocks > 0 {
                 lu.max_unmap_blocks
@@ -556,8 +557,9 @@ impl Shared {
                 match rx.recv().await {
                     Ok(ev) => {
                         let Some(me) = me.upgrade() else { return };
-                        let (kind, path, detail) = describe(&me, &map, &ev.kind);
-                        me.record_at(ev.at, Some(&map), path.as_deref(), kind, detail);
+                        if let Some((kind, path, detail)) = describe(&me, &map, &ev.kind) {
+                            me.record_at(ev.at, Some(&map), path.as_deref(), kind, detail);
+                        }
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         if let Some(me) = me.upgrade() {
@@ -638,7 +640,13 @@ pub fn latency_priority(latency: Option<Duration>) -> u32 {
 }
 
 /// A timeline entry for a map event: kind, path name, detail.
-fn describe(me: &Shared, map: &str, k: &EventKind) -> (&'static str, Option<String>, String) {
+/// A map event as a timeline entry: kind, path name, detail. `None` for events the daemon
+/// records itself (paths joining and leaving a map).
+fn describe(
+    me: &Shared,
+    map: &str,
+    k: &EventKind,
+) -> Option<(&'static str, Option<String>, String)> {
     let path_name = |id: &PathId| -> Option<String> {
         me.state().maps.get(map).and_then(|m| {
             m.paths
@@ -647,15 +655,38 @@ fn describe(me: &Shared, map: &str, k: &EventKind) -> (&'static str, Option<Stri
                 .map(|(_, n)| n.clone())
         })
     };
-    match k {
+    Some(match k {
+        EventKind::PathAdded { .. } | EventKind::PathRemoved { .. } => return None,
         EventKind::PathFailed { path, reason } => {
             ("path-failed", path_name(path), reason.to_string())
         }
-        EventKind::PathReinstated { path, cause } => (
-            "path-reinstated",
-            path_name(path),
-            format!("{cause:?}").to_lowercase(),
+        EventKind::PathFailReasonUpdated { path, to, .. } => {
+            ("path-fail-reason", path_name(path), format!("now: {to}"))
+        }
+        EventKind::FailbackScheduled { group, at } => (
+            "failback-scheduled",
+            None,
+            format!(
+                "to group {} in {:.1}s",
+                group + 1,
+                at.saturating_duration_since(Instant::now()).as_secs_f64()
+            ),
         ),
+        EventKind::GroupEnabled { group } => {
+            ("group-enabled", None, format!("group {}", group + 1))
+        }
+        EventKind::GroupDisabled { group } => {
+            ("group-disabled", None, format!("group {}", group + 1))
+        }
+        EventKind::Regrouped { groups } => ("regrouped", None, format!("{groups} group(s)")),
+        EventKind::QueueIfNoPath { on } => (
+            "queue-if-no-path",
+            None,
+            if *on { "on" } else { "off" }.to_string(),
+        ),
+        EventKind::PathReinstated { path, cause } => {
+            ("path-reinstated", path_name(path), cause.to_string())
+        }
         EventKind::PathReinstateDelayed {
             path,
             until,
@@ -680,7 +711,7 @@ fn describe(me: &Shared, map: &str, k: &EventKind) -> (&'static str, Option<Stri
             "group-switched",
             None,
             format!(
-                "{} -> {} ({cause:?})",
+                "{} -> {} ({cause})",
                 from.map(|g| (g + 1).to_string())
                     .unwrap_or_else(|| "none".into()),
                 to.map(|g| (g + 1).to_string())
@@ -699,10 +730,11 @@ fn describe(me: &Shared, map: &str, k: &EventKind) -> (&'static str, Option<Stri
             },
         ),
         EventKind::QueueingEnded { cause } => ("queueing-ended", None, format!("{cause:?}")),
-        EventKind::IoRequeued { path, cause } => {
-            ("io-requeued", path_name(path), format!("{cause:?}"))
-        }
-        EventKind::IoFailed { .. } => ("io-failed", None, format!("{k:?}")),
-        other => ("map-event", None, format!("{other:?}")),
-    }
+        EventKind::IoRequeued { path, cause } => (
+            "io-requeued",
+            path_name(path),
+            format!("issued again on another path ({cause})"),
+        ),
+        EventKind::IoFailed { kind, detail } => ("io-failed", None, format!("{kind:?}: {detail}")),
+    })
 }
