@@ -1,0 +1,6 @@
+//! The daemon against the real in-process target: checkers, prioritizers, damping,
+//! reconfigure, start-up, control plane, metrics.
+
+mod checkers;
+mod common;
+mod prio;
