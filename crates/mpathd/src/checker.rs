@@ -213,6 +213,18 @@ async fn check(
     }
 }
 
+/// How long one TEST UNIT READY takes through `path` (whatever its answer).
+pub(crate) async fn tur_latency(path: &iscsi_initiator::IscsiPath) -> Duration {
+    let t0 = Instant::now();
+    let _ = path
+        .command(ScsiRequest {
+            cdb: Bytes::copy_from_slice(build::test_unit_ready().as_bytes()),
+            data: DataPhase::None,
+        })
+        .await;
+    t0.elapsed()
+}
+
 fn read_block(lba: u64) -> ScsiRequest {
     ScsiRequest {
         cdb: Bytes::copy_from_slice(build::read_16(lba, 1, false).as_bytes()),

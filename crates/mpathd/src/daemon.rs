@@ -334,7 +334,6 @@ impl Shared {
         };
         for lun in luns {
             let path = IscsiPath::new(session.clone(), lun, RetryPolicy::default());
-            let t0 = Instant::now();
             let lu = match probe::probe_lu(&path).await {
                 Ok(lu) => lu,
                 Err(e) => {
@@ -342,7 +341,9 @@ impl Shared {
                     continue;
                 }
             };
-            let latency = t0.elapsed();
+            // The path_latency prioritizer's first sample: one command's round trip, as the
+            // checker measures later (the probe above is a dozen commands).
+            let latency = crate::checker::tur_latency(&path).await;
             if lu.device_type != 0 {
                 debug!(portal = %addr, lun, device_type = lu.device_type, "not a disk: skipped");
                 continue;

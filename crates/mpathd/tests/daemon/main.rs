@@ -3,4 +3,5 @@
 
 mod checkers;
 mod common;
+mod damping;
 mod prio;

@@ -89,3 +89,126 @@ async fn alua_groups_follow_the_target_states() {
     d.stop().await;
     t.stop().await;
 }
+
+/// Groups of a map as (priority, status, [portals]).
+async fn groups(c: &mpathd::Control, map: &str) -> Vec<(u64, String, Vec<String>)> {
+    let top = topology_of(c, map).await;
+    top["groups"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|g| {
+            (
+                g["priority"].as_u64().unwrap_or(u64::MAX),
+                g["status"].as_str().unwrap_or_default().to_string(),
+                g["paths"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|p| p["portal"].as_str().unwrap_or_default().to_string())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn const_prioritizer_puts_every_path_in_one_group() {
+    const IQN: &str = "iqn.2026-01.io.mpath:const";
+    let dir = testkit::TempDir::new("const");
+    let t = Target::start(
+        IQN,
+        vec![group([127, 0, 0, 2], 0, AO), group([127, 0, 0, 3], 0, ANO)],
+        &[(1, 4 << 20)],
+    )
+    .await;
+    let mut cfg = config(&dir, &t.portals[..1]);
+    cfg.prioritizer = mpathd::config::PrioritizerKind::Const;
+    let (mut d, c) = start(cfg);
+    let map = wait_map_by_wwid(&c, &t.wwid(1), 2, Duration::from_secs(10)).await;
+    let g = groups(&c, &map).await;
+    assert_eq!(g.len(), 1, "{g:?}");
+    assert_eq!((g[0].0, g[0].1.as_str(), g[0].2.len()), (1, "active", 2));
+    for p in paths_of(&c, &map).await {
+        assert_eq!(p["priority"], 1, "{p}");
+    }
+    // Both paths carry I/O.
+    read_some(&device(&d, &map), 200).await;
+    let ios = path_ios(&c, &map).await;
+    assert!(ios.iter().all(|(_, n)| *n > 0), "{ios:?}");
+    d.stop().await;
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weightedpath_prioritizer_prefers_the_heavier_portal() {
+    const IQN: &str = "iqn.2026-01.io.mpath:weighted";
+    let dir = testkit::TempDir::new("weighted");
+    // ALUA would prefer .2; the weights say .3.
+    let t = Target::start(
+        IQN,
+        vec![group([127, 0, 0, 2], 0, AO), group([127, 0, 0, 3], 0, ANO)],
+        &[(1, 4 << 20)],
+    )
+    .await;
+    let src = format!(
+        "[defaults]\nprioritizer = \"weightedpath\"\nprio_args = [[\"127.0.0.3*\", 40], [\"{}\", 5]]\n\
+         [[portal]]\naddress = \"{}\"\n",
+        t.portals[0], t.portals[0]
+    );
+    let parsed = mpathd::config::parse_str(&src, None).unwrap();
+    let mut cfg = config(&dir, &t.portals[..1]);
+    cfg.prioritizer = parsed.prioritizer;
+    let (mut d, c) = start(cfg);
+    let map = wait_map_by_wwid(&c, &t.wwid(1), 2, Duration::from_secs(10)).await;
+    let g = groups(&c, &map).await;
+    assert_eq!(g.len(), 2, "{g:?}");
+    assert_eq!(g[0].0, 40, "{g:?}");
+    assert_eq!(g[0].1, "active", "{g:?}");
+    assert_eq!(g[0].2, vec![t.portals[1].to_string()], "{g:?}");
+    assert_eq!(g[1].0, 5, "{g:?}");
+    read_some(&device(&d, &map), 20).await;
+    let ios = path_ios(&c, &map).await;
+    for (p, n) in &ios {
+        assert_eq!(*n > 0, p.starts_with("127.0.0.3"), "{ios:?}");
+    }
+    d.stop().await;
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_latency_prioritizer_prefers_the_faster_path() {
+    const IQN: &str = "iqn.2026-01.io.mpath:latency";
+    let dir = testkit::TempDir::new("latency");
+    let t = Target::start(
+        IQN,
+        vec![group([127, 0, 0, 2], 0, AO), group([127, 0, 0, 3], 0, AO)],
+        &[(1, 4 << 20)],
+    )
+    .await;
+    // Every answer through .3 leaves 30 ms late.
+    t.ctl
+        .set_fault(t.portals[1], iscsi_target::Fault::Delay { ms: 30 })
+        .unwrap();
+    let mut cfg = config(&dir, &t.portals[..1]);
+    cfg.prioritizer = mpathd::config::PrioritizerKind::PathLatency;
+    let (mut d, c) = start(cfg);
+    let map = wait_map_by_wwid(&c, &t.wwid(1), 2, Duration::from_secs(10)).await;
+    wait_for(
+        Duration::from_secs(5),
+        "two groups, the fast path's first",
+        || async {
+            let g = groups(&c, &map).await;
+            g.len() == 2 && g[0].1 == "active" && g[0].2 == vec![t.portals[0].to_string()]
+        },
+    )
+    .await;
+    let g = groups(&c, &map).await;
+    assert!(g[0].0 > g[1].0, "{g:?}");
+    // 30 ms is in the 10–100 ms decade: priority 20-30.
+    assert!((20..=30).contains(&g[1].0), "{g:?}");
+    d.stop().await;
+    t.stop().await;
+}

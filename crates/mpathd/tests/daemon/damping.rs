@@ -1,0 +1,105 @@
+//! Marginal paths: a path that keeps failing is held out until it stays healthy.
+
+use std::time::Duration;
+
+use iscsi_target::config::AluaState::ActiveOptimized as AO;
+use mpath_policy::FlapDamping;
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_path_is_held_until_it_stays_healthy() {
+    const IQN: &str = "iqn.2026-01.io.mpath:flap";
+    let dir = testkit::TempDir::new("flap");
+    let t = Target::start(
+        IQN,
+        vec![group([127, 0, 0, 2], 0, AO), group([127, 0, 0, 3], 0, AO)],
+        &[(1, 4 << 20)],
+    )
+    .await;
+    let mut cfg = config(&dir, &t.portals[..1]);
+    // On by default; short numbers for the test.
+    assert!(cfg.policy.flap.is_some());
+    cfg.policy.flap = Some(FlapDamping {
+        failures: 3,
+        window: Duration::from_secs(30),
+        hold: Duration::from_secs(2),
+    });
+    let (mut d, c) = start(cfg);
+    let map = wait_map_by_wwid(&c, &t.wwid(1), 2, Duration::from_secs(10)).await;
+    let flappy = t.portals[1].to_string();
+    let row = |ps: Vec<serde_json::Value>| {
+        ps.into_iter()
+            .find(|p| p["path"].as_str().unwrap().starts_with(&flappy))
+            .unwrap()
+    };
+    // Reset the portal's connections until the path is held as marginal.
+    let failures = || async {
+        let ev = c
+            .handle(mpathd::Request::ShowEvents {
+                follow: false,
+                last: None,
+            })
+            .await;
+        ev.data["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e["kind"] == "path-failed"
+                    && e["path"].as_str().is_some_and(|p| p.starts_with(&flappy))
+            })
+            .count()
+    };
+    let mut held = None;
+    for round in 0..6 {
+        let before = failures().await;
+        t.ctl.reset_portal(t.portals[1]).unwrap();
+        wait_for(Duration::from_secs(5), "the reset path to fail", || async {
+            failures().await > before
+        })
+        .await;
+        // Back: either reinstated, or held with its session up.
+        wait_for(
+            Duration::from_secs(10),
+            "the session to log in again",
+            || async {
+                let r = row(paths_of(&c, &map).await);
+                r["connection"] == "running"
+                    && (r["dm_state"] == "active"
+                        || r["note"].as_str().unwrap().contains("marginal"))
+            },
+        )
+        .await;
+        let r = row(paths_of(&c, &map).await);
+        if r["dm_state"] == "failed" {
+            held = Some((round, r));
+            break;
+        }
+    }
+    let (round, r) = held.expect("the path was never held as marginal");
+    assert!(round >= 1, "held after its first failure: {r}");
+    let note = r["note"].as_str().unwrap();
+    assert!(
+        note.contains("marginal") && note.contains("failures") && note.contains("healthy"),
+        "{note}"
+    );
+    let text = c.handle(mpathd::Request::ShowPaths).await.text;
+    assert!(text.contains("marginal:"), "{text}");
+    // Healthy and up, it is reinstated once the hold has passed.
+    wait_for(
+        Duration::from_secs(6),
+        "the held path to be reinstated",
+        || async { row(paths_of(&c, &map).await)["dm_state"] == "active" },
+    )
+    .await;
+    let ev = c
+        .handle(mpathd::Request::ShowEvents {
+            follow: false,
+            last: None,
+        })
+        .await;
+    assert!(ev.text.contains("path-reinstate-delayed"), "{}", ev.text);
+    d.stop().await;
+    t.stop().await;
+}
