@@ -7,6 +7,8 @@
 
 pub mod fake_path;
 
+pub mod netns;
+
 pub mod proxy;
 
 use std::io::{BufRead, BufReader, Read};
