@@ -60,7 +60,12 @@ impl Shared {
             let mut set = tokio::task::JoinSet::new();
             for (name, path, blocks) in due {
                 let kind = cfg.checker;
-                let alua = matches!(cfg.prioritizer, PrioritizerKind::Alua);
+                // A map may use alua through its own `[[multipath]]` entry.
+                let alua = matches!(cfg.prioritizer, PrioritizerKind::Alua)
+                    || cfg
+                        .multipaths
+                        .iter()
+                        .any(|m| m.prioritizer == Some(PrioritizerKind::Alua));
                 set.spawn(async move { check(name, path, kind, alua, blocks, round).await });
             }
             while let Some(r) = set.join_next().await {

@@ -189,13 +189,14 @@ impl Control {
                         m.policy.clone(),
                         m.device.clone(),
                         m.paths.clone(),
+                        m.pending.clone(),
                     )
                 })
                 .collect()
         };
         let mut text = String::new();
         let mut data = Vec::new();
-        for (name, wwid, vendor, product, size, policy, device, paths) in maps {
+        for (name, wwid, vendor, product, size, policy, device, paths, pending) in maps {
             let status = match device.status().await {
                 Ok(s) => s,
                 Err(e) => {
@@ -214,6 +215,12 @@ impl Control {
                 if queue { "1 queue_if_no_path" } else { "0" },
                 if alua { "1 alua" } else { "0" }
             );
+            if let Some(p) = &pending {
+                let _ = writeln!(
+                    text,
+                    "pending (takes effect when the map is re-created): {p}"
+                );
+            }
             let mut groups_json = Vec::new();
             let ng = status.view.groups.len();
             for (gi, g) in status.view.groups.iter().enumerate() {
@@ -300,7 +307,7 @@ impl Control {
                 "name": name, "wwid": wwid, "vendor": vendor, "product": product, "size": size,
                 "queue_if_no_path": queue, "hwhandler": if alua { "alua" } else { "" },
                 "selector": selector_name(&policy.selector), "queued": status.queued,
-                "groups": groups_json,
+                "groups": groups_json, "pending_policy": pending,
             }));
         }
         if text.is_empty() {

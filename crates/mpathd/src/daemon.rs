@@ -74,6 +74,8 @@ pub(crate) struct MapRec {
     pub block_size: u32,
     pub policy: MapConfig,
     pub paths: Vec<(PathId, String)>,
+    /// Policy changes from a reconfigure that a running map cannot take.
+    pub pending: Option<String>,
 }
 
 pub(crate) struct State {
@@ -332,6 +334,18 @@ impl Shared {
                 return;
             }
         };
+        // Paths of this session whose LUN the target no longer reports leave their maps.
+        let gone: Vec<String> = self
+            .state()
+            .paths
+            .values()
+            .filter(|p| p.portal == addr && p.target == target && !luns.contains(&p.lun))
+            .map(|p| p.name.clone())
+            .collect();
+        if !gone.is_empty() {
+            self.remove_paths(gone, "LUN no longer reported by the target")
+                .await;
+        }
         for lun in luns {
             let path = IscsiPath::new(session.clone(), lun, RetryPolicy::default());
             let lu = match probe::probe_lu(&path).await {
@@ -352,6 +366,57 @@ impl Shared {
         }
     }
 
+    /// Take paths out of their maps and forget them; a map left without paths is removed
+    /// (its export goes, its owner task stops). Returns how many paths left a map.
+    pub async fn remove_paths(self: &Arc<Self>, names: Vec<String>, why: &str) -> usize {
+        let _membership = self.membership.lock().await;
+        let mut out = Vec::new();
+        {
+            let mut st = self.state();
+            for n in names {
+                if let Some(p) = st.paths.remove(&n) {
+                    if let Some((m, id)) = p.map {
+                        if let Some(mr) = st.maps.get_mut(&m) {
+                            mr.paths.retain(|(i, _)| *i != id);
+                            out.push((m.clone(), mr.device.clone(), id, n));
+                        }
+                    }
+                }
+            }
+        }
+        let n = out.len();
+        let mut touched = std::collections::BTreeSet::new();
+        for (map, dev, id, name) in out {
+            if let Err(e) = dev.remove_path(id).await {
+                warn!(path = %name, "cannot remove the path: {e}");
+            }
+            info!(path = %name, %map, "path removed: {why}");
+            self.record(Some(&map), Some(&name), "path-removed", why.to_string());
+            touched.insert(map);
+        }
+        for map in touched {
+            let empty = {
+                let mut st = self.state();
+                match st.maps.get(&map) {
+                    Some(m) if m.paths.is_empty() => st.maps.remove(&map),
+                    _ => None,
+                }
+            };
+            if let Some(m) = empty {
+                self.exports.remove(&map);
+                m.device.shutdown();
+                info!(%map, "map removed: no path left");
+                self.record(
+                    Some(&map),
+                    None,
+                    "map-removed",
+                    format!("{} has no path left ({why})", m.wwid),
+                );
+            }
+        }
+        n
+    }
+
     /// Record a probed path and put it into its map (creating the map if needed).
     async fn add_path(
         self: &Arc<Self>,
@@ -363,6 +428,11 @@ impl Shared {
         latency: Duration,
     ) {
         let cfg = self.cfg();
+        // A path is (portal, target, LUN): known ones are not added again, whatever name
+        // the target count would give them now (names stay as first given).
+        if self.known_path(addr, target, lun, &lu) {
+            return;
+        }
         let many = self
             .state()
             .sessions
@@ -446,6 +516,42 @@ impl Shared {
         }
     }
 
+    /// Whether the path is known; notes a changed capacity on the way.
+    fn known_path(&self, addr: SocketAddr, target: &str, lun: u16, lu: &LuInfo) -> bool {
+        let resized = {
+            let mut st = self.state();
+            let Some(p) = st
+                .paths
+                .values_mut()
+                .find(|p| p.portal == addr && p.target == target && p.lun == lun)
+            else {
+                return false;
+            };
+            if p.lu.blocks != lu.blocks && lu.blocks > 0 {
+                let was = p.lu.blocks;
+                p.lu.blocks = lu.blocks;
+                Some((p.name.clone(), p.map.clone().map(|(m, _)| m), was))
+            } else {
+                None
+            }
+        };
+        if let Some((name, map, was)) = resized {
+            let bs = lu.block_size.max(512) as u64;
+            warn!(path = %name, "LU capacity changed: {} -> {} bytes", was * bs, lu.blocks * bs);
+            self.record(
+                map.as_deref(),
+                Some(&name),
+                "capacity-changed",
+                format!(
+                    "{} -> {} bytes; the map keeps its size until it is re-created (a running map's size is fixed)",
+                    was * bs,
+                    lu.blocks * bs
+                ),
+            );
+        }
+        true
+    }
+
     fn create_map(
         self: &Arc<Self>,
         cfg: &DaemonConfig,
@@ -523,6 +629,7 @@ impl Shared {
                     block_size: bs,
                     policy,
                     paths: vec![(id, path.to_string())],
+                    pending: None,
                 },
             );
             if let Some(p) = st.paths.get_mut(path) {

@@ -303,62 +303,202 @@ impl Shared {
                 self.scan_session(a, &t, &s).await;
             }
         }
-        let summary = format!(
+        let policy_lines = self.apply_policies().await;
+        let mut summary = format!(
             "reconfigured from {}: {} portal(s) added, {} removed ({} path(s) left their maps)\n",
             path.display(),
             added.len(),
             removed.len(),
             removed_paths
         );
+        for l in policy_lines {
+            summary.push_str(&l);
+            summary.push('\n');
+        }
         self.record(None, None, "reconfigured", summary.trim().to_string());
         Ok(summary)
     }
 
-    /// Remove every path through a portal from its map and log out its sessions.
-    async fn remove_portal(self: Arc<Self>, addr: std::net::SocketAddr) -> usize {
-        let (paths, sessions): (Vec<_>, Vec<_>) = {
-            let mut st = self.state();
-            let names: Vec<String> = st
-                .paths
+    /// Bring running maps in line with the (new) configuration's policies, as far as a
+    /// running map can change: priorities (a changed prioritizer or its arguments) regroup
+    /// the map; `no_path_retry` between `fail` and queueing switches queue_if_no_path.
+    /// The selector, grouping, failback, flap damping and a queueing duration are fixed
+    /// when the engine starts a map: they are reported as pending (applied when the map is
+    /// next created, e.g. at the next daemon start). One line per map that changed.
+    async fn apply_policies(self: &Arc<Self>) -> Vec<String> {
+        use mpath_policy::NoPathPolicy;
+        let cfg = self.cfg();
+        let maps: Vec<_> = {
+            let st = self.state();
+            st.maps
                 .values()
-                .filter(|p| p.portal == addr)
-                .map(|p| p.name.clone())
-                .collect();
-            let mut out = Vec::new();
-            for n in names {
-                if let Some(p) = st.paths.remove(&n) {
-                    if let Some((m, id)) = p.map {
-                        if let Some(mr) = st.maps.get_mut(&m) {
-                            mr.paths.retain(|(i, _)| *i != id);
-                            out.push((mr.device.clone(), id, n));
+                .map(|m| {
+                    (
+                        m.name.clone(),
+                        m.wwid.clone(),
+                        m.policy.clone(),
+                        m.device.clone(),
+                    )
+                })
+                .collect()
+        };
+        let mut lines = Vec::new();
+        for (name, wwid, running, dev) in maps {
+            let want = cfg
+                .multipaths
+                .iter()
+                .find(|m| m.wwid == wwid)
+                .map(|m| m.policy.clone())
+                .unwrap_or_else(|| cfg.policy.clone());
+            let mut applied = Vec::new();
+            let mut pending = Vec::new();
+            if want.no_path != running.no_path {
+                let was_fail = running.no_path == NoPathPolicy::Fail;
+                let now_fail = want.no_path == NoPathPolicy::Fail;
+                let what = format!("no_path_retry {}", config::no_path_name(&want.no_path));
+                if was_fail != now_fail {
+                    match dev.set_queue_if_no_path(!now_fail).await {
+                        Ok(()) => {
+                            if let Some(m) = self.state().maps.get_mut(&name) {
+                                m.policy.no_path = want.no_path;
+                            }
+                            applied.push(what);
                         }
+                        Err(e) => pending.push(format!("{what} ({e})")),
                     }
+                    if let NoPathPolicy::Queue(d) = want.no_path {
+                        pending.push(format!(
+                            "queueing for {}s (queues until a path returns meanwhile)",
+                            d.as_secs()
+                        ));
+                    }
+                } else {
+                    pending.push(what);
                 }
             }
+            if want.selector != running.selector {
+                pending.push(format!(
+                    "selector {}",
+                    config::selector_name(&want.selector)
+                ));
+            }
+            if want.grouping != running.grouping {
+                pending.push(format!("grouping {}", config::grouping_name(want.grouping)));
+            }
+            if want.failback != running.failback {
+                pending.push(format!(
+                    "failback {}",
+                    config::failback_name(&want.failback)
+                ));
+            }
+            if want.flap != running.flap {
+                pending.push("flap damping".to_string());
+            }
+            let reprioritized = self.reprioritize(&name, &dev, &cfg).await;
+            if reprioritized > 0 {
+                applied.push(format!("{reprioritized} path(s) re-prioritized"));
+            }
+            {
+                let mut st = self.state();
+                if let Some(m) = st.maps.get_mut(&name) {
+                    m.pending = if pending.is_empty() {
+                        None
+                    } else {
+                        Some(pending.join(", "))
+                    };
+                }
+            }
+            if applied.is_empty() && pending.is_empty() {
+                continue;
+            }
+            let mut line = format!("map {name}:");
+            if !applied.is_empty() {
+                line.push_str(&format!(" applied {}", applied.join(", ")));
+            }
+            if !pending.is_empty() {
+                if !applied.is_empty() {
+                    line.push(';');
+                }
+                line.push_str(&format!(
+                    " pending until the map is re-created (a running map keeps them): {}",
+                    pending.join(", ")
+                ));
+            }
+            self.record(Some(&name), None, "policy-changed", line.clone());
+            lines.push(line);
+        }
+        lines
+    }
+
+    /// Recompute the priority of every path of a map under `cfg`; tell the map of each
+    /// change. How many changed.
+    async fn reprioritize(
+        self: &Arc<Self>,
+        map: &str,
+        dev: &Arc<mpath_engine::MultipathDevice>,
+        cfg: &DaemonConfig,
+    ) -> usize {
+        let paths: Vec<_> = {
+            let st = self.state();
+            st.paths
+                .values()
+                .filter(|p| p.map.as_ref().is_some_and(|(m, _)| m == map))
+                .map(|p| {
+                    (
+                        p.name.clone(),
+                        p.portal,
+                        p.target.clone(),
+                        p.lu.clone(),
+                        p.latency,
+                        p.priority,
+                        p.map.as_ref().map(|(_, id)| *id),
+                    )
+                })
+                .collect()
+        };
+        let mut n = 0;
+        for (name, portal, target, lu, latency, was, id) in paths {
+            let prio = self.priority(cfg, &name, portal, &lu, latency);
+            if prio == was {
+                continue;
+            }
+            let Some(id) = id else { continue };
+            if let Some(p) = self.state().paths.get_mut(&name) {
+                p.priority = prio;
+            }
+            let info = self.path_info(&name, &target, &lu, prio);
+            match dev.update_path(id, info).await {
+                Ok(()) => n += 1,
+                Err(e) => warn!(path = %name, "priority update refused: {e}"),
+            }
+        }
+        n
+    }
+
+    /// Remove every path through a portal from its map and log out its sessions.
+    async fn remove_portal(self: Arc<Self>, addr: std::net::SocketAddr) -> usize {
+        let names: Vec<String> = self
+            .state()
+            .paths
+            .values()
+            .filter(|p| p.portal == addr)
+            .map(|p| p.name.clone())
+            .collect();
+        let n = self
+            .remove_paths(names, "portal removed from the configuration")
+            .await;
+        let sessions: Vec<_> = {
+            let mut st = self.state();
             let keys: Vec<_> = st
                 .sessions
                 .keys()
                 .filter(|(a, _)| *a == addr)
                 .cloned()
                 .collect();
-            let sessions = keys
-                .into_iter()
+            keys.into_iter()
                 .filter_map(|k| st.sessions.remove(&k))
-                .collect();
-            (out, sessions)
+                .collect()
         };
-        let n = paths.len();
-        for (dev, id, name) in paths {
-            if let Err(e) = dev.remove_path(id).await {
-                warn!(path = %name, "cannot remove the path: {e}");
-            }
-            self.record(
-                Some(dev.name()),
-                Some(&name),
-                "path-removed",
-                "portal removed from the configuration".into(),
-            );
-        }
         for s in sessions {
             let _ = tokio::time::timeout(Duration::from_secs(2), s.logout()).await;
         }

@@ -5,3 +5,5 @@ mod checkers;
 mod common;
 mod damping;
 mod prio;
+mod reconfigure;
+mod startup;

@@ -1,0 +1,162 @@
+//! Reconfigure at run time: portals added and removed, LUNs added and removed, policies
+//! changed — while a verifying workload runs on a map that does not change.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use iscsi_target::config::AluaState::ActiveOptimized as AO;
+use mpathd::{Daemon, Listeners, Request};
+use workload::verify::{Config as WorkloadConfig, Workload};
+
+use crate::common::*;
+
+const STEADY: &str = "iqn.2026-01.io.mpath:steady";
+const MOVING: &str = "iqn.2026-01.io.mpath:moving";
+
+fn write_config(dir: &Path, portals: &[SocketAddr], extra: &str) -> std::path::PathBuf {
+    let mut s = format!(
+        "control_socket = \"{}\"\n\n[defaults]\nchecker_interval = \"200ms\"\n\
+         checker_interval_ok = \"200ms\"\nbindings_file = \"{}\"\n\n[exports]\nnbd = \"off\"\n",
+        dir.join("mpath.sock").display(),
+        dir.join("bindings").display()
+    );
+    for p in portals {
+        s.push_str(&format!("\n[[portal]]\naddress = \"{p}\"\n"));
+    }
+    s.push_str(extra);
+    let path = dir.join("mpath.toml");
+    std::fs::write(&path, s).unwrap();
+    path
+}
+
+async fn reconfigure(c: &mpathd::Control) -> String {
+    ask(c, Request::Reconfigure).await.text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconfigure_applies_changes_and_leaves_unchanged_maps_alone() {
+    let dir = testkit::TempDir::new("reconf");
+    let steady = Target::start(
+        STEADY,
+        vec![group([127, 0, 0, 2], 0, AO), group([127, 0, 0, 3], 0, AO)],
+        &[(1, 8 << 20)],
+    )
+    .await;
+    let moving = Target::start(MOVING, vec![group([127, 0, 0, 5], 0, AO)], &[(1, 4 << 20)]).await;
+    let mp = moving.portals[0];
+
+    let file = write_config(dir.path(), &steady.portals[..1], "");
+    let cfg = mpathd::config::load_file(&file).unwrap();
+    let mut d = Daemon::start(cfg, Listeners::default(), Some(file.clone())).unwrap();
+    let c = d.control();
+    let steady_map = wait_map_by_wwid(&c, &steady.wwid(1), 2, Duration::from_secs(10)).await;
+
+    // A verifying workload on the map that never changes, for the whole run.
+    let dev = device(&d, &steady_map);
+    let size = workload::BlockClient::size(&dev);
+    let w = Arc::new(
+        Workload::new(
+            dev.clone(),
+            WorkloadConfig {
+                duration: Duration::from_secs(60),
+                depth: 4,
+                drain_timeout: Duration::from_secs(5),
+                ..WorkloadConfig::for_region(0, size)
+            },
+        )
+        .unwrap(),
+    );
+    let run = tokio::spawn({
+        let w = w.clone();
+        async move { w.run().await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // 1. A new portal (a new target): its LUN becomes a map.
+    write_config(dir.path(), &[steady.portals[0], mp], "");
+    let out = reconfigure(&c).await;
+    assert!(out.contains("1 portal(s) added"), "{out}");
+    let moving_map = wait_map_by_wwid(&c, &moving.wwid(1), 1, Duration::from_secs(10)).await;
+
+    // 2. A changed policy for the new map: applied to it, not to the steady one.
+    let extra = format!(
+        "\n[[multipath]]\nwwid = \"{}\"\nno_path_retry = \"fail\"\nprioritizer = \"const\"\n\
+         selector = \"round-robin\"\n",
+        moving.wwid(1)
+    );
+    write_config(dir.path(), &[steady.portals[0], mp], &extra);
+    let out = reconfigure(&c).await;
+    assert!(out.contains(&moving_map), "{out}");
+    assert!(!out.contains(&steady_map), "{out}");
+    // What a running map cannot take is said, not silently dropped.
+    assert!(
+        out.contains("pending") && out.contains("selector round-robin"),
+        "{out}"
+    );
+    let text = ask(&c, Request::ShowTopology).await.text;
+    assert!(text.contains("pending (takes effect"), "{text}");
+    let top = topology_of(&c, &moving_map).await;
+    assert_eq!(top["queue_if_no_path"], false, "{top:#}");
+    assert_eq!(top["groups"][0]["priority"], 1, "{top:#}");
+    let top = topology_of(&c, &steady_map).await;
+    assert_eq!(top["queue_if_no_path"], true, "{top:#}");
+
+    // 3. LUNs added and removed on the target (it restarts with LUN 2 and without LUN 1;
+    //    its session logs in again by itself): reconfigure rescans.
+    moving.stop().await;
+    let moving = Target::start(
+        MOVING,
+        vec![group([127, 0, 0, 5], mp.port(), AO)],
+        &[(2, 4 << 20)],
+    )
+    .await;
+    wait_for(
+        Duration::from_secs(10),
+        "the moving session to log in again",
+        || async {
+            let st = c.handle(Request::ShowStatus).await;
+            st.data["sessions_up"] == st.data["sessions"]
+        },
+    )
+    .await;
+    reconfigure(&c).await;
+    let lun2_map = wait_map_by_wwid(&c, &moving.wwid(2), 1, Duration::from_secs(10)).await;
+    wait_for(Duration::from_secs(5), "LUN 1's map to go", || async {
+        map_entry(&c, &moving_map).await.is_none()
+    })
+    .await;
+    assert!(d.exports().get(&moving_map).is_none());
+
+    // 4. The portal removed: its paths leave, its map goes.
+    write_config(dir.path(), &steady.portals[..1], "");
+    let out = reconfigure(&c).await;
+    assert!(out.contains("1 removed"), "{out}");
+    wait_for(Duration::from_secs(5), "LUN 2's map to go", || async {
+        map_entry(&c, &lun2_map).await.is_none()
+    })
+    .await;
+
+    // The steady map saw none of it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    w.stop();
+    let report = run.await.unwrap();
+    assert!(report.ops > 100, "{report:?}");
+    assert!(
+        report.clean() && report.unfinished == 0,
+        "{:?}",
+        report.messages
+    );
+    assert!(
+        report.longest_gap_ms() < 1000.0,
+        "gap of {} ms",
+        report.longest_gap_ms()
+    );
+    let check = w.verify_all().await;
+    assert!(check.clean(), "{:?}", check.messages);
+    assert_eq!(active_paths(&c, &steady_map).await, 2);
+    d.stop().await;
+    steady.stop().await;
+    moving.stop().await;
+}

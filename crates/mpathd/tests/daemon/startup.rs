@@ -1,0 +1,71 @@
+//! Start-up never waits on an unreachable portal; a portal that comes up later joins.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use iscsi_target::config::AluaState::ActiveOptimized as AO;
+use mpathd::Request;
+
+use crate::common::*;
+
+/// A loopback address nobody listens on (yet).
+fn unused(ip: [u8; 4]) -> SocketAddr {
+    let l = std::net::TcpListener::bind(SocketAddr::from((ip, 0))).unwrap();
+    l.local_addr().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_portal_does_not_block_and_joins_when_it_comes_up() {
+    const IQN: &str = "iqn.2026-01.io.mpath:late";
+    let dir = testkit::TempDir::new("late");
+    // The LU is served through two target servers of one IQN (same WWID): one up now,
+    // one that comes up later on a port nobody listens on yet.
+    let early = Target::start(IQN, vec![group([127, 0, 0, 2], 0, AO)], &[(1, 4 << 20)]).await;
+    let late_addr = unused([127, 0, 0, 4]);
+    let cfg = config(&dir, &[late_addr, early.portals[0]]);
+    let t0 = Instant::now();
+    let (mut d, c) = start(cfg);
+    // `start` returned at once; the reachable portal's map is built while the other
+    // portal is still refused.
+    let map = wait_map_by_wwid(&c, &early.wwid(1), 1, Duration::from_secs(10)).await;
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    let st = ask(&c, Request::ShowStatus).await;
+    assert!(
+        st.text.contains(&format!("portal {late_addr} unreachable")),
+        "{}",
+        st.text
+    );
+    assert_eq!(
+        st.data["unreachable_portals"][0]["portal"],
+        late_addr.to_string()
+    );
+    read_some(&device(&d, &map), 4).await;
+
+    // The portal comes up: its path joins the same map, without a restart.
+    let late = Target::start(
+        IQN,
+        vec![group([127, 0, 0, 4], late_addr.port(), AO)],
+        &[(1, 4 << 20)],
+    )
+    .await;
+    wait_for(
+        Duration::from_secs(10),
+        "the late portal's path to join",
+        || async { active_paths(&c, &map).await == 2 },
+    )
+    .await;
+    let st = ask(&c, Request::ShowStatus).await;
+    assert_eq!(st.data["unreachable_portals"].as_array().unwrap().len(), 0);
+    let names: Vec<String> = paths_of(&c, &map)
+        .await
+        .iter()
+        .map(|p| p["path"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.starts_with(&late_addr.to_string())),
+        "{names:?}"
+    );
+    d.stop().await;
+    early.stop().await;
+    late.stop().await;
+}
