@@ -8,7 +8,7 @@
 //! no_path_retry = "60s"            # fail | queue | <duration>
 //! checker = "tur"                  # tur | readsector0 | directio
 //! checker_interval = "2s"
-//! stale_write_fence = "30s"        # off | <duration>: see docs/daemon.md
+//! stale_write_fence = "off"        # off | <duration>: see docs/daemon.md
 //! prioritizer = "alua"             # const | alua | weightedpath | path_latency
 //! user_friendly_names = true
 //! bindings_file = "/var/lib/mpath/bindings"
@@ -37,13 +37,6 @@ use mpath_policy::{
 };
 use serde::Deserialize;
 use toml::Spanned;
-
-/// How long, by default, new writes overlapping an in-doubt write wait for its path to log
-/// in again. Long enough for a path that heals within a failover test or a switch reboot
-/// to come back (then the wait ends at its login); short enough that a write to a hot block
-/// (a journal's) is not held past what applications and the kernel's hung-task watch
-/// tolerate when the path never returns.
-pub const DEFAULT_STALE_WRITE_FENCE: Duration = Duration::from_secs(30);
 
 /// How the checker probes a path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -163,7 +156,7 @@ impl Default for DaemonConfig {
             checker: CheckerKind::Tur,
             checker_interval: Duration::from_secs(2),
             checker_interval_ok: Duration::from_secs(10),
-            stale_write_fence: Some(DEFAULT_STALE_WRITE_FENCE),
+            stale_write_fence: None,
             prioritizer: PrioritizerKind::Alua,
             user_friendly_names: true,
             bindings_file: None,

@@ -102,11 +102,21 @@ pub(crate) struct Shared {
     /// not both create a map for one WWID). Held across map start-up and `add_path`, which
     /// talk to the map's owner task only — never across path I/O.
     pub membership: tokio::sync::Mutex<()>,
+    /// Cumulative counts of some timeline kinds (`path-failed`, `group-switched`) by
+    /// (map, path or "", kind), for metrics: the timeline itself is bounded.
+    pub counts: Mutex<BTreeMap<(String, String, String), u64>>,
 }
 
 impl Shared {
     pub fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn counts(&self) -> BTreeMap<(String, String, String), u64> {
+        self.counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn cfg(&self) -> DaemonConfig {
@@ -125,6 +135,15 @@ impl Shared {
         kind: &str,
         detail: String,
     ) {
+        if matches!(kind, "path-failed" | "group-switched") {
+            let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+            let m = map.unwrap_or_default().to_string();
+            *c.entry((m.clone(), String::new(), kind.to_string()))
+                .or_insert(0) += 1;
+            if let Some(p) = path {
+                *c.entry((m, p.to_string(), kind.to_string())).or_insert(0) += 1;
+            }
+        }
         let since = at.saturating_duration_since(self.epoch);
         let wall = self.started + since;
         let ev = TimelineEvent {

@@ -131,6 +131,7 @@ impl Daemon {
             stop: tokio::sync::watch::Sender::new(false),
             config_path: config_path.clone(),
             membership: tokio::sync::Mutex::new(()),
+            counts: Mutex::new(BTreeMap::new()),
         });
         shared.record(
             None,

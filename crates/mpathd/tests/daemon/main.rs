@@ -4,6 +4,7 @@
 mod checkers;
 mod common;
 mod damping;
+mod observe;
 mod prio;
 mod reconfigure;
 mod startup;

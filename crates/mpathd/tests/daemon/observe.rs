@@ -1,0 +1,253 @@
+//! What operators see: the Prometheus scrape and the `show` commands, text and JSON.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use iscsi_target::config::AluaState::ActiveOptimized as AO;
+use mpathd::{Daemon, Listeners, Request};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::*;
+
+const IQN: &str = "iqn.2026-01.io.mpath:observe";
+
+/// One sample: name, labels, value.
+type Sample = (String, BTreeMap<String, String>, f64);
+
+/// Parse the text format strictly enough to catch malformed output: every sample line is
+/// `name{labels} value`, every family is declared with HELP and TYPE before its samples
+/// and its samples are contiguous.
+fn parse(body: &str) -> (Vec<Sample>, BTreeMap<String, String>) {
+    let mut types = BTreeMap::new();
+    let mut helps = BTreeSet::new();
+    let mut samples = Vec::new();
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    let mut current: Option<String> = None;
+    let valid_name = |n: &str| {
+        !n.is_empty()
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            && !n.starts_with(|c: char| c.is_ascii_digit())
+    };
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap();
+            assert!(valid_name(name), "{line}");
+            helps.insert(name.to_string());
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split(' ');
+            let (name, ty) = (it.next().unwrap(), it.next().unwrap());
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&ty),
+                "{line}"
+            );
+            assert!(
+                types.insert(name.to_string(), ty.to_string()).is_none(),
+                "family declared twice: {line}"
+            );
+            continue;
+        }
+        assert!(
+            !line.starts_with('#') && !line.is_empty(),
+            "stray line {line:?}"
+        );
+        let (name, labels, value) = match line.find('{') {
+            Some(i) => {
+                let j = line.rfind('}').expect("closing brace");
+                (&line[..i], &line[i + 1..j], line[j + 1..].trim())
+            }
+            None => {
+                let (n, v) = line.split_once(' ').expect("a value");
+                (n, "", v.trim())
+            }
+        };
+        assert!(valid_name(name), "{line}");
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let mut lm = BTreeMap::new();
+        if !labels.is_empty() {
+            for kv in split_labels(labels) {
+                let (k, v) = kv.split_once('=').expect("k=v");
+                assert!(valid_name(k), "{line}");
+                assert!(v.starts_with('"') && v.ends_with('"'), "{line}");
+                lm.insert(k.to_string(), v[1..v.len() - 1].to_string());
+            }
+        }
+        // The family: histograms' samples carry a suffix.
+        let fam = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|f| types.get(*f).map(String::as_str) == Some("histogram"))
+            })
+            .unwrap_or(name)
+            .to_string();
+        assert!(types.contains_key(&fam), "no TYPE for {name}");
+        assert!(helps.contains(&fam), "no HELP for {name}");
+        if current.as_deref() != Some(&fam) {
+            assert!(done.insert(fam.clone()), "family {fam} is split");
+            current = Some(fam);
+        }
+        samples.push((name.to_string(), lm, v));
+    }
+    (samples, types)
+}
+
+fn split_labels(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let (mut cur, mut quoted, mut escaped) = (String::new(), false, false);
+    for ch in s.chars() {
+        match ch {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                out.push(std::mem::take(&mut cur));
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(ch);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    body.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_scrape_is_well_formed_and_complete() {
+    let dir = testkit::TempDir::new("metrics");
+    let t = Target::start(
+        IQN,
+        vec![group([127, 0, 0, 2], 0, AO), group([127, 0, 0, 3], 0, AO)],
+        &[(1, 4 << 20)],
+    )
+    .await;
+    let mut cfg = config(&dir, &t.portals[..1]);
+    cfg.policy.flap = None;
+    let ml = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let maddr = ml.local_addr().unwrap();
+    let listeners = Listeners {
+        metrics: Some(ml),
+        ..Listeners::default()
+    };
+    let mut d = Daemon::start(cfg, listeners, None).unwrap();
+    let c = d.control();
+    let map = wait_map_by_wwid(&c, &t.wwid(1), 2, Duration::from_secs(10)).await;
+    read_some(&device(&d, &map), 40).await;
+    // Both paths fail (the LU goes offline) and come back: failures, failovers and time
+    // without a usable path.
+    t.ctl.set_lun_online(IQN, 1, false).unwrap();
+    wait_for(Duration::from_secs(5), "no usable path", || async {
+        active_paths(&c, &map).await == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    t.ctl.set_lun_online(IQN, 1, true).unwrap();
+    wait_for(Duration::from_secs(5), "both paths back", || async {
+        active_paths(&c, &map).await == 2
+    })
+    .await;
+
+    let body = scrape(maddr).await;
+    let (samples, types) = parse(&body);
+    let get = |name: &str, path: Option<&str>| -> Vec<f64> {
+        samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && l.get("map") == Some(&map)
+                    && path.is_none_or(|p| l.get("path").is_some_and(|x| x.starts_with(p)))
+            })
+            .map(|(_, _, v)| *v)
+            .collect()
+    };
+    let one = |name: &str, path: Option<&str>| -> f64 {
+        let v = get(name, path);
+        assert_eq!(v.len(), 1, "{name} {path:?}: {v:?}\n{body}");
+        v[0]
+    };
+    for f in [
+        "mpath_path_up",
+        "mpath_path_failed",
+        "mpath_path_priority",
+        "mpath_map_queued",
+        "mpath_map_paths",
+    ] {
+        assert_eq!(types[f], "gauge", "{f}");
+    }
+    for f in [
+        "mpath_path_ios_total",
+        "mpath_path_bytes_total",
+        "mpath_path_errors_total",
+        "mpath_path_failures_total",
+        "mpath_map_failovers_total",
+        "mpath_map_no_path_seconds_total",
+    ] {
+        assert_eq!(types[f], "counter", "{f}");
+    }
+    assert_eq!(types["mpath_path_latency_seconds"], "histogram");
+    let (p0, p1) = (t.portals[0].to_string(), t.portals[1].to_string());
+    for p in [&p0, &p1] {
+        assert_eq!(one("mpath_path_up", Some(p)), 1.0);
+        assert_eq!(one("mpath_path_failed", Some(p)), 0.0);
+        assert!(one("mpath_path_failures_total", Some(p)) >= 1.0);
+        // Histogram: cumulative buckets ending in +Inf == count.
+        let buckets: Vec<(String, f64)> = samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == "mpath_path_latency_seconds_bucket"
+                    && l["path"].starts_with(p.as_str())
+                    && l["map"] == map
+            })
+            .map(|(_, l, v)| (l["le"].clone(), *v))
+            .collect();
+        assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{buckets:?}");
+        assert_eq!(buckets.last().unwrap().0, "+Inf");
+        assert_eq!(
+            buckets.last().unwrap().1,
+            one("mpath_path_latency_seconds_count", Some(p))
+        );
+        assert_eq!(
+            one("mpath_path_latency_seconds_count", Some(p)),
+            one("mpath_path_ios_total", Some(p))
+        );
+        one("mpath_path_latency_seconds_sum", Some(p));
+    }
+    let ios: f64 = get("mpath_path_ios_total", None).iter().sum();
+    assert!(ios >= 40.0, "{body}");
+    assert!(get("mpath_path_bytes_total", None).iter().sum::<f64>() >= 40.0 * 4096.0);
+    assert!(one("mpath_map_ios_total", None) >= 40.0);
+    assert_eq!(one("mpath_map_queued", None), 0.0);
+    assert_eq!(one("mpath_map_paths", None), 2.0);
+    assert_eq!(one("mpath_map_active_paths", None), 2.0);
+    assert!(one("mpath_map_failovers_total", None) >= 2.0);
+    assert!(one("mpath_map_no_path_seconds_total", None) > 0.0);
+    assert!(one("mpath_map_latency_seconds_count", None) >= 40.0);
+
+    // Anything else: 404.
+    let mut s = tokio::net::TcpStream::connect(maddr).await.unwrap();
+    s.write_all(b"GET /other HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+    d.stop().await;
+    t.stop().await;
+}
