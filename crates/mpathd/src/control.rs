@@ -74,6 +74,13 @@ impl Request {
     }
 }
 
+/// Whether a peer may send `req`: reading is for everyone who can open the socket;
+/// changes only for root or the daemon's own user. `peer_uid` is the SO_PEERCRED uid
+/// (`None`: unknown, which is refused for changes).
+pub fn permitted(req: &Request, peer_uid: Option<u32>, daemon_uid: u32) -> bool {
+    !req.mutates() || matches!(peer_uid, Some(u) if u == 0 || u == daemon_uid)
+}
+
 /// The answer: text for people, data for `--json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Response {
@@ -755,7 +762,7 @@ async fn serve_one(stream: UnixStream, control: Control) -> std::io::Result<()> 
                 continue;
             }
         };
-        if req.mutates() && !matches!(uid, Some(0)) && uid != Some(me) {
+        if !permitted(&req, uid, me) {
             write_resp(&mut w, &Response::err(format!("permission denied: {req:?} needs root or the daemon's user (uid {me}); you are uid {}", uid.map(|u| u.to_string()).unwrap_or_else(|| "?".into())))).await?;
             continue;
         }
@@ -822,4 +829,72 @@ pub async fn call(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_request() -> Vec<Request> {
+        vec![
+            Request::ShowTopology,
+            Request::ShowPaths,
+            Request::ShowMaps,
+            Request::ShowStatus,
+            Request::ShowStats,
+            Request::ShowConfig,
+            Request::ShowEvents {
+                follow: true,
+                last: None,
+            },
+            Request::FailPath { path: "p".into() },
+            Request::ReinstatePath { path: "p".into() },
+            Request::SwitchGroup {
+                map: "m".into(),
+                group: 1,
+            },
+            Request::Queueing {
+                map: "m".into(),
+                on: false,
+            },
+            Request::Reconfigure,
+            Request::Shutdown,
+        ]
+    }
+
+    #[test]
+    fn only_changes_mutate() {
+        for r in every_request() {
+            let name = serde_json::to_value(&r).unwrap()["cmd"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert_eq!(r.mutates(), !name.starts_with("show-"), "{name}");
+        }
+    }
+
+    #[test]
+    fn changes_need_root_or_the_daemons_user() {
+        let me = 1000;
+        for r in every_request() {
+            // Reading: anyone, even an unknown peer.
+            for peer in [None, Some(0), Some(me), Some(4242)] {
+                let ok = permitted(&r, peer, me);
+                let want = !r.mutates() || peer == Some(0) || peer == Some(me);
+                assert_eq!(ok, want, "{r:?} from {peer:?}");
+            }
+        }
+        assert!(!permitted(&Request::Shutdown, Some(4242), me));
+        assert!(!permitted(&Request::Shutdown, None, me));
+        assert!(permitted(&Request::Shutdown, Some(0), me));
+        assert!(permitted(&Request::ShowPaths, Some(4242), me));
+    }
+
+    #[test]
+    fn requests_round_trip_as_json() {
+        for r in every_request() {
+            let s = serde_json::to_string(&r).unwrap();
+            assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r, "{s}");
+        }
+    }
 }

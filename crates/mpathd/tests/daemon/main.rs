@@ -7,4 +7,5 @@ mod damping;
 mod observe;
 mod prio;
 mod reconfigure;
+mod socket;
 mod startup;

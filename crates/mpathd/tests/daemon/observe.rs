@@ -251,3 +251,218 @@ async fn metrics_scrape_is_well_formed_and_complete() {
     d.stop().await;
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_commands_answer_in_text_and_json() {
+    const IQN2: &str = "iqn.2026-01.io.mpath:show";
+    let dir = testkit::TempDir::new("show");
+    let t = Target::start(
+        IQN2,
+        vec![group([127, 0, 0, 2], 0, AO), group([127, 0, 0, 3], 0, AO)],
+        &[(1, 4 << 20)],
+    )
+    .await;
+    let (mut d, c) = start(config(&dir, &t.portals[..1]));
+    let wwid = t.wwid(1);
+    let map = wait_map_by_wwid(&c, &wwid, 2, Duration::from_secs(10)).await;
+    assert_eq!(map, "mpatha");
+    read_some(&device(&d, &map), 20).await;
+    let (p0, p1) = (t.portals[0].to_string(), t.portals[1].to_string());
+
+    // show paths
+    let r = ask(&c, Request::ShowPaths).await;
+    let header = r.text.lines().next().unwrap();
+    for col in [
+        "path",
+        "target",
+        "pri",
+        "dm_st",
+        "chk_st",
+        "conn_st",
+        "next_check",
+        "map",
+    ] {
+        assert!(header.contains(col), "{header}");
+    }
+    let rows = r.data["paths"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{}", r.text);
+    for (row, p) in rows.iter().zip([&p0, &p1]) {
+        assert_eq!(row["path"], format!("{p}/1"));
+        assert_eq!(row["target"], IQN2);
+        assert_eq!(row["priority"], 50);
+        assert_eq!(row["dm_state"], "active");
+        assert_eq!(row["checker_state"], "ready");
+        assert_eq!(row["connection"], "running");
+        assert_eq!(row["map"], map);
+        assert!(r.text.contains(&format!("{p}/1")), "{}", r.text);
+    }
+
+    // show maps
+    let r = ask(&c, Request::ShowMaps).await;
+    let m = &r.data["maps"][0];
+    assert_eq!(m["name"], map);
+    assert_eq!(m["wwid"], wwid);
+    assert_eq!(m["size"], 4 << 20);
+    assert_eq!(m["block_size"], 512);
+    assert_eq!(
+        (m["active_paths"].clone(), m["paths"].clone()),
+        (2.into(), 2.into())
+    );
+    assert_eq!(m["state"], "ok");
+    let line = r.text.lines().find(|l| l.starts_with(&map)).unwrap();
+    for w in [wwid.as_str(), "4M", "2/2", "ok"] {
+        assert!(line.contains(w), "{line}");
+    }
+
+    // show status
+    let r = ask(&c, Request::ShowStatus).await;
+    assert!(
+        r.text.contains("1 maps, 2 paths, 2/2 sessions up"),
+        "{}",
+        r.text
+    );
+    assert!(r.text.contains("paths ready: 2"), "{}", r.text);
+    assert_eq!(r.data["maps"], 1);
+    assert_eq!(r.data["sessions_up"], 2);
+    assert_eq!(r.data["paths_by_checker"]["ready"], 2);
+
+    // show stats
+    let r = ask(&c, Request::ShowStats).await;
+    let s = &r.data["maps"][0];
+    assert_eq!(s["map"], map);
+    assert!(s["ios"].as_u64().unwrap() >= 20, "{s}");
+    assert_eq!(
+        s["bytes"].as_u64().unwrap(),
+        s["ios"].as_u64().unwrap() * 4096
+    );
+    assert_eq!(s["errors"], 0);
+    assert_eq!(s["paths"].as_array().unwrap().len(), 2);
+    assert!(r.text.starts_with(&format!("{map}: ios ")), "{}", r.text);
+    assert!(r.text.contains("p99"), "{}", r.text);
+
+    // show config: the effective values, parseable again.
+    let r = ask(&c, Request::ShowConfig).await;
+    assert!(r.text.contains("checker = \"tur\""), "{}", r.text);
+    assert!(
+        r.text.contains("checker_interval = \"200ms\""),
+        "{}",
+        r.text
+    );
+    assert!(
+        r.text.contains(&format!("address = \"{p0}\"")),
+        "{}",
+        r.text
+    );
+    assert_eq!(r.data["text"], r.text);
+
+    // show topology
+    let r = ask(&c, Request::ShowTopology).await;
+    assert!(
+        r.text
+            .starts_with(&format!("{map} ({wwid}) MPATH,VIRTUAL-DISK")),
+        "{}",
+        r.text
+    );
+    assert!(r.text.contains("size=4M"), "{}", r.text);
+    assert_eq!(
+        r.data["maps"][0]["groups"][0]["paths"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // An operator fails a path: said in show paths, the timeline, and refused twice.
+    ask(&c, Request::FailPath { path: p1.clone() }).await;
+    let row = paths_of(&c, &map)
+        .await
+        .into_iter()
+        .find(|p| p["path"] == format!("{p1}/1"))
+        .unwrap();
+    assert_eq!(row["dm_state"], "failed");
+    assert_eq!(row["note"], "failed by operator");
+    ask(&c, Request::ReinstatePath { path: p1.clone() }).await;
+    assert_eq!(active_paths(&c, &map).await, 2);
+
+    // Errors are answers, not panics.
+    let e = c
+        .handle(Request::FailPath {
+            path: "nope".into(),
+        })
+        .await;
+    assert!(!e.ok && e.text.contains("no path"), "{}", e.text);
+    let e = c
+        .handle(Request::FailPath {
+            path: "127.0.0.".into(),
+        })
+        .await;
+    assert!(!e.ok && e.text.contains("matches 2 paths"), "{}", e.text);
+    let e = c
+        .handle(Request::SwitchGroup {
+            map: map.clone(),
+            group: 0,
+        })
+        .await;
+    assert!(!e.ok, "{}", e.text);
+    let e = c
+        .handle(Request::Queueing {
+            map: "nomap".into(),
+            on: true,
+        })
+        .await;
+    assert!(!e.ok && e.text.contains("mpatha"), "{}", e.text);
+    let e = c.handle(Request::Reconfigure).await;
+    assert!(
+        !e.ok && e.text.contains("without a configuration file"),
+        "{}",
+        e.text
+    );
+
+    // show events: the story so far, newest last; `last` bounds it.
+    let r = ask(
+        &c,
+        Request::ShowEvents {
+            follow: false,
+            last: None,
+        },
+    )
+    .await;
+    let kinds: Vec<&str> = r.data["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    for k in [
+        "daemon-started",
+        "portal-discovered",
+        "session-up",
+        "map-created",
+        "path-added",
+        "operator",
+        "path-failed",
+        "path-reinstated",
+    ] {
+        assert!(kinds.contains(&k), "{k} missing: {kinds:?}");
+    }
+    let ts: Vec<u64> = r.data["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["t_ms"].as_u64().unwrap())
+        .collect();
+    assert_eq!(r.text.lines().count(), ts.len());
+    assert!(r.text.contains("path-failed"), "{}", r.text);
+    let r = ask(
+        &c,
+        Request::ShowEvents {
+            follow: false,
+            last: Some(2),
+        },
+    )
+    .await;
+    assert_eq!(r.data["events"].as_array().unwrap().len(), 2);
+    assert_eq!(r.text.lines().count(), 2);
+    d.stop().await;
+    t.stop().await;
+}
