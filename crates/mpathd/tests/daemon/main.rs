@@ -1,8 +1,10 @@
 //! The daemon against the real in-process target: checkers, prioritizers, damping,
 //! reconfigure, start-up, control plane, metrics.
 
+mod bindings;
 mod checkers;
 mod common;
+mod config_errors;
 mod damping;
 mod observe;
 mod prio;
