@@ -182,8 +182,27 @@ async fn check(
             why: "session down".into(),
         };
     }
-    let (state, why) = match path.command(req).await {
-        Ok(_) => (CheckerState::Up, "ok".to_string()),
+    let (state, why) = verdict(kind, path.command(req).await.map(|_| ()));
+    let latency = t0.elapsed();
+    let mut alua_now = None;
+    if alua && state != CheckerState::Down {
+        if let Ok(info) = probe::probe_lu(&path).await {
+            alua_now = info.alua;
+        }
+    }
+    Checked {
+        name,
+        state,
+        latency,
+        alua: alua_now,
+        why,
+    }
+}
+
+/// What a check's answer says about the path.
+fn verdict(kind: CheckerKind, r: Result<(), block::IoError>) -> (CheckerState, String) {
+    match r {
+        Ok(()) => (CheckerState::Up, "ok".to_string()),
         Err(e) => {
             // ALUA standby answers but serves nothing: a ghost (usable last).
             let standby = e
@@ -198,23 +217,12 @@ async fn check(
                 // the path answers.
                 (CheckerState::Up, e.to_string())
             } else {
+                // A read that fails (a medium error included) is the LU failing I/O through
+                // this path: readsector0 and directio report it down even though TEST UNIT
+                // READY would pass.
                 (CheckerState::Down, e.to_string())
             }
         }
-    };
-    let latency = t0.elapsed();
-    let mut alua_now = None;
-    if alua && state != CheckerState::Down {
-        if let Ok(info) = probe::probe_lu(&path).await {
-            alua_now = info.alua;
-        }
-    }
-    Checked {
-        name,
-        state,
-        latency,
-        alua: alua_now,
-        why,
     }
 }
 
@@ -235,5 +243,69 @@ fn read_block(lba: u64) -> ScsiRequest {
         cdb: Bytes::copy_from_slice(build::read_16(lba, 1, false).as_bytes()),
         // One block of up to 4 KiB: the LU's block size bounds what comes back.
         data: DataPhase::In { len: 4096 },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use block::IoError;
+    use scsi::sense::{self, SenseKey};
+    use scsi::{Sense, SenseFormat};
+
+    fn failed(kind: IoErrorKind, key: SenseKey, asc: scsi::sense::Asc) -> Result<(), IoError> {
+        let raw = Sense::new(key, asc).encode(SenseFormat::Fixed);
+        Err(IoError::scsi(
+            kind,
+            format!("{key:?} {asc}"),
+            0x02,
+            Bytes::copy_from_slice(raw.as_bytes()),
+        ))
+    }
+
+    // The in-process target cannot make a LU fail reads while TEST UNIT READY passes, so
+    // that case is decided here from the answers such a LU gives.
+    #[test]
+    fn a_read_error_is_down_for_the_read_checkers_only() {
+        let medium = || {
+            failed(
+                IoErrorKind::Target,
+                SenseKey::MEDIUM_ERROR,
+                sense::UNRECOVERED_READ_ERROR,
+            )
+        };
+        assert_eq!(
+            verdict(CheckerKind::Directio, medium()).0,
+            CheckerState::Down
+        );
+        assert_eq!(
+            verdict(CheckerKind::Readsector0, medium()).0,
+            CheckerState::Down
+        );
+        // The same LU answers TEST UNIT READY: tur sees it up.
+        assert_eq!(verdict(CheckerKind::Tur, Ok(())).0, CheckerState::Up);
+    }
+
+    #[test]
+    fn standby_is_a_ghost_and_not_ready_is_down() {
+        for k in [
+            CheckerKind::Tur,
+            CheckerKind::Readsector0,
+            CheckerKind::Directio,
+        ] {
+            let standby = failed(
+                IoErrorKind::Path,
+                SenseKey::NOT_READY,
+                sense::TARGET_PORT_IN_STANDBY_STATE,
+            );
+            assert_eq!(verdict(k, standby).0, CheckerState::Ghost, "{k:?}");
+            let offline = failed(
+                IoErrorKind::Path,
+                SenseKey::NOT_READY,
+                sense::TARGET_PORT_IN_UNAVAILABLE_STATE,
+            );
+            assert_eq!(verdict(k, offline).0, CheckerState::Down, "{k:?}");
+            assert_eq!(verdict(k, Ok(())).0, CheckerState::Up, "{k:?}");
+        }
     }
 }

@@ -160,3 +160,73 @@ async fn reconfigure_applies_changes_and_leaves_unchanged_maps_alone() {
     steady.stop().await;
     moving.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_file_changes_nothing_and_a_resized_lun_is_noticed() {
+    const IQN: &str = "iqn.2026-01.io.mpath:resize";
+    let dir = testkit::TempDir::new("resize");
+    let t = Target::start(IQN, vec![group([127, 0, 0, 6], 0, AO)], &[(1, 4 << 20)]).await;
+    let p = t.portals[0];
+    let file = write_config(dir.path(), &[p], "");
+    let cfg = mpathd::config::load_file(&file).unwrap();
+    let mut d = Daemon::start(cfg, Listeners::default(), Some(file.clone())).unwrap();
+    let c = d.control();
+    let map = wait_map_by_wwid(&c, &t.wwid(1), 1, Duration::from_secs(10)).await;
+
+    // A broken file: refused with its line and key; the running configuration stays.
+    let before = ask(&c, Request::ShowConfig).await.text;
+    write_config(dir.path(), &[p, p], "");
+    let r = c.handle(Request::Reconfigure).await;
+    assert!(!r.ok, "{}", r.text);
+    assert!(
+        r.text.contains("mpath.toml:") && r.text.contains("portal[1].address: portal"),
+        "{}",
+        r.text
+    );
+    assert_eq!(ask(&c, Request::ShowConfig).await.text, before);
+    assert_eq!(active_paths(&c, &map).await, 1);
+
+    // The LU grows (the target restarts with it twice the size; same WWID).
+    write_config(dir.path(), &[p], "");
+    t.stop().await;
+    let t = Target::start(
+        IQN,
+        vec![group([127, 0, 0, 6], p.port(), AO)],
+        &[(1, 8 << 20)],
+    )
+    .await;
+    wait_for(
+        Duration::from_secs(10),
+        "the session to log in again",
+        || async {
+            let st = c.handle(Request::ShowStatus).await;
+            st.data["sessions_up"] == 1
+        },
+    )
+    .await;
+    reconfigure(&c).await;
+    let ev = ask(
+        &c,
+        Request::ShowEvents {
+            follow: false,
+            last: None,
+        },
+    )
+    .await;
+    let resized = ev.data["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "capacity-changed")
+        .unwrap_or_else(|| panic!("no capacity-changed event:\n{}", ev.text));
+    assert_eq!(resized["map"], map);
+    assert!(
+        resized["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("4194304 -> 8388608 bytes"),
+        "{resized}"
+    );
+    d.stop().await;
+    t.stop().await;
+}
