@@ -105,6 +105,8 @@ pub(crate) struct Shared {
     /// Cumulative counts of some timeline kinds (`path-failed`, `group-switched`) by
     /// (map, path or "", kind), for metrics: the timeline itself is bounded.
     pub counts: Mutex<BTreeMap<(String, String, String), u64>>,
+    /// Serialises reconfigures.
+    pub reconfiguring: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -215,6 +217,10 @@ impl Shared {
         let mut stop = self.stop.subscribe();
         loop {
             let cfg = self.cfg();
+            // A reconfigure removed or replaced this portal: this task is done.
+            if !cfg.portals.contains(&p) {
+                return;
+            }
             let dc = DiscoveryConfig {
                 initiator_name: cfg.initiator_name.clone(),
                 chap: p
@@ -223,7 +229,11 @@ impl Shared {
                     .map(|(u, s)| ChapCredentials::new(u, s.as_bytes())),
                 timeout: Duration::from_secs(3),
             };
-            match discover(p.address, &dc).await {
+            let answer = discover(p.address, &dc).await;
+            if !self.cfg().portals.contains(&p) {
+                return;
+            }
+            match answer {
                 Ok(targets) => {
                     self.state().portal_errors.remove(&p.address);
                     let mut n = 0;

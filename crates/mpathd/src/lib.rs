@@ -132,6 +132,7 @@ impl Daemon {
             config_path: config_path.clone(),
             membership: tokio::sync::Mutex::new(()),
             counts: Mutex::new(BTreeMap::new()),
+            reconfiguring: tokio::sync::Mutex::new(()),
         });
         shared.record(
             None,
@@ -273,7 +274,21 @@ impl Shared {
             );
         };
         let new = config::load_file(&path).map_err(|e| e.to_string())?;
+        // One reconfigure at a time (SIGHUP and the socket may race).
+        let _one = self.reconfiguring.lock().await;
         let old = self.cfg();
+        // A portal whose settings changed (CHAP, targets, digests) is logged out and in
+        // again with the new ones.
+        let changed: Vec<_> = new
+            .portals
+            .iter()
+            .filter(|p| {
+                old.portals
+                    .iter()
+                    .any(|o| o.address == p.address && o != *p)
+            })
+            .cloned()
+            .collect();
         let added: Vec<_> = new
             .portals
             .iter()
@@ -286,13 +301,18 @@ impl Shared {
             .filter(|p| !new.portals.iter().any(|n| n.address == p.address))
             .map(|p| p.address)
             .collect();
+        let blacklist_changed = old.blacklist != new.blacklist;
         *self.cfg.lock().unwrap_or_else(|e| e.into_inner()) = new;
-        self.start_portals(&added);
         let mut removed_paths = 0;
-        for addr in &removed {
+        for addr in removed.iter().chain(changed.iter().map(|p| &p.address)) {
             removed_paths += self.clone().remove_portal(*addr).await;
         }
-        // Rescan every session: new LUNs join, known ones are skipped.
+        self.start_portals(&added);
+        self.start_portals(&changed);
+        if blacklist_changed {
+            removed_paths += self.reexamine_blacklist().await;
+        }
+        // Rescan every session: new LUNs join, known ones are skipped, LUNs gone leave.
         let sessions: Vec<_> = self
             .state()
             .sessions
@@ -306,10 +326,11 @@ impl Shared {
         }
         let policy_lines = self.apply_policies().await;
         let mut summary = format!(
-            "reconfigured from {}: {} portal(s) added, {} removed ({} path(s) left their maps)\n",
+            "reconfigured from {}: {} portal(s) added, {} removed, {} changed ({} path(s) left their maps)\n",
             path.display(),
             added.len(),
             removed.len(),
+            changed.len(),
             removed_paths
         );
         for l in policy_lines {
@@ -395,6 +416,16 @@ impl Shared {
             if want.flap != running.flap {
                 pending.push("flap damping".to_string());
             }
+            if let Some(alias) = cfg
+                .multipaths
+                .iter()
+                .find(|m| m.wwid == wwid)
+                .and_then(|m| m.alias.clone())
+            {
+                if alias != name {
+                    pending.push(format!("alias {alias}"));
+                }
+            }
             let reprioritized = self.reprioritize(&name, &dev, &cfg).await;
             if reprioritized > 0 {
                 applied.push(format!("{reprioritized} path(s) re-prioritized"));
@@ -476,8 +507,44 @@ impl Shared {
         n
     }
 
+    /// Paths whose blacklisting changed are forgotten (a newly blacklisted one leaves its
+    /// map) so that the rescan that follows adds them back under the new rules.
+    async fn reexamine_blacklist(self: &Arc<Self>) -> usize {
+        let cfg = self.cfg();
+        let (leave, forget): (Vec<String>, Vec<String>) = {
+            let st = self.state();
+            let mut leave = Vec::new();
+            let mut forget = Vec::new();
+            for p in st.paths.values() {
+                let Some(w) =
+                    p.lu.wwid
+                        .clone()
+                        .or_else(|| p.lu.serial.as_ref().map(|s| format!("serial:{s}")))
+                else {
+                    continue;
+                };
+                let now = cfg.blacklist.excludes(&w, &p.lu.vendor, &p.lu.product);
+                match (&p.excluded, now) {
+                    (None, Some(_)) => leave.push(p.name.clone()),
+                    (Some(_), None) => forget.push(p.name.clone()),
+                    _ => {}
+                }
+            }
+            (leave, forget)
+        };
+        {
+            let mut st = self.state();
+            for n in &forget {
+                st.paths.remove(n);
+            }
+        }
+        self.remove_paths(leave, "blacklisted by the new configuration")
+            .await
+    }
+
     /// Remove every path through a portal from its map and log out its sessions.
     async fn remove_portal(self: Arc<Self>, addr: std::net::SocketAddr) -> usize {
+        self.state().portal_errors.remove(&addr);
         let names: Vec<String> = self
             .state()
             .paths

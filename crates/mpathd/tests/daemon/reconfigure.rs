@@ -230,3 +230,90 @@ async fn a_bad_file_changes_nothing_and_a_resized_lun_is_noticed() {
     d.stop().await;
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconfigure_follows_blacklist_portal_settings_and_removed_unreachable_portals() {
+    const IQN: &str = "iqn.2026-01.io.mpath:rules";
+    let dir = testkit::TempDir::new("rules");
+    let t = Target::start(
+        IQN,
+        vec![group([127, 0, 0, 7], 0, AO)],
+        &[(1, 1 << 20), (2, 1 << 20)],
+    )
+    .await;
+    let p = t.portals[0];
+    let nowhere = {
+        let l = std::net::TcpListener::bind("127.0.0.8:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let file = write_config(dir.path(), &[p, nowhere], "");
+    let cfg = mpathd::config::load_file(&file).unwrap();
+    let mut d = Daemon::start(cfg, Listeners::default(), Some(file.clone())).unwrap();
+    let c = d.control();
+    let m1 = wait_map_by_wwid(&c, &t.wwid(1), 1, Duration::from_secs(10)).await;
+    let m2 = wait_map_by_wwid(&c, &t.wwid(2), 1, Duration::from_secs(10)).await;
+    let st = ask(&c, Request::ShowStatus).await;
+    assert!(
+        st.text.contains(&format!("portal {nowhere} unreachable")),
+        "{}",
+        st.text
+    );
+
+    // The unreachable portal leaves the configuration: no longer reported, never tried.
+    // LUN 2 is blacklisted: its map goes, LUN 1's stays.
+    let bl = format!("\n[blacklist]\nwwid = [\"{}\"]\n", t.wwid(2));
+    write_config(dir.path(), &[p], &bl);
+    let out = reconfigure(&c).await;
+    assert!(out.contains("1 removed"), "{out}");
+    let st = ask(&c, Request::ShowStatus).await;
+    assert!(!st.text.contains("unreachable"), "{}", st.text);
+    assert!(map_entry(&c, &m2).await.is_none());
+    assert_eq!(active_paths(&c, &m1).await, 1);
+    let row = ask(&c, Request::ShowPaths).await.data["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["path"] == format!("{p}/2"))
+        .cloned()
+        .unwrap();
+    assert_eq!(row["map"], "-");
+    assert!(row["note"].as_str().unwrap().contains("blacklist"), "{row}");
+    // The removed portal comes up: nothing logs in there.
+    let late = Target::start(
+        "iqn.2026-01.io.mpath:nowhere",
+        vec![group([127, 0, 0, 8], nowhere.port(), AO)],
+        &[(1, 1 << 20)],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(late.ctl.sessions().is_empty(), "{:?}", late.ctl.sessions());
+
+    // Off the blacklist: LUN 2's map is back under its old name.
+    write_config(dir.path(), &[p], "");
+    reconfigure(&c).await;
+    let again = wait_map_by_wwid(&c, &t.wwid(2), 1, Duration::from_secs(10)).await;
+    assert_eq!(again, m2);
+
+    // The portal's settings change (only another target): logged out, its paths leave.
+    let mut s = std::fs::read_to_string(&file).unwrap();
+    s.push_str("targets = [\"iqn.2026-01.io.mpath:other\"]\n");
+    std::fs::write(&file, s).unwrap();
+    let out = reconfigure(&c).await;
+    assert!(out.contains("1 changed"), "{out}");
+    wait_for(Duration::from_secs(5), "both maps to go", || async {
+        ask(&c, Request::ShowMaps).await.data["maps"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    // And back.
+    write_config(dir.path(), &[p], "");
+    let out = reconfigure(&c).await;
+    assert!(out.contains("1 changed"), "{out}");
+    wait_map_by_wwid(&c, &t.wwid(1), 1, Duration::from_secs(10)).await;
+    wait_map_by_wwid(&c, &t.wwid(2), 1, Duration::from_secs(10)).await;
+    d.stop().await;
+    t.stop().await;
+    late.stop().await;
+}
