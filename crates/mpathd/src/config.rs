@@ -692,88 +692,171 @@ pub fn valid_name(s: &str) -> bool {
         && !s.starts_with('.')
 }
 
-/// The effective configuration as TOML-like text, for `mpath show config`.
+/// A duration as the configuration writes it: `200ms`, `2s`, `1.5s`.
+pub fn fmt_duration(d: Duration) -> String {
+    if d.subsec_nanos().is_multiple_of(1_000_000) {
+        let ms = d.as_millis();
+        if ms.is_multiple_of(1000) {
+            format!("{}s", ms / 1000)
+        } else {
+            format!("{ms}ms")
+        }
+    } else {
+        format!("{}s", d.as_secs_f64())
+    }
+}
+
+/// The selector as the configuration names it (`round-robin`, not `round-robin 1`).
+fn selector_key(s: &SelectorKind) -> &'static str {
+    match s {
+        SelectorKind::RoundRobin { .. } => "round-robin",
+        SelectorKind::QueueLength => "queue-length",
+        SelectorKind::ServiceTime => "service-time",
+        SelectorKind::HistoricalServiceTime(_) => "historical-service-time",
+    }
+}
+
+/// The effective configuration as a TOML file `load_file` reads back to the same
+/// configuration (CHAP secrets are shown as `<hidden>`), for `mpath show config`.
 pub fn render(c: &DaemonConfig) -> String {
     use std::fmt::Write;
+    let q = |v: &str| toml::Value::String(v.to_string()).to_string();
     let mut s = String::new();
-    let p = &c.policy;
-    let _ = writeln!(s, "[defaults]");
-    let _ = writeln!(s, "selector = {:?}", selector_name(&p.selector));
-    let _ = writeln!(s, "grouping = {:?}", grouping_name(p.grouping));
-    let _ = writeln!(s, "failback = {}", failback_name(&p.failback));
-    let _ = writeln!(s, "no_path_retry = {}", no_path_name(&p.no_path));
+    // Top-level keys first: after a table header they would belong to the table.
     let _ = writeln!(
         s,
-        "checker = {:?}",
-        format!("{:?}", c.checker).to_lowercase()
+        "control_socket = {}",
+        q(&c.control_socket.display().to_string())
     );
-    let _ = writeln!(s, "checker_interval = \"{:?}\"", c.checker_interval);
-    let _ = writeln!(s, "checker_interval_ok = \"{:?}\"", c.checker_interval_ok);
-    match c.stale_write_fence {
-        Some(d) => {
-            let _ = writeln!(s, "stale_write_fence = \"{d:?}\"");
-        }
-        None => {
-            let _ = writeln!(s, "stale_write_fence = \"off\"");
-        }
+    if let Some(m) = c.metrics {
+        let _ = writeln!(s, "metrics = {}", q(&m.to_string()));
     }
-    let _ = writeln!(s, "prioritizer = {:?}", prio_name(&c.prioritizer));
+    let p = &c.policy;
+    let _ = writeln!(s, "\n[defaults]");
+    let _ = writeln!(s, "selector = {}", q(selector_key(&p.selector)));
+    if let SelectorKind::RoundRobin { repeat_count } = p.selector {
+        let _ = writeln!(s, "rr_min_io = {repeat_count}");
+    }
+    let _ = writeln!(s, "grouping = {}", q(grouping_name(p.grouping)));
+    let _ = writeln!(s, "failback = {}", failback_name(&p.failback));
+    let _ = writeln!(s, "no_path_retry = {}", no_path_name(&p.no_path));
+    let checker = match c.checker {
+        CheckerKind::Tur => "tur",
+        CheckerKind::Readsector0 => "readsector0",
+        CheckerKind::Directio => "directio",
+    };
+    let _ = writeln!(s, "checker = {}", q(checker));
+    let _ = writeln!(
+        s,
+        "checker_interval = {}",
+        q(&fmt_duration(c.checker_interval))
+    );
+    let _ = writeln!(
+        s,
+        "checker_interval_ok = {}",
+        q(&fmt_duration(c.checker_interval_ok))
+    );
+    let fence = c
+        .stale_write_fence
+        .map(fmt_duration)
+        .unwrap_or_else(|| "off".into());
+    let _ = writeln!(s, "stale_write_fence = {}", q(&fence));
+    let _ = writeln!(s, "prioritizer = {}", q(prio_name(&c.prioritizer)));
+    if let PrioritizerKind::Weightedpath(w) = &c.prioritizer {
+        let args: Vec<String> = w.iter().map(|(p, n)| format!("[{}, {n}]", q(p))).collect();
+        let _ = writeln!(s, "prio_args = [{}]", args.join(", "));
+    }
     let _ = writeln!(s, "user_friendly_names = {}", c.user_friendly_names);
     if let Some(b) = &c.bindings_file {
-        let _ = writeln!(s, "bindings_file = {:?}", b.display().to_string());
+        let _ = writeln!(s, "bindings_file = {}", q(&b.display().to_string()));
     }
-    let _ = writeln!(s, "initiator_name = {:?}", c.initiator_name);
+    let _ = writeln!(s, "initiator_name = {}", q(&c.initiator_name));
     match &p.flap {
         Some(f) => {
-            let _ = writeln!(
-                s,
-                "flap_damping = true  # {} failures in {:?} hold reinstatement {:?}",
-                f.failures, f.window, f.hold
-            );
+            let _ = writeln!(s, "flap_damping = true");
+            let _ = writeln!(s, "marginal_failures = {}", f.failures);
+            let _ = writeln!(s, "marginal_window = {}", q(&fmt_duration(f.window)));
+            let _ = writeln!(s, "marginal_hold = {}", q(&fmt_duration(f.hold)));
         }
         None => {
             let _ = writeln!(s, "flap_damping = false");
         }
     }
-    let _ = writeln!(s, "settle = \"{:?}\"", c.settle);
+    let _ = writeln!(s, "settle = {}", q(&fmt_duration(c.settle)));
     for pc in &c.portals {
-        let _ = writeln!(s, "\n[[portal]]\naddress = \"{}\"", pc.address);
+        let _ = writeln!(s, "\n[[portal]]\naddress = {}", q(&pc.address.to_string()));
         if let Some((u, _)) = &pc.chap {
-            let _ = writeln!(s, "chap = {{ user = {u:?}, secret = \"<hidden>\" }}");
+            let _ = writeln!(s, "chap = {{ user = {}, secret = \"<hidden>\" }}", q(u));
+        }
+        if let Some((u, _)) = &pc.mutual_chap {
+            let _ = writeln!(
+                s,
+                "mutual_chap = {{ user = {}, secret = \"<hidden>\" }}",
+                q(u)
+            );
         }
         if !pc.targets.is_empty() {
-            let _ = writeln!(s, "targets = {:?}", pc.targets);
+            let t: Vec<String> = pc.targets.iter().map(|t| q(t)).collect();
+            let _ = writeln!(s, "targets = [{}]", t.join(", "));
+        }
+        if pc.header_digest {
+            let _ = writeln!(s, "header_digest = true");
+        }
+        if pc.data_digest {
+            let _ = writeln!(s, "data_digest = true");
         }
     }
     for m in &c.multipaths {
-        let _ = writeln!(s, "\n[[multipath]]\nwwid = {:?}", m.wwid);
+        let _ = writeln!(s, "\n[[multipath]]\nwwid = {}", q(&m.wwid));
         if let Some(a) = &m.alias {
-            let _ = writeln!(s, "alias = {a:?}");
+            let _ = writeln!(s, "alias = {}", q(a));
+        }
+        // Only what differs from [defaults] (a map inherits the rest).
+        if m.policy.selector != p.selector {
+            let _ = writeln!(s, "selector = {}", q(selector_key(&m.policy.selector)));
+        }
+        if m.policy.grouping != p.grouping {
+            let _ = writeln!(s, "grouping = {}", q(grouping_name(m.policy.grouping)));
+        }
+        if m.policy.failback != p.failback {
+            let _ = writeln!(s, "failback = {}", failback_name(&m.policy.failback));
+        }
+        if m.policy.no_path != p.no_path {
+            let _ = writeln!(s, "no_path_retry = {}", no_path_name(&m.policy.no_path));
+        }
+        if let Some(pr) = &m.prioritizer {
+            let _ = writeln!(s, "prioritizer = {}", q(prio_name(pr)));
         }
     }
+    let b = &c.blacklist;
+    if !(b.wwid.is_empty() && b.vendor.is_empty() && b.product.is_empty()) {
+        let list = |v: &[String]| v.iter().map(|x| q(x)).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(s, "\n[blacklist]");
+        let _ = writeln!(s, "wwid = [{}]", list(&b.wwid));
+        let _ = writeln!(s, "vendor = [{}]", list(&b.vendor));
+        let _ = writeln!(s, "product = [{}]", list(&b.product));
+    }
     let _ = writeln!(s, "\n[exports]");
-    let _ = writeln!(
-        s,
-        "nbd = {:?}",
-        c.nbd_listen
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| "off".into())
-    );
+    let nbd = c
+        .nbd_listen
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "off".into());
+    let _ = writeln!(s, "nbd = {}", q(&nbd));
     if let Some(u) = &c.nbd_unix {
-        let _ = writeln!(s, "nbd_unix = {:?}", u.display().to_string());
+        let _ = writeln!(s, "nbd_unix = {}", q(&u.display().to_string()));
     }
     if let Some(f) = &c.fuse_dir {
-        let _ = writeln!(s, "fuse = {:?}", f.display().to_string());
-    }
-    let _ = writeln!(
-        s,
-        "\ncontrol_socket = {:?}",
-        c.control_socket.display().to_string()
-    );
-    if let Some(m) = c.metrics {
-        let _ = writeln!(s, "metrics = \"{m}\"");
+        let _ = writeln!(s, "fuse = {}", q(&f.display().to_string()));
     }
     s
+}
+
+/// The effective configuration as JSON (the same keys as the file).
+pub fn render_json(c: &DaemonConfig) -> serde_json::Value {
+    match toml::from_str::<toml::Value>(&render(c)) {
+        Ok(v) => serde_json::to_value(v).unwrap_or_default(),
+        Err(e) => serde_json::json!({ "error": e.to_string() }),
+    }
 }
 
 pub fn selector_name(s: &SelectorKind) -> String {
@@ -809,7 +892,7 @@ pub fn no_path_name(n: &NoPathPolicy) -> String {
     match n {
         NoPathPolicy::Fail => "\"fail\"".into(),
         NoPathPolicy::QueueForever => "\"queue\"".into(),
-        NoPathPolicy::Queue(d) => format!("\"{}s\"", d.as_secs()),
+        NoPathPolicy::Queue(d) => format!("\"{}\"", fmt_duration(*d)),
     }
 }
 
@@ -882,7 +965,7 @@ nbd = "127.0.0.1:10900"
         );
         assert!(c.blacklist.excludes("x", "IET", "VIRTUAL-DISK").is_some());
         assert_eq!(c.nbd_listen.unwrap().port(), 10900);
-        assert!(render(&c).contains("round-robin 4"));
+        assert!(render(&c).contains("rr_min_io = 4"));
         assert!(!render(&c).contains("a-long-secret"));
     }
 
@@ -908,6 +991,38 @@ nbd = "127.0.0.1:10900"
         assert!(e.message.contains("twice"));
         let e = parse_str(&GOOD.replace("\"10s\"", "\"soon\""), None).unwrap_err();
         assert_eq!(e.key, "defaults.no_path_retry");
+    }
+
+    #[test]
+    fn rendered_configuration_reads_back_the_same() {
+        let src = format!(
+            "{GOOD}\n[[multipath]]\nwwid = \"36026d70bbbb\"\nselector = \"queue-length\"\n\
+             grouping = \"failover\"\nfailback = \"manual\"\nprioritizer = \"const\"\n"
+        )
+        .replace(
+            "checker = \"readsector0\"",
+            "checker = \"readsector0\"\nchecker_interval = \"250ms\"\nmarginal_hold = \"1.5s\"\n\
+             prioritizer = \"weightedpath\"\nprio_args = [[\"127.0.0.2*\", 50]]\nstale_write_fence = \"off\"",
+        )
+        .replace("[exports]", "[exports]\nnbd_unix = \"/run/x.sock\"")
+            + "\n[blacklist]\nwwid = [\"3600*\"]\n";
+        let src = src.replacen("[blacklist]\nvendor = [\"IET*\"]\n", "", 1);
+        let c = parse_str(&src, None).unwrap();
+        let text = render(&c);
+        assert!(!text.contains("a-long-secret"), "{text}");
+        let mut back = parse_str(&text, None).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        // Only the hidden secret differs.
+        assert_eq!(back.portals[0].chap.as_ref().unwrap().1, "<hidden>");
+        back.portals[0].chap = c.portals[0].chap.clone();
+        assert_eq!(back, c, "{text}");
+        let j = render_json(&c);
+        assert_eq!(j["defaults"]["checker"], "readsector0", "{j}");
+        assert_eq!(j["defaults"]["checker_interval"], "250ms", "{j}");
+        assert_eq!(j["portal"][0]["address"], "127.0.0.2:3260", "{j}");
+        assert_eq!(j["multipath"][1]["selector"], "queue-length", "{j}");
+        // And the defaults alone.
+        let d = DaemonConfig::default();
+        assert_eq!(parse_str(&render(&d), None).unwrap(), d);
     }
 
     #[test]

@@ -161,7 +161,10 @@ impl Control {
             Request::ShowStats => self.stats(),
             Request::ShowConfig => {
                 let c = self.shared.cfg();
-                Response::ok(config::render(&c), json!({ "text": config::render(&c) }))
+                Response::ok(
+                    config::render(&c),
+                    json!({ "text": config::render(&c), "config": config::render_json(&c) }),
+                )
             }
             Request::ShowEvents { last, .. } => self.events(last),
             Request::FailPath { path } => self.fail_path(&path).await,

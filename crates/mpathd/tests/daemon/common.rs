@@ -264,3 +264,17 @@ pub async fn read_some(dev: &Arc<mpath_engine::MultipathDevice>, n: u64) {
         dev.read((i % 64) * 4096, 4096).await.expect("read");
     }
 }
+
+/// How many timeline events of `kind` there are.
+pub async fn events_of(c: &Control, kind: &str) -> usize {
+    let r = c
+        .handle(Request::ShowEvents {
+            follow: false,
+            last: None,
+        })
+        .await;
+    r.data["events"]
+        .as_array()
+        .map(|a| a.iter().filter(|e| e["kind"] == kind).count())
+        .unwrap_or(0)
+}

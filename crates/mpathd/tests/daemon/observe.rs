@@ -354,6 +354,10 @@ async fn show_commands_answer_in_text_and_json() {
         r.text
     );
     assert_eq!(r.data["text"], r.text);
+    assert_eq!(r.data["config"]["defaults"]["checker"], "tur");
+    assert_eq!(r.data["config"]["portal"][0]["address"], p0);
+    // It is a configuration file the daemon reads back.
+    mpathd::config::parse_str(&r.text, None).unwrap();
 
     // show topology
     let r = ask(&c, Request::ShowTopology).await;

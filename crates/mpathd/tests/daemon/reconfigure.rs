@@ -105,6 +105,7 @@ async fn reconfigure_applies_changes_and_leaves_unchanged_maps_alone() {
 
     // 3. LUNs added and removed on the target (it restarts with LUN 2 and without LUN 1;
     //    its session logs in again by itself): reconfigure rescans.
+    let recovered = events_of(&c, "session-recovered").await;
     moving.stop().await;
     let moving = Target::start(
         MOVING,
@@ -115,10 +116,7 @@ async fn reconfigure_applies_changes_and_leaves_unchanged_maps_alone() {
     wait_for(
         Duration::from_secs(10),
         "the moving session to log in again",
-        || async {
-            let st = c.handle(Request::ShowStatus).await;
-            st.data["sessions_up"] == st.data["sessions"]
-        },
+        || async { events_of(&c, "session-recovered").await > recovered },
     )
     .await;
     reconfigure(&c).await;
@@ -188,6 +186,7 @@ async fn a_bad_file_changes_nothing_and_a_resized_lun_is_noticed() {
 
     // The LU grows (the target restarts with it twice the size; same WWID).
     write_config(dir.path(), &[p], "");
+    let recovered = events_of(&c, "session-recovered").await;
     t.stop().await;
     let t = Target::start(
         IQN,
@@ -198,10 +197,7 @@ async fn a_bad_file_changes_nothing_and_a_resized_lun_is_noticed() {
     wait_for(
         Duration::from_secs(10),
         "the session to log in again",
-        || async {
-            let st = c.handle(Request::ShowStatus).await;
-            st.data["sessions_up"] == 1
-        },
+        || async { events_of(&c, "session-recovered").await > recovered },
     )
     .await;
     reconfigure(&c).await;
