@@ -54,7 +54,25 @@ async fn alua_groups_follow_the_target_states() {
     };
     assert!(on(&ao) >= 50 && on(&ano) == 0, "{ios:?}");
 
-    // Swap the states on the target: the checker's refresh regroups and I/O follows.
+    // Swap the states on the target, under a verifying workload: the checker's refresh
+    // regroups, I/O follows, and no request fails or reads wrong data.
+    let w = std::sync::Arc::new(
+        workload::verify::Workload::new(
+            dev.clone(),
+            workload::verify::Config {
+                duration: Duration::from_secs(60),
+                depth: 4,
+                drain_timeout: Duration::from_secs(5),
+                ..workload::verify::Config::for_region(0, 4 << 20)
+            },
+        )
+        .unwrap(),
+    );
+    let run = tokio::spawn({
+        let w = w.clone();
+        async move { w.run().await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
     t.ctl.set_alua(IQN, 1, ANO).unwrap();
     t.ctl.set_alua(IQN, 2, AO).unwrap();
     wait_for(
@@ -69,6 +87,21 @@ async fn alua_groups_follow_the_target_states() {
     )
     .await;
     check(topology_of(&c, &map).await, &ano, &ao);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    w.stop();
+    let report = run.await.unwrap();
+    assert!(
+        report.ops > 0 && report.clean() && report.unfinished == 0,
+        "{:?}",
+        report.messages
+    );
+    assert!(
+        report.longest_gap_ms() < 1000.0,
+        "{}",
+        report.longest_gap_ms()
+    );
+    let v = w.verify_all().await;
+    assert!(v.clean(), "{:?}", v.messages);
     let before = path_ios(&c, &map).await;
     read_some(&dev, 50).await;
     let after = path_ios(&c, &map).await;

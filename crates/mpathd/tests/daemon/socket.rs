@@ -102,3 +102,68 @@ async fn control_socket_refuses_changes_from_other_users() {
     d.stop().await;
     assert!(!sock.exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_events_follow_streams_the_backlog_then_live_events() {
+    use iscsi_target::config::AluaState::ActiveOptimized as AO;
+    let dir = testkit::TempDir::new("follow");
+    let t = Target::start(
+        "iqn.2026-01.io.mpath:follow",
+        vec![group([127, 0, 0, 2], 0, AO), group([127, 0, 0, 3], 0, AO)],
+        &[(1, 1 << 20)],
+    )
+    .await;
+    let cfg = config(&dir, &t.portals[..1]);
+    let sock = cfg.control_socket.clone();
+    let listeners = Listeners::bind(&cfg).await.unwrap();
+    let mut d = Daemon::start(cfg, listeners, None).unwrap();
+    let c = d.control();
+    let map = wait_map_by_wwid(&c, &t.wwid(1), 2, Duration::from_secs(10)).await;
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let follower = tokio::spawn({
+        let sock = sock.clone();
+        async move {
+            let req = Request::ShowEvents {
+                follow: true,
+                last: Some(3),
+            };
+            let _ = control::call(&sock, &req, |r| {
+                let _ = tx.send(r);
+            })
+            .await;
+        }
+    });
+    let backlog = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(backlog.ok);
+    assert_eq!(backlog.data["events"].as_array().unwrap().len(), 3);
+    // A live event: an operator fails a path.
+    let p = t.portals[1].to_string();
+    ask(&c, Request::FailPath { path: p.clone() }).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut seen = Vec::new();
+    loop {
+        let r = tokio::time::timeout_at(deadline.into(), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no live operator event; got {seen:?}"))
+            .unwrap();
+        let e = &r.data["event"];
+        seen.push(r.text.clone());
+        if e["kind"] == "operator" {
+            assert_eq!(e["map"], map);
+            assert_eq!(e["path"], format!("{p}/1"));
+            assert!(
+                r.text.contains("operator") && r.text.contains("fail path"),
+                "{}",
+                r.text
+            );
+            break;
+        }
+    }
+    follower.abort();
+    d.stop().await;
+    t.stop().await;
+}
