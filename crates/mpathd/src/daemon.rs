@@ -305,6 +305,7 @@ impl Shared {
         sc.replacement_timeout = Duration::ZERO;
         let session = Session::spawn(sc);
         let me = Arc::downgrade(self);
+        let rt = tokio::runtime::Handle::current();
         let label = format!("{addr}");
         let tgt = target.to_string();
         session.subscribe(Box::new(move |ev| {
@@ -323,6 +324,18 @@ impl Shared {
                     PathEvent::GaveUp { reason } => ("session-gave-up", reason.to_string()),
                 };
                 me.record(None, Some(&label), kind, detail);
+                // Logged in again (the target may have restarted with other LUNs): new
+                // LUNs join their maps without waiting for a reconfigure.
+                if matches!(ev, PathEvent::Recovered) {
+                    let key = (addr, tgt.clone());
+                    let session = me.state().sessions.get(&key).cloned();
+                    if let Some(session) = session {
+                        let (me, tgt) = (me.clone(), tgt.clone());
+                        rt.spawn(async move {
+                            me.scan_session(addr, &tgt, &session, false).await;
+                        });
+                    }
+                }
             }
         }));
         self.state().sessions.insert(key, session.clone());
@@ -344,11 +357,19 @@ impl Shared {
                 _ = stop.changed() => return,
             }
         }
-        self.scan_session(addr, &target, &session).await;
+        self.scan_session(addr, &target, &session, false).await;
     }
 
     /// REPORT LUNS and probe every LUN of a session; add new paths.
-    pub async fn scan_session(self: &Arc<Self>, addr: SocketAddr, target: &str, session: &Session) {
+    /// With `remove_gone`, paths whose LUN is no longer reported leave their maps (an
+    /// operator's reconfigure); a session that merely logged in again only adds LUNs.
+    pub async fn scan_session(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        target: &str,
+        session: &Session,
+        remove_gone: bool,
+    ) {
         let lun0 = IscsiPath::new(session.clone(), 0, RetryPolicy::default());
         let luns = match probe::report_luns(&lun0).await {
             Ok(l) => l,
@@ -371,7 +392,7 @@ impl Shared {
             .filter(|p| p.portal == addr && p.target == target && !luns.contains(&p.lun))
             .map(|p| p.name.clone())
             .collect();
-        if !gone.is_empty() {
+        if remove_gone && !gone.is_empty() {
             self.remove_paths(gone, "LUN no longer reported by the target")
                 .await;
         }

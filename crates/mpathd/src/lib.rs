@@ -321,7 +321,7 @@ impl Shared {
             .collect();
         for (a, t, s) in sessions {
             if s.is_up() {
-                self.scan_session(a, &t, &s).await;
+                self.scan_session(a, &t, &s, true).await;
             }
         }
         let policy_lines = self.apply_policies().await;

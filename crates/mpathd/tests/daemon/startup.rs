@@ -69,3 +69,27 @@ async fn an_unreachable_portal_does_not_block_and_joins_when_it_comes_up() {
     early.stop().await;
     late.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_back_with_a_new_lun_gets_its_map_without_reconfigure() {
+    const IQN: &str = "iqn.2026-01.io.mpath:grow";
+    let dir = testkit::TempDir::new("grow");
+    let t = Target::start(IQN, vec![group([127, 0, 0, 9], 0, AO)], &[(1, 1 << 20)]).await;
+    let p = t.portals[0];
+    let (mut d, c) = start(config(&dir, &[p]));
+    let m1 = wait_map_by_wwid(&c, &t.wwid(1), 1, Duration::from_secs(10)).await;
+    t.stop().await;
+    let t = Target::start(
+        IQN,
+        vec![group([127, 0, 0, 9], p.port(), AO)],
+        &[(1, 1 << 20), (2, 1 << 20)],
+    )
+    .await;
+    wait_map_by_wwid(&c, &t.wwid(2), 1, Duration::from_secs(10)).await;
+    wait_for(Duration::from_secs(5), "LUN 1's path back", || async {
+        active_paths(&c, &m1).await == 1
+    })
+    .await;
+    d.stop().await;
+    t.stop().await;
+}
