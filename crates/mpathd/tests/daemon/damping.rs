@@ -23,7 +23,7 @@ async fn a_flapping_path_is_held_until_it_stays_healthy() {
     cfg.policy.flap = Some(FlapDamping {
         failures: 3,
         window: Duration::from_secs(30),
-        hold: Duration::from_secs(2),
+        hold: Duration::from_secs(3),
     });
     let (mut d, c) = start(cfg);
     let map = wait_map_by_wwid(&c, &t.wwid(1), 2, Duration::from_secs(10)).await;
@@ -86,6 +86,46 @@ async fn a_flapping_path_is_held_until_it_stays_healthy() {
     );
     let text = c.handle(mpathd::Request::ShowPaths).await.text;
     assert!(text.contains("marginal:"), "{text}");
+    // How long the hold has left, as show paths says it.
+    let left = |note: &str| -> f64 {
+        note.split("after ")
+            .nth(1)
+            .and_then(|s| s.split('s').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no hold in {note:?}"))
+    };
+    let first_left = left(note);
+    let first_seen = std::time::Instant::now();
+
+    // It fails again while held: the hold starts over once it is back (it must stay
+    // healthy for the whole hold), rather than ending at the first deadline.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // (The path is failed already: its session's failure is what shows.)
+    let before = events_of(&c, "session-failed").await;
+    t.ctl.reset_portal(t.portals[1]).unwrap();
+    wait_for(
+        Duration::from_secs(5),
+        "the held path's session to fail",
+        || async { events_of(&c, "session-failed").await > before },
+    )
+    .await;
+    wait_for(
+        Duration::from_secs(10),
+        "the session to log in again",
+        || async {
+            let r = row(paths_of(&c, &map).await);
+            r["connection"] == "running" && r["note"].as_str().unwrap().contains("marginal")
+        },
+    )
+    .await;
+    let r = row(paths_of(&c, &map).await);
+    assert_eq!(r["dm_state"], "failed", "{r}");
+    let old_left = first_left - first_seen.elapsed().as_secs_f64();
+    let new_left = left(r["note"].as_str().unwrap());
+    assert!(
+        new_left > old_left + 0.5,
+        "hold not restarted: {new_left}s left, the first hold had {old_left}s"
+    );
     // Healthy and up, it is reinstated once the hold has passed.
     wait_for(
         Duration::from_secs(6),
