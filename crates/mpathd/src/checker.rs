@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use block::{DataPhase, IoErrorKind, ScsiRequest};
 use bytes::Bytes;
-use iscsi_initiator::probe;
+use iscsi_initiator::probe::LuInfo;
 use mpath_policy::{CheckerState, DmState};
 use scsi::cdb::build;
 use tracing::debug;
@@ -46,19 +46,20 @@ impl Shared {
             let cfg = self.cfg();
             let now = Instant::now();
             // Take what to check; no lock held during the I/O.
-            let due: Vec<(String, iscsi_initiator::IscsiPath, u64)> = {
+            let due: Vec<(String, iscsi_initiator::IscsiPath, LuInfo)> = {
                 let st = self.state();
                 st.paths
                     .values()
                     .filter(|p| p.excluded.is_none() && p.next_check <= now)
-                    .map(|p| (p.name.clone(), p.path.clone(), p.lu.blocks))
+                    .map(|p| (p.name.clone(), p.path.clone(), p.lu.clone()))
                     .collect()
             };
+            self.retry_waiting(&cfg, now);
             if due.is_empty() {
                 continue;
             }
             let mut set = tokio::task::JoinSet::new();
-            for (name, path, blocks) in due {
+            for (name, path, lu) in due {
                 let kind = cfg.checker;
                 // A map may use alua through its own `[[multipath]]` entry.
                 let alua = matches!(cfg.prioritizer, PrioritizerKind::Alua)
@@ -66,12 +67,56 @@ impl Shared {
                         .multipaths
                         .iter()
                         .any(|m| m.prioritizer == Some(PrioritizerKind::Alua));
-                set.spawn(async move { check(name, path, kind, alua, blocks, round).await });
+                set.spawn(async move { check(name, path, kind, alua, lu, round).await });
             }
             while let Some(r) = set.join_next().await {
                 let Ok(c) = r else { continue };
                 self.apply_check(c, &cfg).await;
             }
+        }
+    }
+
+    /// Paths that wait for a map (their ALUA port refused READ CAPACITY and no active
+    /// path to the LU was known) are probed again at the failed-path interval: once the
+    /// port serves, the path is added as if new (creating its map, which then takes in the
+    /// others still waiting).
+    fn retry_waiting(self: &Arc<Self>, cfg: &crate::config::DaemonConfig, now: Instant) {
+        let waiting: Vec<_> = {
+            let mut st = self.state();
+            st.paths
+                .values_mut()
+                .filter(|p| p.excluded.as_deref() == Some(crate::daemon::WAITING))
+                .filter(|p| p.next_check <= now)
+                .map(|p| {
+                    p.next_check = now + cfg.checker_interval;
+                    (
+                        p.name.clone(),
+                        p.portal,
+                        p.target.clone(),
+                        p.lun,
+                        p.path.clone(),
+                    )
+                })
+                .collect()
+        };
+        for (name, addr, target, lun, path) in waiting {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let Ok(lu) = iscsi_initiator::probe::probe_lu(&path).await else {
+                    return;
+                };
+                let latency = tur_latency(&path).await;
+                {
+                    let mut st = me.state();
+                    match st.paths.get(&name) {
+                        Some(p) if p.excluded.as_deref() == Some(crate::daemon::WAITING) => {
+                            st.paths.remove(&name);
+                        }
+                        _ => return,
+                    }
+                }
+                me.add_path(addr, &target, lun, path, lu, latency).await;
+            });
         }
     }
 
@@ -156,9 +201,10 @@ async fn check(
     path: iscsi_initiator::IscsiPath,
     kind: CheckerKind,
     alua: bool,
-    blocks: u64,
+    lu: LuInfo,
     round: u64,
 ) -> Checked {
+    let blocks = lu.blocks;
     let t0 = Instant::now();
     let req = match kind {
         CheckerKind::Tur => ScsiRequest {
@@ -185,10 +231,10 @@ async fn check(
     let (state, why) = verdict(kind, path.command(req).await.map(|_| ()));
     let latency = t0.elapsed();
     let mut alua_now = None;
-    if alua && state != CheckerState::Down {
-        if let Ok(info) = probe::probe_lu(&path).await {
-            alua_now = info.alua;
-        }
+    // REPORT TARGET PORT GROUPS alone: it answers in every ALUA state (a full probe fails
+    // on a standby port, so a path going standby would keep its old priority).
+    if alua && state != CheckerState::Down && lu.tpgs != 0 {
+        alua_now = crate::probe::alua_state(&path, &lu).await;
     }
     Checked {
         name,

@@ -41,6 +41,17 @@ pub struct TimelineEvent {
     pub detail: String,
 }
 
+/// Why a path behind an ALUA standby or unavailable port is not in a map yet.
+pub(crate) const WAITING: &str =
+    "ALUA port not serving the LU: its capacity is unknown until a path to it is active; joins its map then";
+
+/// The key paths are grouped by: the WWID, else the serial.
+pub(crate) fn lu_wwid(lu: &LuInfo) -> Option<String> {
+    lu.wwid
+        .clone()
+        .or_else(|| lu.serial.as_ref().map(|s| format!("serial:{s}")))
+}
+
 /// How many events `show events` can replay.
 const TIMELINE_LEN: usize = 10_000;
 
@@ -400,6 +411,17 @@ impl Shared {
             let path = IscsiPath::new(session.clone(), lun, RetryPolicy::default());
             let lu = match probe::probe_lu(&path).await {
                 Ok(lu) => lu,
+                // A standby or unavailable ALUA port refuses READ CAPACITY: the path is
+                // still one (a ghost, or the one the array fails over to).
+                Err(e) if crate::probe::alua_inaccessible(&e) => {
+                    match crate::probe::probe_inaccessible(&path).await {
+                        Ok(lu) => lu,
+                        Err(e) => {
+                            warn!(portal = %addr, %target, lun, "probe failed: {e}");
+                            continue;
+                        }
+                    }
+                }
                 Err(e) => {
                     warn!(portal = %addr, %target, lun, "probe failed: {e}");
                     continue;
@@ -468,7 +490,7 @@ impl Shared {
     }
 
     /// Record a probed path and put it into its map (creating the map if needed).
-    async fn add_path(
+    pub(crate) async fn add_path(
         self: &Arc<Self>,
         addr: SocketAddr,
         target: &str,
@@ -496,10 +518,31 @@ impl Shared {
             .wwid
             .clone()
             .or_else(|| lu.serial.as_ref().map(|s| format!("serial:{s}")));
-        let excluded = match &wwid {
+        let mut excluded = match &wwid {
             None => Some("no WWID (VPD 0x83) and no serial (VPD 0x80)".to_string()),
             Some(w) => cfg.blacklist.excludes(w, &lu.vendor, &lu.product),
         };
+        // Held from here: a path waiting for its map (below) must be recorded before a map
+        // for its WWID can be created, or it would miss its adoption.
+        let membership = self.membership.lock().await;
+        let mut lu = lu;
+        if excluded.is_none() && lu.blocks == 0 {
+            // Behind an ALUA standby/unavailable port: the capacity is its map's.
+            let known = wwid.as_ref().and_then(|w| {
+                self.state()
+                    .maps
+                    .values()
+                    .find(|m| &m.wwid == w)
+                    .map(|m| (m.size, m.block_size))
+            });
+            match known {
+                Some((size, bs)) => {
+                    lu.block_size = bs;
+                    lu.blocks = size / u64::from(bs.max(1));
+                }
+                None => excluded = Some(WAITING.to_string()),
+            }
+        }
         let priority = self.priority(&cfg, &name, addr, &lu, Some(latency));
         {
             let mut st = self.state();
@@ -533,8 +576,8 @@ impl Shared {
         let Some(wwid) = wwid else { return };
         let info = self.path_info(&name, target, &lu, priority);
         let spec = PathSpec::new(info, Arc::new(path));
-        // Existing map: join it. New WWID: create the map.
-        let _membership = self.membership.lock().await;
+        // Existing map: join it. New WWID: create the map, then take in the paths that
+        // were waiting for it.
         let existing = self
             .state()
             .maps
@@ -542,27 +585,85 @@ impl Shared {
             .find(|m| m.wwid == wwid)
             .map(|m| (m.name.clone(), m.device.clone()));
         match existing {
-            Some((map, device)) => match device.add_path(spec).await {
-                Ok(id) => {
-                    let mut st = self.state();
-                    if let Some(m) = st.maps.get_mut(&map) {
-                        m.paths.push((id, name.clone()));
-                    }
-                    if let Some(p) = st.paths.get_mut(&name) {
-                        p.map = Some((map.clone(), id));
-                    }
-                    drop(st);
-                    info!(path = %name, %map, "path added");
-                    self.record(
-                        Some(&map),
-                        Some(&name),
-                        "path-added",
-                        format!("{} {}", target, lu.wwid.as_deref().unwrap_or("")),
-                    );
+            Some((map, device)) => self.join_map(&map, &device, &name, target, &lu, spec).await,
+            None => {
+                self.create_map(&cfg, &wwid, &name, &lu, spec);
+                drop(membership);
+                self.adopt_waiting(&wwid).await;
+            }
+        }
+    }
+
+    /// Add a recorded path to a running map (the membership lock held).
+    async fn join_map(
+        &self,
+        map: &str,
+        device: &Arc<MultipathDevice>,
+        name: &str,
+        target: &str,
+        lu: &LuInfo,
+        spec: PathSpec,
+    ) {
+        match device.add_path(spec).await {
+            Ok(id) => {
+                let mut st = self.state();
+                if let Some(m) = st.maps.get_mut(map) {
+                    m.paths.push((id, name.to_string()));
                 }
-                Err(e) => warn!(path = %name, %map, "cannot add the path: {e}"),
-            },
-            None => self.create_map(&cfg, &wwid, &name, &lu, spec),
+                if let Some(p) = st.paths.get_mut(name) {
+                    p.map = Some((map.to_string(), id));
+                }
+                drop(st);
+                info!(path = %name, %map, "path added");
+                self.record(
+                    Some(map),
+                    Some(name),
+                    "path-added",
+                    format!("{} {}", target, lu.wwid.as_deref().unwrap_or("")),
+                );
+            }
+            Err(e) => warn!(path = %name, %map, "cannot add the path: {e}"),
+        }
+    }
+
+    /// Paths that waited for a map of `wwid` (ALUA standby or unavailable when first seen,
+    /// their capacity unknown) join it with its capacity.
+    async fn adopt_waiting(self: &Arc<Self>, wwid: &str) {
+        let _membership = self.membership.lock().await;
+        let Some((map, device, size, bs)) = self
+            .state()
+            .maps
+            .values()
+            .find(|m| m.wwid == wwid)
+            .map(|m| (m.name.clone(), m.device.clone(), m.size, m.block_size))
+        else {
+            return;
+        };
+        let waiting: Vec<String> = self
+            .state()
+            .paths
+            .values()
+            .filter(|p| {
+                p.map.is_none()
+                    && p.excluded.as_deref() == Some(WAITING)
+                    && lu_wwid(&p.lu).as_deref() == Some(wwid)
+            })
+            .map(|p| p.name.clone())
+            .collect();
+        for name in waiting {
+            let (target, lu, path, prio) = {
+                let mut st = self.state();
+                let Some(p) = st.paths.get_mut(&name) else {
+                    continue;
+                };
+                p.lu.block_size = bs;
+                p.lu.blocks = size / u64::from(bs.max(1));
+                p.excluded = None;
+                (p.target.clone(), p.lu.clone(), p.path.clone(), p.priority)
+            };
+            let spec = PathSpec::new(self.path_info(&name, &target, &lu, prio), Arc::new(path));
+            self.join_map(&map, &device, &name, &target, &lu, spec)
+                .await;
         }
     }
 

@@ -16,6 +16,7 @@ pub mod config;
 pub mod control;
 mod daemon;
 pub mod metrics;
+mod probe;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;

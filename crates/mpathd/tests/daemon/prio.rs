@@ -245,3 +245,128 @@ async fn path_latency_prioritizer_prefers_the_faster_path() {
     d.stop().await;
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alua_priorities_per_state_and_preferred_bit() {
+    use iscsi_target::config::AluaState::{Standby, Unavailable};
+    const IQN: &str = "iqn.2026-01.io.mpath:states";
+    let dir = testkit::TempDir::new("states");
+    let mut groups_spec = vec![
+        group([127, 0, 0, 2], 0, AO),
+        group([127, 0, 0, 3], 0, ANO),
+        group([127, 0, 0, 4], 0, Standby),
+        group([127, 0, 0, 5], 0, Unavailable),
+    ];
+    groups_spec[0].preferred = true;
+    let t = Target::start(IQN, groups_spec, &[(1, 1 << 20)]).await;
+    let (mut d, c) = start(config(&dir, &t.portals[..1]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = c.handle(Request::ShowPaths).await;
+        if r.data["paths"].as_array().is_some_and(|a| a.len() == 4) {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let ev = c
+                .handle(Request::ShowEvents {
+                    follow: false,
+                    last: None,
+                })
+                .await;
+            panic!("not four paths:\n{}\n{}", r.text, ev.text);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = ask(&c, Request::ShowPaths).await;
+    let prio = |ip: &str| {
+        r.data["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["path"].as_str().unwrap().starts_with(ip))
+            .map(|p| p["priority"].as_u64().unwrap())
+            .unwrap()
+    };
+    assert_eq!(prio("127.0.0.2:"), 130, "{}", r.text);
+    assert_eq!(prio("127.0.0.3:"), 10, "{}", r.text);
+    assert_eq!(prio("127.0.0.4:"), 1, "{}", r.text);
+    assert_eq!(prio("127.0.0.5:"), 0, "{}", r.text);
+    let map = r.data["paths"][0]["map"].as_str().unwrap().to_string();
+    let g = groups(&c, &map).await;
+    assert_eq!(g[0].0, 130, "{g:?}");
+    assert_eq!(g[0].1, "active", "{g:?}");
+    assert_eq!(g[0].2, vec![t.portals[0].to_string()], "{g:?}");
+    d.stop().await;
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_paths_wait_for_their_map_and_join_when_a_port_activates() {
+    use iscsi_target::config::AluaState::Standby;
+    const IQN: &str = "iqn.2026-01.io.mpath:standby";
+    let dir = testkit::TempDir::new("standby");
+    let t = Target::start(
+        IQN,
+        vec![
+            group([127, 0, 0, 2], 0, Standby),
+            group([127, 0, 0, 3], 0, Standby),
+        ],
+        &[(1, 1 << 20)],
+    )
+    .await;
+    let (mut d, c) = start(config(&dir, &t.portals[..1]));
+    // Both ports in standby: the LU's paths are known, waiting (no capacity to build a
+    // map from), and said so.
+    wait_for(Duration::from_secs(10), "two waiting paths", || async {
+        let r = c.handle(Request::ShowPaths).await;
+        r.data["paths"].as_array().is_some_and(|a| {
+            a.len() == 2
+                && a.iter()
+                    .all(|p| p["map"] == "-" && p["note"].as_str().unwrap().contains("ALUA port"))
+        })
+    })
+    .await;
+    assert!(ask(&c, Request::ShowMaps).await.data["maps"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    // The array activates one port: the map is built, the standby path joins as a ghost.
+    t.ctl.set_alua(IQN, 1, AO).unwrap();
+    // (A ghost is dm-active: used only when nothing better is.)
+    let map = wait_map_by_wwid(&c, &t.wwid(1), 2, Duration::from_secs(10)).await;
+    wait_for(
+        Duration::from_secs(5),
+        "the standby path checked a ghost",
+        || async {
+            paths_of(&c, &map).await.iter().any(|p| {
+                p["path"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&t.portals[1].to_string())
+                    && p["checker_state"] == "ghost"
+            })
+        },
+    )
+    .await;
+    let g = groups(&c, &map).await;
+    assert_eq!(g.len(), 2, "{g:?}");
+    assert_eq!((g[0].0, g[0].1.as_str()), (50, "active"), "{g:?}");
+    assert_eq!(g[0].2, vec![t.portals[0].to_string()], "{g:?}");
+    assert_eq!(g[1].0, 1, "{g:?}");
+    let size = ask(&c, Request::ShowMaps).await.data["maps"][0]["size"].clone();
+    assert_eq!(size, 1 << 20);
+    // Then the other way round: the standby port becomes active, the active one standby.
+    t.ctl.set_alua(IQN, 2, AO).unwrap();
+    t.ctl.set_alua(IQN, 1, Standby).unwrap();
+    wait_for(Duration::from_secs(5), "the groups to swap", || async {
+        let g = groups(&c, &map).await;
+        g.len() == 2 && g[0].1 == "active" && g[0].2 == vec![t.portals[1].to_string()]
+    })
+    .await;
+    read_some(&device(&d, &map), 8).await;
+    let ios = path_ios(&c, &map).await;
+    let on = |p: &str| ios.iter().find(|(n, _)| n.starts_with(p)).unwrap().1;
+    assert!(on(&t.portals[1].to_string()) >= 8, "{ios:?}");
+    d.stop().await;
+    t.stop().await;
+}
