@@ -237,7 +237,7 @@ struct Defaults {
     checker_interval_ok: Option<Spanned<String>>,
     stale_write_fence: Option<Spanned<String>>,
     prioritizer: Option<Spanned<String>>,
-    prio_args: Option<Vec<(String, u32)>>,
+    prio_args: Option<Spanned<Vec<(String, u32)>>>,
     user_friendly_names: Option<bool>,
     bindings_file: Option<PathBuf>,
     initiator_name: Option<Spanned<String>>,
@@ -279,6 +279,7 @@ struct MultipathSection {
     failback: Option<Spanned<toml::Value>>,
     no_path_retry: Option<Spanned<String>>,
     prioritizer: Option<Spanned<String>>,
+    prio_args: Option<Spanned<Vec<(String, u32)>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -346,6 +347,13 @@ pub fn parse_str(src: &str, file: Option<&Path>) -> Result<DaemonConfig, ConfigE
         ctx.err(e.span(), &key, e.message().trim().to_string())
     })?;
     let mut c = DaemonConfig::default();
+    // weightedpath in a [[multipath]] entry takes its own prio_args, else these.
+    let default_args: Vec<(String, u32)> = raw
+        .defaults
+        .as_ref()
+        .and_then(|d| d.prio_args.as_ref())
+        .map(|a| a.get_ref().clone())
+        .unwrap_or_default();
     if let Some(d) = raw.defaults {
         apply_defaults(&ctx, d, &mut c)?;
     }
@@ -403,9 +411,25 @@ pub fn parse_str(src: &str, file: Option<&Path>) -> Result<DaemonConfig, ConfigE
             policy.no_path = no_path(&ctx, s, &key("no_path_retry"))?;
         }
         let prioritizer = match &m.prioritizer {
-            Some(p) => Some(prioritizer(&ctx, p, &key("prioritizer"), &[])?),
+            Some(p) => {
+                let args = m
+                    .prio_args
+                    .as_ref()
+                    .map(|a| a.get_ref().as_slice())
+                    .unwrap_or(&default_args);
+                Some(prioritizer(&ctx, p, &key("prioritizer"), args)?)
+            }
             None => None,
         };
+        if let Some(a) = &m.prio_args {
+            if !matches!(prioritizer, Some(PrioritizerKind::Weightedpath(_))) {
+                return Err(ctx.err(
+                    Some(a.span()),
+                    &key("prio_args"),
+                    "prio_args needs prioritizer = \"weightedpath\" in the same entry",
+                ));
+            }
+        }
         let alias = match &m.alias {
             Some(a) if valid_name(a.get_ref()) => Some(a.get_ref().clone()),
             Some(a) => {
@@ -524,9 +548,13 @@ fn apply_defaults(ctx: &Ctx, d: Defaults, c: &mut DaemonConfig) -> Result<(), Co
             ctx,
             s,
             "defaults.prioritizer",
-            d.prio_args.as_deref().unwrap_or(&[]),
+            d.prio_args
+                .as_ref()
+                .map(|a| a.get_ref().as_slice())
+                .unwrap_or(&[]),
         )?;
     }
+
     if let Some(v) = d.user_friendly_names {
         c.user_friendly_names = v;
     }
@@ -826,6 +854,10 @@ pub fn render(c: &DaemonConfig) -> String {
         }
         if let Some(pr) = &m.prioritizer {
             let _ = writeln!(s, "prioritizer = {}", q(prio_name(pr)));
+            if let PrioritizerKind::Weightedpath(w) = pr {
+                let args: Vec<String> = w.iter().map(|(p, n)| format!("[{}, {n}]", q(p))).collect();
+                let _ = writeln!(s, "prio_args = [{}]", args.join(", "));
+            }
         }
     }
     let b = &c.blacklist;
@@ -1023,6 +1055,41 @@ nbd = "127.0.0.1:10900"
         // And the defaults alone.
         let d = DaemonConfig::default();
         assert_eq!(parse_str(&render(&d), None).unwrap(), d);
+    }
+
+    #[test]
+    fn weightedpath_per_map_takes_its_own_or_the_default_weights() {
+        let src = "[defaults]\nprio_args = [[\"127.0.0.2*\", 7]]\n\
+            [[multipath]]\nwwid = \"3a\"\nprioritizer = \"weightedpath\"\n\
+            [[multipath]]\nwwid = \"3b\"\nprioritizer = \"weightedpath\"\nprio_args = [[\"127.0.0.3*\", 9]]\n";
+        let c = parse_str(src, None).unwrap();
+        assert_eq!(
+            c.multipaths[0].prioritizer,
+            Some(PrioritizerKind::Weightedpath(vec![(
+                "127.0.0.2*".into(),
+                7
+            )]))
+        );
+        assert_eq!(
+            c.multipaths[1].prioritizer,
+            Some(PrioritizerKind::Weightedpath(vec![(
+                "127.0.0.3*".into(),
+                9
+            )]))
+        );
+        assert_eq!(
+            parse_str(&render(&c), None).unwrap().multipaths,
+            c.multipaths
+        );
+        let e = parse_str(
+            "[[multipath]]\nwwid = \"3a\"\nprio_args = [[\"x\", 1]]\n",
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("multipath[0].prio_args", Some(3))
+        );
     }
 
     #[test]
