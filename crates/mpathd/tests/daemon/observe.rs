@@ -422,7 +422,14 @@ async fn show_commands_answer_in_text_and_json() {
         e.text
     );
 
-    // show events: the story so far, newest last; `last` bounds it.
+    // show events: the story so far, newest last; `last` bounds it. (The map's own
+    // events reach the timeline through a task of their own.)
+    wait_for(
+        Duration::from_secs(5),
+        "the reinstatement in the timeline",
+        || async { events_of(&c, "path-reinstated").await > 0 },
+    )
+    .await;
     let r = ask(
         &c,
         Request::ShowEvents {
