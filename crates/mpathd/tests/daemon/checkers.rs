@@ -52,13 +52,12 @@ async fn offline_then_online(kind: CheckerKind) {
         assert_eq!(p["checker_state"], "ready", "{p}");
     }
     read_some(&device(&d, &map), 8).await;
-    let ev = c
-        .handle(mpathd::Request::ShowEvents {
-            follow: false,
-            last: None,
-        })
-        .await;
-    assert!(ev.text.contains("path-reinstated"), "{}", ev.text);
+    wait_for(
+        Duration::from_secs(5),
+        "reinstatements in the timeline",
+        || async { events_of(&c, "path-reinstated").await >= 2 },
+    )
+    .await;
     d.stop().await;
     t.stop().await;
 }
