@@ -266,8 +266,13 @@ impl Daemon {
 
 impl Shared {
     /// Re-read the configuration file and apply what changed: new portals are logged in,
-    /// removed ones logged out (their paths leave their maps), new LUNs on existing sessions
-    /// join maps. Maps that did not change keep running untouched.
+    /// removed ones logged out (their paths leave their maps; a map left without paths is
+    /// removed), portals whose settings changed are logged in again; every session is
+    /// rescanned (new LUNs join maps, LUNs no longer reported leave them, a changed capacity
+    /// is recorded); blacklist changes move LUNs out of or into maps; changed policies are
+    /// applied to running maps as far as the engine allows (priorities, `no_path_retry`
+    /// between fail and queueing) and the rest is reported as pending. A file that does not
+    /// parse changes nothing. Maps that did not change keep running untouched.
     pub async fn reconfigure(self: Arc<Self>) -> Result<String, String> {
         let Some(path) = self.config_path.clone() else {
             return Err(
