@@ -514,10 +514,7 @@ impl Shared {
             .len()
             > 1;
         let name = path_name(addr, target, lun, many);
-        let wwid = lu
-            .wwid
-            .clone()
-            .or_else(|| lu.serial.as_ref().map(|s| format!("serial:{s}")));
+        let wwid = lu_wwid(&lu);
         let mut excluded = match &wwid {
             None => Some("no WWID (VPD 0x83) and no serial (VPD 0x80)".to_string()),
             Some(w) => cfg.blacklist.excludes(w, &lu.vendor, &lu.product),
@@ -856,10 +853,8 @@ impl Shared {
         lu: &LuInfo,
         latency: Option<Duration>,
     ) -> u32 {
-        let kind = lu
-            .wwid
-            .as_ref()
-            .and_then(|w| cfg.multipaths.iter().find(|m| &m.wwid == w))
+        let kind = lu_wwid(lu)
+            .and_then(|w| cfg.multipaths.iter().find(|m| m.wwid == w))
             .and_then(|m| m.prioritizer.clone())
             .unwrap_or_else(|| cfg.prioritizer.clone());
         match kind {
