@@ -93,3 +93,36 @@ async fn a_target_back_with_a_new_lun_gets_its_map_without_reconfigure() {
     d.stop().await;
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_portal_does_not_hold_up_the_others() {
+    const IQN: &str = "iqn.2026-01.io.mpath:silent";
+    let dir = testkit::TempDir::new("silent");
+    let up = Target::start(IQN, vec![group([127, 0, 0, 2], 0, AO)], &[(1, 1 << 20)]).await;
+    // Same LU (same IQN and LUN), another server whose portal accepts and never answers.
+    let silent = Target::start(IQN, vec![group([127, 0, 0, 4], 0, AO)], &[(1, 1 << 20)]).await;
+    silent
+        .ctl
+        .set_fault(silent.portals[0], iscsi_target::Fault::Blackhole)
+        .unwrap();
+    let (mut d, c) = start(config(&dir, &[silent.portals[0], up.portals[0]]));
+    let map = wait_map_by_wwid(&c, &up.wwid(1), 1, Duration::from_secs(10)).await;
+    // Built while the silent portal's discovery is still waiting for an answer.
+    let st = ask(&c, Request::ShowStatus).await;
+    assert_eq!(st.data["sessions"], 1, "{}", st.text);
+    read_some(&device(&d, &map), 4).await;
+    // The portal answers again: its path joins.
+    silent
+        .ctl
+        .set_fault(silent.portals[0], iscsi_target::Fault::None)
+        .unwrap();
+    wait_for(
+        Duration::from_secs(15),
+        "the silent portal's path to join",
+        || async { active_paths(&c, &map).await == 2 },
+    )
+    .await;
+    d.stop().await;
+    up.stop().await;
+    silent.stop().await;
+}
