@@ -315,6 +315,13 @@ impl Daemon {
     }
 }
 
+/// The I/O count of the path through `portal` in a [`Daemon::path_ios`] answer.
+fn ios_of(v: &[(String, u64)], portal: &str) -> u64 {
+    v.iter()
+        .find(|(n, _)| n.starts_with(&format!("{portal}/")))
+        .map_or(0, |(_, c)| *c)
+}
+
 /// Events of `kind` on the path through `portal`.
 fn events_of<'a>(evs: &'a [Value], kind: &str, portal: &str) -> Vec<&'a Value> {
     evs.iter()
@@ -527,7 +534,21 @@ fn one_path_fault(name: &'static str, fault: NetFault) {
     let mut l = s.load(12.0, Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(3));
     s.lab.fault(0, fault);
-    std::thread::sleep(Duration::from_secs(5));
+    let at = Instant::now();
+    // When the daemon fails the path (polled, so within a CLI round trip).
+    let mut detected = None;
+    while detected.is_none() && at.elapsed() < Duration::from_secs(4) {
+        if s.daemon.path_row(&s.portal(0))["dm_state"] == "failed" {
+            detected = Some(at.elapsed());
+        } else {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // While the path is failed, I/O goes only down the other one.
+    let during = s.daemon.path_ios();
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(at.elapsed()));
+    let after = s.daemon.path_ios();
     let dropped = s.lab.dropped_packets(0);
     s.lab.clear(0);
     let r = s.finish(&mut l);
@@ -535,6 +556,22 @@ fn one_path_fault(name: &'static str, fault: NetFault) {
     let v = s.verify(&l);
     s.assert_verified(&v);
     s.record(&r, &v);
+    let delta = |portal: &str| ios_of(&after, portal).saturating_sub(ios_of(&during, portal));
+    let (broken, healthy) = (delta(&s.portal(0)), delta(&s.portal(1)));
+    eprintln!(
+        "{name}: {fault}: path seen failed {} after the fault; while failed: {broken} I/Os on it, {healthy} on the other",
+        detected.map_or("never (in 4 s)".to_string(), |d| format!("{} ms", d.as_millis()))
+    );
+    assert!(
+        detected.is_some(),
+        "{name}: the path was not failed within 4 s:\n{}",
+        s.context()
+    );
+    assert!(
+        broken == 0 && healthy > 0,
+        "{name}: I/O on the failed path {broken}, on the healthy one {healthy}:\n{}",
+        s.context()
+    );
     let evs = s.daemon.events();
     let failed = events_of(&evs, "path-failed", &s.portal(0));
     assert!(
@@ -543,7 +580,7 @@ fn one_path_fault(name: &'static str, fault: NetFault) {
         s.context()
     );
     eprintln!(
-        "{name}: {fault}: path failed at {} ({}), {dropped} packets dropped by the rules",
+        "{name}: {fault}: path failed at {} ({}), {dropped} packets matched by the fault rules",
         failed[0]["t_ms"],
         failed[0]["detail"].as_str().unwrap_or("")
     );
@@ -673,8 +710,9 @@ fn target_restart_within_no_path_window() {
     s.record(&r, &v);
     let evs = s.daemon.events();
     assert!(
-        !events_of(&evs, "queueing-started", "").is_empty(),
-        "{name}: no queueing while the target was down:\n{}",
+        !events_of(&evs, "queueing-started", "").is_empty()
+            && !events_of(&evs, "queueing-ended", "").is_empty(),
+        "{name}: no queueing episode while the target was down:\n{}",
         s.context()
     );
     assert_eq!(during.errors, 0);
@@ -731,6 +769,12 @@ fn all_paths_down_past_no_path_window() {
         during.errors > 0,
         "{name}: no error 7 s into an outage with no_path_retry 3s (I/O hangs?):\n{}",
         s.context()
+    );
+    // Clean errors: EIO, as the daemon gives for "no usable path".
+    assert!(
+        !r.messages.is_empty() && r.messages.iter().all(|m| m.contains("EIO")),
+        "{name}: errors other than EIO: {:?}",
+        r.messages
     );
     assert_eq!(
         r.unfinished,
@@ -799,14 +843,7 @@ fn slow_path_is_avoided_by_service_time() {
     let v = s.verify(&l);
     s.assert_verified(&v);
     s.record(&r, &v);
-    let delta = |portal: &str| -> u64 {
-        let of = |v: &[(String, u64)]| {
-            v.iter()
-                .find(|(n, _)| n.starts_with(&format!("{portal}/")))
-                .map_or(0, |(_, c)| *c)
-        };
-        of(&b).saturating_sub(of(&a))
-    };
+    let delta = |portal: &str| ios_of(&b, portal).saturating_sub(ios_of(&a, portal));
     let (fast_ios, slow_ios) = (delta(&s.portal(0)), delta(&slow));
     let share = fast_ios as f64 / (fast_ios + slow_ios).max(1) as f64;
     eprintln!(
