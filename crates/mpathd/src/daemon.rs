@@ -172,7 +172,13 @@ impl Shared {
             if t.len() == TIMELINE_LEN {
                 t.pop_front();
             }
-            t.push_back(ev.clone());
+            // In time order: a map's events arrive through their own task, stamped when
+            // they happened, possibly after later daemon events.
+            let at = t
+                .iter()
+                .rposition(|e| e.t_ms <= ev.t_ms)
+                .map_or(0, |i| i + 1);
+            t.insert(at, ev.clone());
         }
         let _ = self.events.send(ev);
     }

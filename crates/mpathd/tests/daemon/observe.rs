@@ -463,6 +463,7 @@ async fn show_commands_answer_in_text_and_json() {
         .map(|e| e["t_ms"].as_u64().unwrap())
         .collect();
     assert_eq!(r.text.lines().count(), ts.len());
+    assert!(ts.windows(2).all(|w| w[0] <= w[1]), "{ts:?}");
     assert!(r.text.contains("path-failed"), "{}", r.text);
     let r = ask(
         &c,
