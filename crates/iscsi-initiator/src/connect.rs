@@ -63,7 +63,11 @@ pub(crate) struct Established {
     pub complete: InitiatorLoginComplete,
     /// CmdSN of the login: the first command carries it.
     pub cmd_sn: iscsi_pdu::SerialNumber,
-    /// Round trip of the first login exchange: seeds the stall detector's estimate.
+    /// The shortest round trip of the login's exchanges: seeds the stall detector's
+    /// estimate. The shortest, because an exchange can wait far longer than the network
+    /// takes — a login sent to a portal that was silent is answered only when it resumes —
+    /// and a seed that large would slow failure detection for as long as no idle ping
+    /// refines it, which under steady load is the connection's whole life.
     pub login_rtt: Duration,
 }
 
@@ -112,8 +116,8 @@ async fn login(
     };
     let first = login.start(&mut random);
     send(&mut stream, &first).await.map_err(io)?;
-    let started = Instant::now();
-    let mut login_rtt = None;
+    let mut sent = Instant::now();
+    let mut login_rtt: Option<Duration> = None;
     let mut buf = BytesMut::with_capacity(16 << 10);
     let decode = DecodeConfig::default();
     loop {
@@ -138,9 +142,13 @@ async fn login(
                 });
             }
         };
-        login_rtt.get_or_insert_with(|| started.elapsed());
+        let rtt = sent.elapsed();
+        login_rtt = Some(login_rtt.map_or(rtt, |r| r.min(rtt)));
         match login.handle(pdu) {
-            InitiatorLoginStep::Send(p) => send(&mut stream, &p).await.map_err(io)?,
+            InitiatorLoginStep::Send(p) => {
+                send(&mut stream, &p).await.map_err(io)?;
+                sent = Instant::now();
+            }
             InitiatorLoginStep::Complete(c) => {
                 return Ok(Established {
                     stream,

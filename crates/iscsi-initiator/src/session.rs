@@ -665,10 +665,19 @@ impl Supervisor {
             let _ = r.send(Err(SessionError::PathDown(reason.clone())));
         }
         let reset = matches!(ended, Ended::Failed(_));
+        if reset {
+            // Close with RST from here too, not only from the writer: a writer stuck on a
+            // full send buffer (blackhole) never gets to it, and a plain close would leave
+            // the kernel retransmitting our unsent commands — which would then execute at
+            // the target when the network heals, after we issued them again elsewhere.
+            #[allow(deprecated)]
+            let _ = rd.as_ref().set_linger(Some(Duration::ZERO));
+        }
         let _ = writer.close(reset);
         drop(writer);
         // The writer may be stuck on a full send buffer (blackhole): do not wait for it.
         writer_task.abort();
+        drop(rd);
         ended
     }
 }

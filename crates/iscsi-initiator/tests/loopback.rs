@@ -366,3 +366,72 @@ async fn chap_right_and_wrong() {
     assert!(e.to_string().to_lowercase().contains("mutual"), "{e}");
     t.stop().await;
 }
+
+/// The stale-write hazard at its source: a WRITE sent into a blackhole, on a connection the
+/// initiator then gives up (it is issued again elsewhere, newer data follows), must never
+/// execute when the blackhole clears — the initiator closes with RST and the target drops
+/// what it held for a connection its initiator left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_sent_into_a_blackhole_never_lands_after_the_initiator_gave_up() {
+    let t = Target::start(&["127.0.0.1:0", "127.0.0.2:0"]).await;
+    let a = Session::open(cfg(t.portals[0])).await.unwrap();
+    let b = Session::open(cfg(t.portals[1])).await.unwrap();
+    let pa = IscsiPath::new(a.clone(), 1, RetryPolicy::default());
+    let pb = IscsiPath::new(b.clone(), 1, RetryPolicy::default());
+    let old = vec![0x01u8; 4096];
+    let new = vec![0x02u8; 4096];
+    pa.command(write(64, vec![0u8; 4096])).await.unwrap();
+    t.control.set_fault(t.portals[0], Fault::Blackhole).unwrap();
+    // The old write goes into the blackhole and fails as a path error...
+    let e = pa.command(write(64, old.clone())).await.unwrap_err();
+    assert_eq!(e.kind, IoErrorKind::Path, "{e}");
+    // ...is issued again on the other path, and newer data follows it there.
+    pb.command(write(64, old)).await.unwrap();
+    pb.command(write(64, new.clone())).await.unwrap();
+    // The blackhole clears: the first attempt must not overwrite the newer data.
+    t.control.set_fault(t.portals[0], Fault::None).unwrap();
+    assert!(a.wait_up(Duration::from_secs(10)).await, "{:?}", a.state());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        pb.command(read(64, 8)).await.unwrap() == new,
+        "the write sent into the blackhole landed after newer data"
+    );
+    a.logout().await;
+    b.logout().await;
+    t.stop().await;
+}
+
+/// A recovery login sent while the portal is still blackholed waits for it to clear, so
+/// its round trip says nothing about the network. Failure detection on the recovered
+/// connection must not scale with it: under steady load (no idle pings to re-measure),
+/// the next blackhole is still found in well under a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detection_stays_fast_after_a_recovery_login_that_waited_on_a_blackhole() {
+    let t = Target::start(&["127.0.0.1:0"]).await;
+    let s = Session::open(cfg(t.portals[0])).await.unwrap();
+    let p = IscsiPath::new(s.clone(), 1, RetryPolicy::default());
+    t.control.set_fault(t.portals[0], Fault::Blackhole).unwrap();
+    assert!(p.command(read(0, 1)).await.is_err());
+    // Recovery logins now wait on the silent portal for 1.5 s.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    t.control.set_fault(t.portals[0], Fault::None).unwrap();
+    assert!(s.wait_up(Duration::from_secs(10)).await, "{:?}", s.state());
+    // Steady load for a while, then the blackhole again.
+    let busy = Instant::now();
+    while busy.elapsed() < Duration::from_millis(500) {
+        let futs: Vec<_> = (0..8u64).map(|i| p.submit(read(i, 1))).collect();
+        for f in futs {
+            f.await.unwrap();
+        }
+    }
+    t.control.set_fault(t.portals[0], Fault::Blackhole).unwrap();
+    let start = Instant::now();
+    let futs: Vec<_> = (0..8u64).map(|i| p.submit(read(i, 1))).collect();
+    for f in futs {
+        assert_eq!(f.await.unwrap_err().kind, IoErrorKind::Path);
+    }
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(1), "detected after {took:?}");
+    t.control.set_fault(t.portals[0], Fault::None).unwrap();
+    t.stop().await;
+}

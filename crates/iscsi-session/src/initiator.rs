@@ -210,6 +210,10 @@ enum State {
     Done,
 }
 
+/// How long a command round trip counts for the stall detector's estimate (it keeps the
+/// fastest of the current and the previous window).
+const CMD_RTT_WINDOW: Duration = Duration::from_secs(10);
+
 /// The initiator side of one full-feature connection.
 pub struct InitiatorConnection {
     cfg: InitiatorConfig,
@@ -235,6 +239,12 @@ pub struct InitiatorConnection {
     rtt_probe: Option<(Itt, Instant)>,
     last_rx: Instant,
     srtt: Option<Duration>,
+    /// The fastest command round trips (send to status) of the current and the previous
+    /// [`CMD_RTT_WINDOW`]: an upper bound of the network's round trip that steady load
+    /// keeps fresh, where pings (sent only on silence) do not. It corrects a seed taken
+    /// from a login that waited on a silent portal.
+    cmd_rtt_min: [Option<Duration>; 2],
+    cmd_rtt_window: Instant,
     logout_itt: Option<Itt>,
     state: State,
     transmit: VecDeque<Pdu>,
@@ -275,6 +285,8 @@ impl InitiatorConnection {
             rtt_probe: None,
             last_rx: now,
             srtt: login_rtt,
+            cmd_rtt_min: [None, None],
+            cmd_rtt_window: now,
             logout_itt: None,
             state: State::Running,
             transmit: VecDeque::new(),
@@ -697,6 +709,9 @@ impl InitiatorConnection {
         let Some(mut task) = self.tasks.remove(&itt) else {
             return Ok(());
         };
+        if let Some(sent) = task.sent_at {
+            self.note_cmd_rtt(self.last_rx.saturating_duration_since(sent));
+        }
         let data = std::mem::take(&mut task.data_in).freeze();
         self.events.push_back(InitiatorEvent::Completed {
             itt,
@@ -1015,11 +1030,34 @@ impl InitiatorConnection {
         }
     }
 
+    fn note_cmd_rtt(&mut self, rtt: Duration) {
+        if self.last_rx.saturating_duration_since(self.cmd_rtt_window) >= CMD_RTT_WINDOW {
+            self.cmd_rtt_min = [None, self.cmd_rtt_min[0]];
+            self.cmd_rtt_window = self.last_rx;
+        }
+        let m = &mut self.cmd_rtt_min[0];
+        *m = Some(m.map_or(rtt, |m| m.min(rtt)));
+    }
+
+    /// The round trip the stall detector scales: the smoothed ping estimate, or a recent
+    /// command's round trip if that was faster (a command's includes the target's service
+    /// time, so it can only be longer than the network's).
+    fn rtt_estimate(&self) -> Option<Duration> {
+        let recent = match self.cmd_rtt_min {
+            [Some(a), Some(b)] => Some(a.min(b)),
+            [a, b] => a.or(b),
+        };
+        match (self.srtt, recent) {
+            (Some(s), Some(r)) => Some(s.min(r)),
+            (s, r) => s.or(r),
+        }
+    }
+
     fn send_ping(&mut self, now: Instant) {
         let stall = self.sent_count() > 0;
         let timeout = if stall {
             let adaptive = self
-                .srtt
+                .rtt_estimate()
                 .map(|r| r * self.cfg.stall_rtt_factor)
                 .unwrap_or_default();
             adaptive.max(self.cfg.stall_ping_floor)

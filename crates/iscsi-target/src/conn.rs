@@ -442,6 +442,14 @@ impl<'a> FullFeature<'a> {
             // otherwise time out and leave a connection that never answers again once the
             // fault is cleared.
             if was_silent && !silent {
+                // A blackhole is a network that drops packets: what the initiator sent into
+                // it never arrives. An initiator that gave up on the connection meanwhile
+                // (closed or reset it) must not have those commands executed now, after it
+                // has issued them again elsewhere — that would undo newer writes.
+                if reader.peer_gone() {
+                    info!("the initiator left the connection during the blackhole: closing without executing what it sent into it");
+                    return End { reset: true };
+                }
                 self.session.conn.resume(std::time::Instant::now());
             }
             was_silent = silent;

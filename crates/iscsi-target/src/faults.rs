@@ -6,7 +6,7 @@
 //! | `reset` | every connection is closed at once with a TCP RST (one-shot) |
 //! | `delay N ms` | every PDU the target sends leaves N ms late (pipelining is kept) |
 //! | `drop-after N` | after N more PDUs from the initiator, the connection goes silent as in `blackhole` |
-//! | `clear` | back to normal; silenced connections resume |
+//! | `clear` | back to normal; silenced connections resume — except those the initiator reset meanwhile: as in a real network, what it sent into the blackhole never arrives, so they close without executing it |
 //!
 //! Faults apply to connections already open and to new ones.
 

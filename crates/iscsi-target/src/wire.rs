@@ -31,6 +31,15 @@ impl PduReader {
         Pdu::decode(&mut self.buf, cfg)
     }
 
+    /// Whether the peer has given the connection up — closed it (FIN) or reset it (RST) —
+    /// judged from the socket's state, without reading what is still buffered before that.
+    pub fn peer_gone(&self) -> bool {
+        if matches!(self.rd.as_ref().take_error(), Ok(Some(_))) {
+            return true;
+        }
+        tcp_state(self.rd.as_ref()).is_some_and(|s| s != TCP_ESTABLISHED)
+    }
+
     /// Read more bytes from the socket. `Ok(false)` at end of stream.
     pub async fn fill(&mut self) -> std::io::Result<bool> {
         if self.buf.capacity() - self.buf.len() < 4096 {
@@ -54,6 +63,28 @@ impl PduReader {
                 return Ok(None);
             }
         }
+    }
+}
+
+/// `TCP_ESTABLISHED` of the kernel's `enum tcp_state` (include/net/tcp_states.h).
+const TCP_ESTABLISHED: u8 = 1;
+
+/// The kernel's TCP state of a socket (`TCP_INFO`'s first field), if it can be read.
+fn tcp_state(s: &tokio::net::TcpStream) -> Option<u8> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it and
+    // the fd is valid for the life of `s`.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let r = libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        (r == 0 && len > 0).then_some(info.tcpi_state)
     }
 }
 
