@@ -12,21 +12,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use iscsi_target::backend::BackingSpec;
-use iscsi_target::config::{
-    AluaMode, AluaState, LunSpec, PortalGroupSpec, ServerConfig, TargetSpec, DEFAULT_PRODUCT,
-    DEFAULT_VENDOR,
-};
 use iscsi_target::Fault;
-use mpathd::config::{DaemonConfig, PortalConfig};
-use mpathd::{Daemon, Listeners, Request};
+use mpathd::Request;
 use serde_json::{json, Value};
 use workload::nbd::NbdClient;
 use workload::verify::{Config as WorkloadConfig, Workload};
 
+use crate::stack::{Stack, IQN};
 use crate::DemoCmd;
-
-const DEMO_IQN: &str = "iqn.2026-01.io.mpath:demo";
 
 /// When the phases of the run begin and end, in seconds from the workload's start.
 struct Plan {
@@ -64,49 +57,24 @@ pub async fn run(d: DemoCmd) -> Result<()> {
         }
     };
 
-    // The array: two portal groups, one portal each, both active/optimized.
-    let target = iscsi_target::Server::bind(target_config(size)?)
-        .await
-        .context("demo target")?;
-    let portals = target.portals();
-    let tctl = target.control();
-    let (target_stop, target_stopped) = tokio::sync::oneshot::channel::<()>();
-    let target_task = tokio::spawn(target.run(async {
-        let _ = target_stopped.await;
-    }));
+    // The array (two portal groups, one portal each, both active/optimized) and the host
+    // side: the daemon, told about one portal (SendTargets finds the other), exporting
+    // over NBD on a free loopback port.
+    let stack = Stack::start(size, 2, |_| {}).await?;
+    let (portals, tctl, control, map, nbd_addr, daemon_started) = (
+        stack.portals.clone(),
+        stack.target.clone(),
+        stack.control.clone(),
+        stack.map.clone(),
+        stack.nbd,
+        stack.daemon_started,
+    );
     say(format!(
-        "target {DEMO_IQN}: portals {} and {}, LUN 1 = {} MiB in memory, ALUA",
+        "target {IQN}: portals {} and {}, LUN 1 = {} MiB in memory, ALUA",
         portals[0],
         portals[1],
         size >> 20
     ));
-
-    // The host side: the daemon, told about one portal (SendTargets finds the other),
-    // exporting over NBD on a free loopback port.
-    let nbd = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("NBD listener on 127.0.0.1")?;
-    let nbd_addr = nbd.local_addr()?;
-    let cfg = DaemonConfig {
-        portals: vec![PortalConfig {
-            address: portals[0],
-            chap: None,
-            mutual_chap: None,
-            targets: vec![],
-            header_digest: false,
-            data_digest: false,
-        }],
-        nbd_listen: Some(nbd_addr),
-        ..DaemonConfig::default()
-    };
-    let listeners = Listeners {
-        nbd: vec![nbd.into()],
-        ..Listeners::default()
-    };
-    let daemon_started = Instant::now();
-    let mut daemon = Daemon::start(cfg, listeners, None).context("demo daemon")?;
-    let control = daemon.control();
-    let map = wait_for_map(&control, 2, Duration::from_secs(20)).await?;
     say(format!(
         "daemon: map {map} with 2 paths in {} ms, exported at nbd://{nbd_addr}/{map}",
         daemon_started.elapsed().as_millis()
@@ -143,7 +111,7 @@ pub async fn run(d: DemoCmd) -> Result<()> {
     for second in 1..=plan.end_at {
         tick.tick().await;
         let p = workload.progress();
-        let (active, total, queued) = map_paths(&control, &map).await;
+        let (active, total, queued) = stack.paths().await;
         let mut note = String::new();
         if second == plan.blackhole_at {
             blackholed_at = Some(Instant::now());
@@ -166,7 +134,8 @@ pub async fn run(d: DemoCmd) -> Result<()> {
     let report = run.await.context("workload task")?;
 
     // The restored path comes back on its own; give it the time a reconnect takes.
-    let recovered = wait_for_map(&control, 2, Duration::from_secs(10))
+    let recovered = stack
+        .wait_for_paths(2, Duration::from_secs(10))
         .await
         .is_ok();
     let check = workload.verify_all().await;
@@ -283,9 +252,7 @@ pub async fn run(d: DemoCmd) -> Result<()> {
         println!("  result            {}", if ok { "PASS" } else { "FAIL" });
     }
 
-    daemon.stop().await;
-    let _ = target_stop.send(());
-    let _ = target_task.await;
+    stack.stop().await;
     if !ok {
         bail!("the demo failed: see the summary above");
     }
@@ -294,73 +261,4 @@ pub async fn run(d: DemoCmd) -> Result<()> {
 
 fn round1(v: f64) -> f64 {
     (v * 10.0).round() / 10.0
-}
-
-fn target_config(size: u64) -> Result<ServerConfig> {
-    // Two loopback addresses (all of 127/8 is loopback on Linux), free ports.
-    let group = |tag: u16| PortalGroupSpec {
-        tag,
-        portals: vec![SocketAddr::from(([127, 0, 0, tag as u8], 0))],
-        state: AluaState::ActiveOptimized,
-        preferred: false,
-    };
-    Ok(ServerConfig {
-        targets: vec![TargetSpec {
-            iqn: DEMO_IQN.into(),
-            alias: Some("mpath demo".into()),
-            portal_groups: vec![group(1), group(2)],
-            luns: vec![LunSpec {
-                id: 1,
-                backing: BackingSpec::parse(&format!("mem:{size}")).map_err(anyhow::Error::msg)?,
-                block_size: 512,
-                serial: None,
-                vendor: DEFAULT_VENDOR.into(),
-                product: DEFAULT_PRODUCT.into(),
-            }],
-            allowed_initiators: vec![],
-            chap: None,
-            mutual_chap: None,
-            alua: AluaMode::Implicit,
-        }],
-        ..ServerConfig::default()
-    })
-}
-
-/// Active and total paths of `map`, and its queued requests (zeros if it is not there).
-async fn map_paths(control: &mpathd::Control, map: &str) -> (u64, u64, u64) {
-    let r = control.handle(Request::ShowMaps).await;
-    r.data["maps"]
-        .as_array()
-        .and_then(|a| a.iter().find(|m| m["name"] == map))
-        .map(|m| {
-            (
-                m["active_paths"].as_u64().unwrap_or(0),
-                m["paths"].as_u64().unwrap_or(0),
-                m["queued"].as_u64().unwrap_or(0),
-            )
-        })
-        .unwrap_or((0, 0, 0))
-}
-
-/// The first map with `paths` active paths, within `timeout`.
-async fn wait_for_map(control: &mpathd::Control, paths: u64, timeout: Duration) -> Result<String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let r = control.handle(Request::ShowMaps).await;
-        if let Some(m) = r.data["maps"]
-            .as_array()
-            .and_then(|a| a.iter().find(|m| m["active_paths"] == paths))
-        {
-            return Ok(m["name"].as_str().unwrap_or_default().to_string());
-        }
-        if Instant::now() >= deadline {
-            let status = control.handle(Request::ShowStatus).await;
-            bail!(
-                "no map with {paths} active paths after {timeout:?}:\n{}{}",
-                r.text,
-                status.text
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

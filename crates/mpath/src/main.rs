@@ -6,9 +6,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+mod bench;
 mod daemon_cmd;
 mod demo;
 mod iscsi_cmd;
+mod stack;
 mod target_cmd;
 
 #[derive(Parser)]
@@ -30,6 +32,9 @@ enum Command {
     /// restored mid-run; prints status every second, then topology, events and a summary.
     /// Exits non-zero if the workload saw an error or a bad block.
     Demo(DemoCmd),
+    /// Measure mpath against a baseline taken in the same run, on the whole stack in one
+    /// process (figures for BENCHMARKS.md).
+    Bench(BenchCmd),
     /// Serve iSCSI targets (flags for the simple case, --config for the rest), or operate a
     /// running one with `mpath target ctl`.
     Target(TargetCmd),
@@ -97,6 +102,48 @@ struct DemoCmd {
     /// Print only the summary, as JSON.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct BenchCmd {
+    /// Also print the results as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    what: BenchWhat,
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// I/O stall when one of two paths is silently blackholed or reset under a verifying
+    /// load, p50/p99 over many trials; baseline: the same load with no fault.
+    Failover {
+        #[arg(long, default_value_t = 20)]
+        trials: usize,
+        /// blackhole, reset or both.
+        #[arg(long, default_value = "both")]
+        fault: String,
+        /// Requests the load keeps outstanding.
+        #[arg(long, default_value_t = 16)]
+        depth: usize,
+        /// Also draw IOPS over time around one blackhole and its restore, as SVG.
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<String>,
+    },
+    /// 4 KiB random reads through NBD: a map with two paths against one with one path.
+    Paths {
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 32)]
+        depth: usize,
+    },
+    /// 1 MiB sequential reads through the whole stack against one loopback TCP stream.
+    Seqread {
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 4)]
+        depth: usize,
+    },
 }
 
 /// How a CLI command reaches the daemon.
@@ -340,7 +387,9 @@ enum CtlOp {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Iscsi(_) | Command::Demo(_) => "warn",
+        Command::Iscsi(_) => "warn",
+        // Their own output tells the story (the timeline has every failure).
+        Command::Demo(_) | Command::Bench(_) => "error",
         _ => "info",
     };
     let level = cli.log.clone().unwrap_or_else(|| default_level.to_string());
@@ -369,6 +418,7 @@ fn main() -> Result<()> {
         },
         Command::Iscsi(c) => rt.block_on(iscsi_cmd::run(c)),
         Command::Demo(d) => rt.block_on(demo::run(d)),
+        Command::Bench(b) => rt.block_on(bench::run(b)),
         other => rt.block_on(daemon_cmd::run(other)),
     }
 }

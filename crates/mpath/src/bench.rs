@@ -1,0 +1,516 @@
+//! `mpath bench`: the figures of `BENCHMARKS.md` that need nothing but this binary, each
+//! measured against its baseline in the same run, on the whole stack in one process
+//! (`stack.rs`: target, daemon, NBD export on loopback).
+//!
+//! - `failover`: how long I/O stalls when a path is silently blackholed (P1) or reset (P2)
+//!   under a verifying load, over many trials; `--plot` draws IOPS around one failure.
+//! - `paths`: 4 KiB random reads at queue depth 32 through NBD, two paths against one (P3).
+//! - `seqread`: 1 MiB sequential reads through the whole stack against plain loopback TCP
+//!   moving the same bytes (P8).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use iscsi_target::Fault;
+use mpathd::Request;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use workload::nbd::NbdClient;
+use workload::verify::{Config as WorkloadConfig, Workload};
+
+use crate::stack::Stack;
+use crate::{BenchCmd, BenchWhat};
+
+/// The LUN every benchmark runs on.
+const LUN_SIZE: u64 = 256 << 20;
+
+pub async fn run(b: BenchCmd) -> Result<()> {
+    let out = match &b.what {
+        BenchWhat::Failover {
+            trials,
+            fault,
+            depth,
+            plot,
+        } => failover(*trials, fault, *depth, plot.as_deref()).await?,
+        BenchWhat::Paths { seconds, depth } => paths(*seconds, *depth).await?,
+        BenchWhat::Seqread { seconds, depth } => seqread(*seconds, *depth).await?,
+    };
+    if b.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cpus} CPUs, {model}")
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// P1/P2: per trial, a verifying 50/50 read/write load at `depth` runs 2.5 s; 0.7 s in, one
+/// path (alternating) is blackholed or reset; the trial's stall is the longest any request
+/// waited. Between trials the fault is cleared and the path comes back. Flap damping is
+/// off, so every trial starts with both paths in service. The same-run baseline is the
+/// longest wait of trials with no fault.
+async fn failover(trials: usize, fault: &str, depth: usize, plot: Option<&str>) -> Result<Value> {
+    let faults: Vec<&str> = match fault {
+        "both" => vec!["blackhole", "reset"],
+        "blackhole" | "reset" => vec![fault],
+        other => bail!("--fault {other}: blackhole, reset or both"),
+    };
+    if trials == 0 {
+        bail!("--trials: at least 1");
+    }
+    let stack = Stack::start(LUN_SIZE, 2, |c| c.policy.flap = None).await?;
+    let client = NbdClient::connect_tcp(stack.nbd, &stack.map)
+        .await
+        .context("NBD client")?;
+    let cfg = WorkloadConfig {
+        duration: Duration::from_millis(2500),
+        depth,
+        drain_timeout: Duration::from_secs(90),
+        ..WorkloadConfig::for_region(0, client.size())
+    };
+    let workload = Workload::new(client.clone(), cfg)?;
+    println!("# mpath bench failover — {}", machine());
+    println!(
+        "# {trials} trials per fault, verifying 4 KiB 50/50 load at depth {depth} through NBD, 2 paths"
+    );
+
+    // Same-run baseline: trials without a fault.
+    let mut baseline = Vec::new();
+    for _ in 0..3 {
+        let r = workload.run().await;
+        if !r.clean() {
+            bail!("the load failed without any fault: {:?}", r.messages);
+        }
+        baseline.push(r.latency_max_ms);
+    }
+    baseline.sort_by(f64::total_cmp);
+    let base_max = baseline.last().copied().unwrap_or(0.0);
+    println!("no fault: longest wait {base_max:.1} ms (max of 3 runs)");
+
+    let mut results = serde_json::Map::new();
+    for f in faults {
+        let mut stalls = Vec::new();
+        let mut detect = Vec::new();
+        let mut errors = 0;
+        let mut bad = 0;
+        for t in 0..trials {
+            let portal = stack.portals[t % 2];
+            let run = {
+                let w = &workload;
+                async move { w.run().await }
+            };
+            let inject = async {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                let at = Instant::now();
+                match f {
+                    "blackhole" => stack.target.set_fault(portal, Fault::Blackhole),
+                    _ => stack.target.reset_portal(portal),
+                }
+                .map_err(anyhow::Error::msg)?;
+                Ok::<Instant, anyhow::Error>(at)
+            };
+            let (report, at) = tokio::join!(run, inject);
+            let at = at?;
+            stack
+                .target
+                .set_fault(portal, Fault::None)
+                .map_err(anyhow::Error::msg)?;
+            errors += report.errors;
+            bad += report.corrupt + report.stale + report.misplaced;
+            for m in &report.messages {
+                eprintln!("  {f} trial {:>2}: ! {m}", t + 1);
+            }
+            stalls.push(report.latency_max_ms);
+            if let Some(ms) = first_event_after(&stack, at, "path-failed").await {
+                detect.push(ms);
+            }
+            stack
+                .wait_for_paths(2, Duration::from_secs(30))
+                .await
+                .with_context(|| format!("trial {t}: the path did not come back"))?;
+            eprintln!(
+                "  {f} trial {:>2}: stall {:>7.1} ms, errors {}",
+                t + 1,
+                report.latency_max_ms,
+                report.errors
+            );
+        }
+        stalls.sort_by(f64::total_cmp);
+        detect.sort_by(f64::total_cmp);
+        let (p50, p99, max) = (
+            quantile(&stalls, 0.5),
+            quantile(&stalls, 0.99),
+            *stalls.last().unwrap(),
+        );
+        println!(
+            "{f}: stall p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms over {trials} trials; \
+             path failed after p50 {:.1} ms; workload errors {errors}, bad blocks {bad}",
+            quantile(&detect, 0.5)
+        );
+        results.insert(
+            f.to_string(),
+            json!({
+                "trials": trials, "stall_ms": { "p50": p50, "p99": p99, "max": max, "all": stalls },
+                "path_failed_after_ms": { "p50": quantile(&detect, 0.5), "p99": quantile(&detect, 0.99) },
+                "workload_errors": errors, "bad_blocks": bad,
+            }),
+        );
+    }
+    let check = workload.verify_all().await;
+    println!(
+        "verify: {} blocks checked, {} corrupt, {} stale, {} misplaced, {} errors",
+        check.verified, check.corrupt, check.stale, check.misplaced, check.errors
+    );
+    if let Some(path) = plot {
+        plot_failover(&stack, &client, depth, path).await?;
+        println!("plot: {path}");
+    }
+    let _ = client.disconnect().await;
+    stack.stop().await;
+    Ok(json!({
+        "machine": machine(), "depth": depth, "baseline_no_fault_max_ms": base_max,
+        "faults": results, "verify_clean": check.clean(),
+    }))
+}
+
+/// Milliseconds from `at` to the first timeline event of `kind` at or after it.
+async fn first_event_after(stack: &Stack, at: Instant, kind: &str) -> Option<f64> {
+    let at_ms = at.duration_since(stack.daemon_started).as_secs_f64() * 1e3;
+    let evs = stack
+        .control
+        .handle(Request::ShowEvents {
+            follow: false,
+            last: Some(200),
+        })
+        .await;
+    evs.data["events"]
+        .as_array()?
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .filter_map(|e| e["t_ms"].as_f64())
+        .find(|t| *t + 1.0 >= at_ms)
+        .map(|t| (t - at_ms).max(0.0))
+}
+
+/// IOPS in 50 ms buckets over 6 s: blackhole at 2 s, restore at 4 s; an SVG with the
+/// events marked.
+async fn plot_failover(stack: &Stack, client: &NbdClient, depth: usize, path: &str) -> Result<()> {
+    const BUCKET_MS: u64 = 50;
+    const TOTAL_MS: u64 = 6000;
+    let cfg = WorkloadConfig {
+        duration: Duration::from_millis(TOTAL_MS),
+        depth,
+        seed: 99,
+        ..WorkloadConfig::for_region(0, client.size())
+    };
+    let w = Workload::new(client.clone(), cfg)?;
+    let portal = stack.portals[0];
+    let start = Instant::now();
+    let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sample = async {
+        let mut tick = tokio::time::interval(Duration::from_millis(BUCKET_MS));
+        let mut marks = Vec::new();
+        let mut last = 0;
+        for i in 0..=(TOTAL_MS / BUCKET_MS) {
+            tick.tick().await;
+            let t = i * BUCKET_MS;
+            if t == 2000 {
+                marks.push((start.elapsed().as_secs_f64(), "blackhole"));
+                let _ = stack.target.set_fault(portal, Fault::Blackhole);
+            }
+            if t == 4000 {
+                marks.push((start.elapsed().as_secs_f64(), "restore"));
+                let _ = stack.target.set_fault(portal, Fault::None);
+            }
+            let ops = w.progress().ops;
+            samples
+                .lock()
+                .unwrap()
+                .push((start.elapsed().as_secs_f64(), ops.saturating_sub(last)));
+            last = ops;
+        }
+        marks
+    };
+    let (_, mut marks) = tokio::join!(w.run(), sample);
+    let daemon_offset = start.duration_since(stack.daemon_started).as_secs_f64();
+    let evs = stack
+        .control
+        .handle(Request::ShowEvents {
+            follow: false,
+            last: Some(50),
+        })
+        .await;
+    let mut event_marks = Vec::new();
+    for e in evs.data["events"].as_array().cloned().unwrap_or_default() {
+        let t = e["t_ms"].as_f64().unwrap_or(0.0) / 1e3 - daemon_offset;
+        let kind = e["kind"].as_str().unwrap_or("");
+        if (0.0..=TOTAL_MS as f64 / 1e3).contains(&t)
+            && ["path-failed", "path-reinstated"].contains(&kind)
+        {
+            event_marks.push((
+                t,
+                if kind == "path-failed" {
+                    "path failed"
+                } else {
+                    "path reinstated"
+                },
+            ));
+        }
+    }
+    marks.extend(event_marks);
+    let samples = samples.lock().unwrap().clone();
+    let svg = render_svg(&samples, BUCKET_MS, &marks);
+    std::fs::write(path, svg).with_context(|| format!("writing {path}"))?;
+    stack.wait_for_paths(2, Duration::from_secs(30)).await?;
+    Ok(())
+}
+
+fn render_svg(samples: &[(f64, u64)], bucket_ms: u64, marks: &[(f64, &str)]) -> String {
+    let (w, h, left, bottom, top) = (800.0, 320.0, 70.0, 40.0, 30.0);
+    let total = samples.last().map_or(1.0, |s| s.0).max(1.0);
+    let per_s = 1000.0 / bucket_ms as f64;
+    let ymax = samples
+        .iter()
+        .map(|s| s.1 as f64 * per_s)
+        .fold(1.0, f64::max)
+        * 1.15;
+    let x = |t: f64| left + (w - left - 20.0) * t / total;
+    let y = |v: f64| h - bottom - (h - bottom - top) * v / ymax;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{left}" y="18" font-size="14">mpath: IOPS through NBD around a silent blackhole of one of two paths ({bucket_ms} ms buckets)</text>"#
+    );
+    // Axes and grid.
+    let _ = writeln!(
+        s,
+        r#"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#,
+        h - bottom,
+        w - 20.0,
+        h - bottom
+    );
+    let _ = writeln!(
+        s,
+        r#"<line x1="{left}" y1="{top}" x2="{left}" y2="{}" stroke="black"/>"#,
+        h - bottom
+    );
+    for i in 0..=4 {
+        let v = ymax / 1.15 * i as f64 / 4.0;
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" y1="{0:.1}" x2="{1}" y2="{0:.1}" stroke="#ddd"/><text x="{2}" y="{3:.1}" text-anchor="end">{4:.0}k</text>"##,
+            y(v),
+            w - 20.0,
+            left - 6.0,
+            y(v) + 4.0,
+            v / 1000.0
+        );
+    }
+    for t in 0..=(total as u64) {
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{t} s</text>"#,
+            x(t as f64),
+            h - bottom + 16.0
+        );
+    }
+    let pts: Vec<String> = samples
+        .iter()
+        .map(|(t, n)| format!("{:.1},{:.1}", x(*t), y(*n as f64 * per_s)))
+        .collect();
+    let _ = writeln!(
+        s,
+        r##"<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{}"/>"##,
+        pts.join(" ")
+    );
+    for (i, (t, label)) in marks.iter().enumerate() {
+        let color = match *label {
+            "blackhole" => "#d62728",
+            "restore" => "#2ca02c",
+            _ => "#7f7f7f",
+        };
+        let ly = top + 14.0 + 14.0 * (i % 4) as f64;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{0:.1}" y1="{top}" x2="{0:.1}" y2="{1}" stroke="{color}" stroke-dasharray="4,3"/><text x="{2:.1}" y="{ly}" fill="{color}">{label} ({t:.2} s)</text>"#,
+            x(*t),
+            h - bottom,
+            x(*t) + 4.0
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// Completed reads per second of a read-only load at `depth` through the stack's export.
+async fn randread_iops(stack: &Stack, seconds: u64, depth: usize) -> Result<f64> {
+    let client = NbdClient::connect_tcp(stack.nbd, &stack.map).await?;
+    let cfg = WorkloadConfig {
+        duration: Duration::from_secs(seconds),
+        depth,
+        read_percent: 100,
+        ..WorkloadConfig::for_region(0, client.size())
+    };
+    let w = Workload::new(client.clone(), cfg)?;
+    let r = w.run().await;
+    let _ = client.disconnect().await;
+    if r.errors > 0 {
+        bail!("read errors: {:?}", r.messages);
+    }
+    Ok(r.ops as f64 / r.seconds)
+}
+
+/// P3: 4 KiB random reads at `depth` through NBD, a map with two paths against one with a
+/// single path; three alternating rounds, the median of each.
+async fn paths(seconds: u64, depth: usize) -> Result<Value> {
+    println!("# mpath bench paths — {}", machine());
+    println!("# 4 KiB random reads, depth {depth}, {seconds} s per round, through NBD");
+    let mut one = Vec::new();
+    let mut two = Vec::new();
+    for round in 0..3 {
+        for n in [1usize, 2] {
+            let stack = Stack::start(LUN_SIZE, n, |_| {}).await?;
+            let iops = randread_iops(&stack, seconds, depth).await?;
+            stack.stop().await;
+            eprintln!("  round {}: {n} path(s) {iops:.0} IOPS", round + 1);
+            if n == 1 { &mut one } else { &mut two }.push(iops);
+        }
+    }
+    one.sort_by(f64::total_cmp);
+    two.sort_by(f64::total_cmp);
+    let (a, b) = (quantile(&one, 0.5), quantile(&two, 0.5));
+    println!(
+        "1 path {a:.0} IOPS, 2 paths {b:.0} IOPS: 2 paths / 1 path = {:.3} (overhead {:.1} %)",
+        b / a,
+        (1.0 - b / a).max(0.0) * 100.0
+    );
+    Ok(json!({
+        "machine": machine(), "depth": depth, "seconds": seconds,
+        "one_path_iops": one, "two_paths_iops": two, "ratio": b / a,
+    }))
+}
+
+/// Bytes per second of 1 MiB sequential reads through the stack's export, `depth` at once.
+async fn seq_read_rate(stack: &Stack, seconds: u64, depth: usize) -> Result<f64> {
+    let client = NbdClient::connect_tcp(stack.nbd, &stack.map).await?;
+    let chunk = (1u32 << 20).min(client.info().max_block.max(4096));
+    let size = client.size();
+    let next = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..depth {
+        let (client, next) = (client.clone(), next.clone());
+        tasks.spawn(async move {
+            let mut bytes = 0u64;
+            while Instant::now() < deadline {
+                let off = next.fetch_add(u64::from(chunk), Ordering::Relaxed) % size;
+                let len = u64::from(chunk).min(size - off) as u32;
+                let b = client.read(off, len).await?;
+                bytes += b.len() as u64;
+            }
+            Ok::<u64, workload::nbd::NbdError>(bytes)
+        });
+    }
+    let mut total = 0;
+    while let Some(r) = tasks.join_next().await {
+        total += r??;
+    }
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    let _ = client.disconnect().await;
+    Ok(rate)
+}
+
+/// Bytes per second over one loopback TCP connection, 1 MiB writes into a reader that
+/// discards: the ceiling any TCP-based stack on this machine works under.
+async fn tcp_ceiling(seconds: u64) -> Result<f64> {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    let reader = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<u64, std::io::Error>(total);
+            }
+            total += n as u64;
+        }
+    });
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let chunk = vec![0x5au8; 1 << 20];
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(seconds);
+    while Instant::now() < deadline {
+        s.write_all(&chunk).await?;
+    }
+    s.shutdown().await?;
+    drop(s);
+    let total = reader.await??;
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// P8: 1 MiB sequential reads through target, initiator, engine and NBD, against one
+/// loopback TCP stream; alternating rounds, the best of each.
+async fn seqread(seconds: u64, depth: usize) -> Result<Value> {
+    println!("# mpath bench seqread — {}", machine());
+    println!(
+        "# 1 MiB sequential reads, depth {depth}, {seconds} s per round, 2 paths, through NBD"
+    );
+    let stack = Stack::start(LUN_SIZE, 2, |_| {}).await?;
+    let mut stackr = Vec::new();
+    let mut tcp = Vec::new();
+    for round in 0..3 {
+        let t = tcp_ceiling(seconds).await?;
+        let m = seq_read_rate(&stack, seconds, depth).await?;
+        eprintln!(
+            "  round {}: loopback TCP {:.0} MiB/s, mpath {:.0} MiB/s",
+            round + 1,
+            t / 1048576.0,
+            m / 1048576.0
+        );
+        tcp.push(t);
+        stackr.push(m);
+    }
+    stack.stop().await;
+    let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let (t, m) = (best(&tcp), best(&stackr));
+    println!(
+        "loopback TCP {:.0} MiB/s, mpath {:.0} MiB/s: ratio {:.3}",
+        t / 1048576.0,
+        m / 1048576.0,
+        m / t
+    );
+    Ok(json!({
+        "machine": machine(), "depth": depth, "seconds": seconds,
+        "tcp_bytes_per_s": tcp, "mpath_bytes_per_s": stackr, "ratio": m / t,
+    }))
+}

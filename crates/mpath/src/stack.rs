@@ -1,0 +1,173 @@
+//! The whole stack in one process, on loopback: an in-process target with one portal group
+//! per portal and a memory LUN with ALUA, and the daemon exporting its map over NBD. What
+//! `mpath demo` and `mpath bench` run on.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use iscsi_target::backend::BackingSpec;
+use iscsi_target::config::{
+    AluaMode, AluaState, LunSpec, PortalGroupSpec, ServerConfig, TargetSpec, DEFAULT_PRODUCT,
+    DEFAULT_VENDOR,
+};
+use mpathd::config::{DaemonConfig, PortalConfig};
+use mpathd::{Daemon, Listeners, Request};
+
+pub const IQN: &str = "iqn.2026-01.io.mpath:demo";
+
+pub struct Stack {
+    /// The target's fault switch and ALUA control.
+    pub target: iscsi_target::Control,
+    pub portals: Vec<SocketAddr>,
+    pub daemon: Daemon,
+    pub control: mpathd::Control,
+    pub nbd: SocketAddr,
+    /// The map's name.
+    pub map: String,
+    /// When the daemon started (its timeline counts from here).
+    pub daemon_started: Instant,
+    target_stop: tokio::sync::oneshot::Sender<()>,
+    target_task: tokio::task::JoinHandle<()>,
+}
+
+impl Stack {
+    /// A target with `portals` portals (127.0.0.1, 127.0.0.2, … on free ports) and one
+    /// `size`-byte memory LUN; the daemon, given the first portal only (discovery finds the
+    /// others), with `tune` applied to its defaults. Returns once the map has every path.
+    pub async fn start(
+        size: u64,
+        portals: usize,
+        tune: impl FnOnce(&mut DaemonConfig),
+    ) -> Result<Stack> {
+        let target = iscsi_target::Server::bind(target_config(size, portals)?)
+            .await
+            .context("in-process target")?;
+        let addrs = target.portals();
+        let tctl = target.control();
+        let (target_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let target_task = tokio::spawn(target.run(async {
+            let _ = stopped.await;
+        }));
+        let nbd = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("NBD listener on 127.0.0.1")?;
+        let nbd_addr = nbd.local_addr()?;
+        let mut cfg = DaemonConfig {
+            portals: vec![PortalConfig {
+                address: addrs[0],
+                chap: None,
+                mutual_chap: None,
+                targets: vec![],
+                header_digest: false,
+                data_digest: false,
+            }],
+            nbd_listen: Some(nbd_addr),
+            ..DaemonConfig::default()
+        };
+        tune(&mut cfg);
+        let listeners = Listeners {
+            nbd: vec![nbd.into()],
+            ..Listeners::default()
+        };
+        let daemon_started = Instant::now();
+        let daemon = Daemon::start(cfg, listeners, None).context("daemon")?;
+        let control = daemon.control();
+        let map = wait_for_map(&control, portals as u64, Duration::from_secs(20)).await?;
+        Ok(Stack {
+            target: tctl,
+            portals: addrs,
+            daemon,
+            control,
+            nbd: nbd_addr,
+            map,
+            daemon_started,
+            target_stop,
+            target_task,
+        })
+    }
+
+    /// Active and total paths of the map, and its queued requests.
+    pub async fn paths(&self) -> (u64, u64, u64) {
+        let r = self.control.handle(Request::ShowMaps).await;
+        r.data["maps"]
+            .as_array()
+            .and_then(|a| a.iter().find(|m| m["name"] == self.map.as_str()))
+            .map(|m| {
+                (
+                    m["active_paths"].as_u64().unwrap_or(0),
+                    m["paths"].as_u64().unwrap_or(0),
+                    m["queued"].as_u64().unwrap_or(0),
+                )
+            })
+            .unwrap_or((0, 0, 0))
+    }
+
+    /// Wait until the map has `n` active paths.
+    pub async fn wait_for_paths(&self, n: u64, timeout: Duration) -> Result<()> {
+        wait_for_map(&self.control, n, timeout).await.map(drop)
+    }
+
+    pub async fn stop(mut self) {
+        self.daemon.stop().await;
+        let _ = self.target_stop.send(());
+        let _ = self.target_task.await;
+    }
+}
+
+fn target_config(size: u64, portals: usize) -> Result<ServerConfig> {
+    if !(1..=8).contains(&portals) {
+        bail!("1 to 8 portals, not {portals}");
+    }
+    // Loopback addresses (all of 127/8 is loopback on Linux), free ports; each portal its
+    // own portal group and ALUA target port group, all active/optimized.
+    let group = |tag: u16| PortalGroupSpec {
+        tag,
+        portals: vec![SocketAddr::from(([127, 0, 0, tag as u8], 0))],
+        state: AluaState::ActiveOptimized,
+        preferred: false,
+    };
+    Ok(ServerConfig {
+        targets: vec![TargetSpec {
+            iqn: IQN.into(),
+            alias: Some("mpath demo".into()),
+            portal_groups: (1..=portals as u16).map(group).collect(),
+            luns: vec![LunSpec {
+                id: 1,
+                backing: BackingSpec::parse(&format!("mem:{size}")).map_err(anyhow::Error::msg)?,
+                block_size: 512,
+                serial: None,
+                vendor: DEFAULT_VENDOR.into(),
+                product: DEFAULT_PRODUCT.into(),
+            }],
+            allowed_initiators: vec![],
+            chap: None,
+            mutual_chap: None,
+            alua: AluaMode::Implicit,
+        }],
+        ..ServerConfig::default()
+    })
+}
+
+/// The first map with `paths` active paths, within `timeout`.
+async fn wait_for_map(control: &mpathd::Control, paths: u64, timeout: Duration) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let r = control.handle(Request::ShowMaps).await;
+        if let Some(m) = r.data["maps"]
+            .as_array()
+            .and_then(|a| a.iter().find(|m| m["active_paths"] == paths))
+        {
+            return Ok(m["name"].as_str().unwrap_or_default().to_string());
+        }
+        if Instant::now() >= deadline {
+            let status = control.handle(Request::ShowStatus).await;
+            bail!(
+                "no map with {paths} active paths after {timeout:?}:\n{}{}",
+                r.text,
+                status.text
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
