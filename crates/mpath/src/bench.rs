@@ -5,6 +5,8 @@
 //! - `failover`: how long I/O stalls when a path is silently blackholed (P1) or reset (P2)
 //!   under a verifying load, over many trials; `--plot` draws IOPS around one failure.
 //! - `paths`: 4 KiB random reads at queue depth 32 through NBD, two paths against one (P3).
+//! - `scale`: LUNs × portals paths (4096 by default): assembly time, idle CPU, memory,
+//!   `show topology` latency (P7).
 //! - `seqread`: 1 MiB sequential reads through the whole stack against plain loopback TCP
 //!   moving the same bytes (P8).
 
@@ -37,6 +39,7 @@ pub async fn run(b: BenchCmd) -> Result<()> {
         } => failover(*trials, fault, *depth, plot.as_deref()).await?,
         BenchWhat::Paths { seconds, depth } => paths(*seconds, *depth).await?,
         BenchWhat::Seqread { seconds, depth } => seqread(*seconds, *depth).await?,
+        BenchWhat::Scale { luns, portals } => scale(*luns, *portals).await?,
     };
     if b.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -512,5 +515,79 @@ async fn seqread(seconds: u64, depth: usize) -> Result<Value> {
     Ok(json!({
         "machine": machine(), "depth": depth, "seconds": seconds,
         "tcp_bytes_per_s": tcp, "mpath_bytes_per_s": stackr, "ratio": m / t,
+    }))
+}
+
+/// Resident memory of this process, in bytes (`VmRSS`).
+fn rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+/// CPU time this process has used (user + system).
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is always valid.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// P7: a target with `luns` small LUNs behind `portals` portals (the target runs in this
+/// process too: its share is measured before the daemon starts and taken out), the daemon
+/// assembling every map; then 10 s idle, and `show topology` timed.
+async fn scale(luns: u16, portals: usize) -> Result<Value> {
+    println!("# mpath bench scale — {}", machine());
+    println!(
+        "# {luns} LUNs x {portals} portals = {} paths, in-process target",
+        luns as usize * portals
+    );
+    let before = rss();
+    let started = Instant::now();
+    let stack = Stack::start_luns(1 << 20, portals, luns, |_| {}, Duration::from_secs(300)).await?;
+    let assembly = started.elapsed();
+    let after = rss();
+    // Idle: checkers and keepalives only.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (c0, t0) = (cpu_time(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let idle_cpu = (cpu_time() - c0).as_secs_f64() / t0.elapsed().as_secs_f64();
+    let mut topo = Vec::new();
+    let mut lines = 0;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let r = stack.control.handle(Request::ShowTopology).await;
+        topo.push(t.elapsed().as_secs_f64() * 1e3);
+        lines = r.text.lines().count();
+    }
+    topo.sort_by(f64::total_cmp);
+    let rss_total = rss();
+    stack.stop().await;
+    println!(
+        "assembly {:.1} s; idle CPU {:.1} % of a core (target and host side together); \
+         RSS {} MiB in all, {} MiB added by the host side; show topology {:.1} ms median \
+         ({lines} lines)",
+        assembly.as_secs_f64(),
+        idle_cpu * 100.0,
+        rss_total >> 20,
+        after.saturating_sub(before) >> 20,
+        topo[2]
+    );
+    Ok(json!({
+        "machine": machine(), "luns": luns, "portals": portals,
+        "paths": luns as usize * portals, "assembly_s": assembly.as_secs_f64(),
+        "idle_cpu_core_fraction": idle_cpu, "rss_bytes": rss_total,
+        "rss_host_side_bytes": after.saturating_sub(before), "show_topology_ms": topo,
     }))
 }

@@ -137,6 +137,14 @@ enum BenchWhat {
         #[arg(long, default_value_t = 32)]
         depth: usize,
     },
+    /// Many LUNs times several portals: assembly time, idle CPU, memory, `show topology`
+    /// latency.
+    Scale {
+        #[arg(long, default_value_t = 1024)]
+        luns: u16,
+        #[arg(long, default_value_t = 4)]
+        portals: usize,
+    },
     /// 1 MiB sequential reads through the whole stack against one loopback TCP stream.
     Seqread {
         #[arg(long, default_value_t = 5)]

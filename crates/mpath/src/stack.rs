@@ -40,7 +40,19 @@ impl Stack {
         portals: usize,
         tune: impl FnOnce(&mut DaemonConfig),
     ) -> Result<Stack> {
-        let target = iscsi_target::Server::bind(target_config(size, portals)?)
+        Stack::start_luns(size, portals, 1, tune, Duration::from_secs(20)).await
+    }
+
+    /// As [`Stack::start`], with `luns` LUNs of `size` bytes each; returns once every
+    /// LUN's map has every path, or fails after `timeout`.
+    pub async fn start_luns(
+        size: u64,
+        portals: usize,
+        luns: u16,
+        tune: impl FnOnce(&mut DaemonConfig),
+        timeout: Duration,
+    ) -> Result<Stack> {
+        let target = iscsi_target::Server::bind(target_config(size, portals, luns)?)
             .await
             .context("in-process target")?;
         let addrs = target.portals();
@@ -73,7 +85,7 @@ impl Stack {
         let daemon_started = Instant::now();
         let daemon = Daemon::start(cfg, listeners, None).context("daemon")?;
         let control = daemon.control();
-        let map = wait_for_map(&control, portals as u64, Duration::from_secs(20)).await?;
+        let map = wait_for_maps(&control, luns as usize, portals as u64, timeout).await?;
         Ok(Stack {
             target: tctl,
             portals: addrs,
@@ -115,7 +127,7 @@ impl Stack {
     }
 }
 
-fn target_config(size: u64, portals: usize) -> Result<ServerConfig> {
+fn target_config(size: u64, portals: usize, luns: u16) -> Result<ServerConfig> {
     if !(1..=8).contains(&portals) {
         bail!("1 to 8 portals, not {portals}");
     }
@@ -132,14 +144,19 @@ fn target_config(size: u64, portals: usize) -> Result<ServerConfig> {
             iqn: IQN.into(),
             alias: Some("mpath demo".into()),
             portal_groups: (1..=portals as u16).map(group).collect(),
-            luns: vec![LunSpec {
-                id: 1,
-                backing: BackingSpec::parse(&format!("mem:{size}")).map_err(anyhow::Error::msg)?,
-                block_size: 512,
-                serial: None,
-                vendor: DEFAULT_VENDOR.into(),
-                product: DEFAULT_PRODUCT.into(),
-            }],
+            luns: (1..=luns)
+                .map(|id| {
+                    Ok(LunSpec {
+                        id,
+                        backing: BackingSpec::parse(&format!("mem:{size}"))
+                            .map_err(anyhow::Error::msg)?,
+                        block_size: 512,
+                        serial: None,
+                        vendor: DEFAULT_VENDOR.into(),
+                        product: DEFAULT_PRODUCT.into(),
+                    })
+                })
+                .collect::<Result<_>>()?,
             allowed_initiators: vec![],
             chap: None,
             mutual_chap: None,
@@ -147,6 +164,31 @@ fn target_config(size: u64, portals: usize) -> Result<ServerConfig> {
         }],
         ..ServerConfig::default()
     })
+}
+
+/// Wait until `maps` maps each have `paths` active paths; returns the first one's name.
+async fn wait_for_maps(
+    control: &mpathd::Control,
+    maps: usize,
+    paths: u64,
+    timeout: Duration,
+) -> Result<String> {
+    if maps <= 1 {
+        return wait_for_map(control, paths, timeout).await;
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let r = control.handle(Request::ShowMaps).await;
+        let all = r.data["maps"].as_array().cloned().unwrap_or_default();
+        let ready = all.iter().filter(|m| m["active_paths"] == paths).count();
+        if ready >= maps {
+            return Ok(all[0]["name"].as_str().unwrap_or_default().to_string());
+        }
+        if Instant::now() >= deadline {
+            bail!("{ready} of {maps} maps have {paths} active paths after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The first map with `paths` active paths, within `timeout`.
