@@ -355,28 +355,90 @@ fn blackhole_under_fio_tgtd() {
     // tgtd lists only the portal asked: give both.
     let d = DaemonProc::start(&portals, &[]);
     let map = d.wait_map(2);
-    // tgtd has no fault switch: take the portal away (new connections refused) and close
-    // its connection — the daemon's path fails, I/O continues on the other.
-    let p = portals[0].to_string();
-    blackhole_during_fio(
-        &d,
-        &map,
-        || {
-            let o = t.tgtadm(&[
-                "--mode", "target", "--op", "update", "--tid", "1", "--name", "state", "--value",
-                "offline",
-            ]);
-            assert!(o.success(), "{}", o.all());
-            let _ = p;
-        },
-        || {
-            let o = t.tgtadm(&[
-                "--mode", "target", "--op", "update", "--tid", "1", "--name", "state", "--value",
-                "ready",
-            ]);
-            assert!(o.success(), "{}", o.all());
-        },
-    );
+    // tgtd has no fault switch. As root, a real blackhole: iptables drops the portal's
+    // packets both ways (loopback only). Otherwise the target is taken offline, which
+    // closes its connections.
+    let p = portals[0];
+    if testkit::netns::is_root() && testkit::have("iptables") {
+        let rules = [
+            vec![
+                "-d".to_string(),
+                p.ip().to_string(),
+                "-p".into(),
+                "tcp".into(),
+                "--dport".into(),
+                p.port().to_string(),
+                "-j".into(),
+                "DROP".into(),
+            ],
+            vec![
+                "-s".to_string(),
+                p.ip().to_string(),
+                "-p".into(),
+                "tcp".into(),
+                "--sport".into(),
+                p.port().to_string(),
+                "-j".into(),
+                "DROP".into(),
+            ],
+        ];
+        let ipt = |op: &str, rule: &[String]| {
+            let mut c = Command::new("iptables");
+            c.args(["-w", op, "INPUT"]).args(rule);
+            run(&mut c, Duration::from_secs(10))
+        };
+        struct Unblock<F: Fn()>(F);
+        impl<F: Fn()> Drop for Unblock<F> {
+            fn drop(&mut self) {
+                (self.0)()
+            }
+        }
+        let _guard = Unblock(|| {
+            for r in &rules {
+                let _ = ipt("-D", r);
+            }
+        });
+        blackhole_during_fio(
+            &d,
+            &map,
+            || {
+                for r in &rules {
+                    let o = ipt("-I", r);
+                    assert!(o.success(), "iptables: {}", o.all());
+                }
+            },
+            || {
+                for r in &rules {
+                    let _ = ipt("-D", r);
+                }
+            },
+        );
+        let ev = d.cli(&["show", "events"]);
+        assert!(
+            ev.stdout.contains("stalled"),
+            "a silent blackhole, found by the keepalive: {}",
+            ev.stdout
+        );
+    } else {
+        blackhole_during_fio(
+            &d,
+            &map,
+            || {
+                let o = t.tgtadm(&[
+                    "--mode", "target", "--op", "update", "--tid", "1", "--name", "state",
+                    "--value", "offline",
+                ]);
+                assert!(o.success(), "{}", o.all());
+            },
+            || {
+                let o = t.tgtadm(&[
+                    "--mode", "target", "--op", "update", "--tid", "1", "--name", "state",
+                    "--value", "ready",
+                ]);
+                assert!(o.success(), "{}", o.all());
+            },
+        );
+    }
 }
 
 #[test]
