@@ -531,7 +531,17 @@ fn bad_input_gets_clear_messages_and_the_daemon_keeps_running() {
     let dead: SocketAddr = format!("127.0.0.9:{}", free_port("127.0.0.9"))
         .parse()
         .unwrap();
-    let d = DaemonProc::start(&[t.portals[0], dead], &[]);
+    // Healthy paths checked every 300 ms, so the LUN's disappearance below is seen soon.
+    let quick = dir.path().join("quick.toml");
+    std::fs::write(
+        &quick,
+        "[defaults]\nchecker_interval = \"300ms\"\nchecker_interval_ok = \"300ms\"\n",
+    )
+    .unwrap();
+    let d = DaemonProc::start(
+        &[t.portals[0], dead],
+        &["--config", quick.to_str().unwrap()],
+    );
     let map = d.wait_map(1);
     let st = d.cli(&["show", "status"]);
     assert!(
@@ -545,15 +555,57 @@ fn bad_input_gets_clear_messages_and_the_daemon_keeps_running() {
     let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n garbage garbage");
     drop(s);
     assert!(d.cli(&["show", "maps"]).success());
-    // The LUN disappears (offline at the target): I/O errors are reported, nothing hangs,
-    // and the daemon still answers.
+    // An NBD client that leaves mid-request: a 1 MiB WRITE on its way, then the client is
+    // gone (its runtime dropped with the request half sent).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = workload::nbd::NbdClient::connect_tcp(d.nbd, &map)
+            .await
+            .unwrap();
+        let w = tokio::spawn(async move {
+            c.write(0, bytes::Bytes::from(vec![7u8; 1 << 20]), false)
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        drop(w);
+    });
+    drop(rt);
+    // The daemon goes on serving: another client reads the size.
+    let o = tool(&["nbdinfo", "--size", &nbd_uri(&d, &map)], 20);
+    assert!(o.success(), "{}", o.all());
+    assert_eq!(o.stdout.trim(), (16u64 << 20).to_string());
+    // The LUN disappears (offline at the target, the connection stays up): the checker
+    // fails the path with the target's reason, the daemon keeps answering; back online,
+    // the path is reinstated.
     assert!(t
         .ctl(bin(), &["lun", "iqn.2026-01.io.mpath:bad", "1", "offline"])
         .success());
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(d.cli(&["show", "paths"]).success());
+    let path_state = |want: &str| {
+        let start = Instant::now();
+        loop {
+            let v = d.json(&["show", "paths"]);
+            let p = &v["paths"][0];
+            if p["checker_state"] == want {
+                return p.clone();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "checker never {want}: {v}\n{}",
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let p = path_state("faulty");
+    assert_eq!(p["dm_state"], "failed", "{p}");
+    assert_eq!(d.json(&["show", "maps"])["maps"][0]["active_paths"], 0);
     assert!(t
         .ctl(bin(), &["lun", "iqn.2026-01.io.mpath:bad", "1", "online"])
         .success());
-    let _ = map;
+    let p = path_state("ready");
+    assert_eq!(p["dm_state"], "active", "{p}");
+    assert!(d.cli(&["show", "events"]).stdout.contains("path-failed"));
 }
