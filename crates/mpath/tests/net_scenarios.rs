@@ -17,8 +17,10 @@
 //! version: with it the whole file takes about four minutes; the other scenarios take 10 to
 //! 15 s each). `MPATH_CHAOS_SEED` replays a run (each run prints its seed).
 //!
-//! `loss_30_percent_one_path` and `random_chaos` are `#[ignore]`d while the stale-write bug
-//! they find intermittently is open; run them with `-- --include-ignored`.
+//! `loss_30_percent_one_path` and `random_chaos` found stale blocks (an acknowledged write
+//! overwritten by an older one) before baeb932: a failed connection whose writer was stuck
+//! on a full send buffer was closed gracefully, and the kernel went on retransmitting the
+//! old write.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -610,9 +612,6 @@ fn link_down_one_path() {
 /// 30 % of packets lost on one path (each direction) for 8 s: whatever the daemon makes of
 /// the path (slow, failed, flapping), the workload sees no error and no bad block.
 #[test]
-#[ignore = "finds a real bug, intermittently (4 of 27 runs): a stale block — an acknowledged \
-            write overwritten by an older one (\"LBA 8023 stale: generation 2, but generation 3 \
-            was acknowledged\"), with in-doubt writes but 0 fenced writes; reported to the lead"]
 fn loss_30_percent_one_path() {
     let name = "loss_30_percent_one_path";
     let Some(s) = Scenario::new(name, 2, "") else {
@@ -893,9 +892,6 @@ enum Chaos {
 /// is broken (blackhole, reset, link down, loss, rate limit, delay) or healed, never the
 /// last one the daemon still uses. No error, every block verified.
 #[test]
-#[ignore = "finds the same real bug as loss_30_percent_one_path, intermittently: stale blocks \
-            (4 in one 120 s run with loss faults among the chaos; in-doubt writes 21, fenced 0); \
-            reported to the lead"]
 fn random_chaos() {
     let name = "random_chaos";
     let secs: u64 = std::env::var("MPATH_CHAOS_SECS")
