@@ -33,6 +33,9 @@ pub enum CtlRequest {
         lun: u16,
         online: bool,
     },
+    /// Make every READ of a LUN fail with MEDIUM ERROR while TEST UNIT READY passes (or
+    /// stop).
+    SetLunReadErrors { target: String, lun: u16, on: bool },
     /// Set the fault mode of a portal (`None` clears).
     SetFault { portal: SocketAddr, fault: Fault },
     /// Close every connection of a portal with a TCP RST.

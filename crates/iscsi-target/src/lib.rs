@@ -377,6 +377,9 @@ impl Control {
                 lun,
                 online,
             } => self.set_lun_online(&target, lun, online),
+            CtlRequest::SetLunReadErrors { target, lun, on } => {
+                self.set_lun_read_errors(&target, lun, on)
+            }
             CtlRequest::SetFault { portal, fault } => self.set_fault(portal, fault),
             CtlRequest::ResetPortal { portal } => self.reset_portal(portal),
         };
@@ -463,6 +466,21 @@ impl Control {
             .get(&lun)
             .ok_or_else(|| format!("target {target} has no LUN {lun}"))?;
         l.lu.set_online(online);
+        Ok(())
+    }
+
+    /// Every READ of the LUN fails with MEDIUM ERROR (03/11/00) while `on`; TEST UNIT
+    /// READY still passes.
+    pub fn set_lun_read_errors(&self, target: &str, lun: u16, on: bool) -> Result<(), String> {
+        let t = self
+            .inner
+            .target(target)
+            .ok_or_else(|| format!("no target {target}"))?;
+        let l = t
+            .luns
+            .get(&lun)
+            .ok_or_else(|| format!("target {target} has no LUN {lun}"))?;
+        l.lu.set_read_errors(on);
         Ok(())
     }
 

@@ -375,11 +375,13 @@ enum CtlOp {
         group: u16,
         state: String,
     },
-    /// Take a LUN offline (I/O and TEST UNIT READY fail with NOT READY) or bring it back.
+    /// Take a LUN offline (I/O and TEST UNIT READY fail with NOT READY) or bring it back;
+    /// or make its READs fail with MEDIUM ERROR while TEST UNIT READY passes (read-errors,
+    /// undone by no-read-errors).
     Lun {
         target: String,
         lun: u16,
-        #[arg(value_parser = ["online", "offline"])]
+        #[arg(value_parser = ["online", "offline", "read-errors", "no-read-errors"])]
         state: String,
     },
     /// Inject a fault on a portal: blackhole, reset, delay MS, drop-after N, clear.

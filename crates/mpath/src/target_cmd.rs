@@ -161,6 +161,15 @@ pub async fn target_ctl(c: CtlCmd) -> Result<()> {
                 format!("unknown ALUA state {state:?} (one of {})", AluaState::NAMES)
             })?,
         },
+        CtlOp::Lun { target, lun, state }
+            if state == "read-errors" || state == "no-read-errors" =>
+        {
+            CtlRequest::SetLunReadErrors {
+                target: target.clone(),
+                lun: *lun,
+                on: state == "read-errors",
+            }
+        }
         CtlOp::Lun { target, lun, state } => CtlRequest::SetLunOnline {
             target: target.clone(),
             lun: *lun,

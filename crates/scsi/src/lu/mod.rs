@@ -319,6 +319,8 @@ pub struct LogicalUnit {
     block_size: u64,
     capacity: AtomicU64,
     online: AtomicBool,
+    /// Fault injection: every READ fails with MEDIUM ERROR while TEST UNIT READY passes.
+    read_errors: AtomicBool,
     // Mirrors of `ModeState` for lock-free reads on the I/O path; written
     // only under the state mutex.
     d_sense: AtomicBool,
@@ -373,6 +375,7 @@ impl LogicalUnit {
             ports,
             block_size,
             online: AtomicBool::new(true),
+            read_errors: AtomicBool::new(false),
             d_sense: AtomicBool::new(mode.d_sense),
             swp: AtomicBool::new(mode.swp),
             wce: AtomicBool::new(mode.wce),
@@ -417,6 +420,17 @@ impl LogicalUnit {
                 None,
             );
         }
+    }
+
+    /// Fault injection: while on, every READ fails with MEDIUM ERROR, UNRECOVERED READ
+    /// ERROR (03/11/00) — a LU that answers TEST UNIT READY but cannot serve data, which
+    /// only a checker that reads finds.
+    pub fn set_read_errors(&self, on: bool) {
+        self.read_errors.store(on, Ordering::Release);
+    }
+
+    pub fn read_errors(&self) -> bool {
+        self.read_errors.load(Ordering::Acquire)
     }
 
     /// LOGICAL UNIT RESET (also used for target resets): SPC-2 reservations
@@ -915,6 +929,9 @@ impl LogicalUnit {
         self.check_range(rw.lba, u64::from(rw.blocks))?;
         if rw.blocks == 0 {
             return Ok(Bytes::new());
+        }
+        if self.read_errors() {
+            return Err(read_error(rw.lba).into());
         }
         // The only allocation of the read path: the data buffer itself.
         let mut buf = vec![0u8; self.len_of(u64::from(rw.blocks))];

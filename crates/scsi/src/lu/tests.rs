@@ -1173,6 +1173,22 @@ fn offline_lu_is_not_ready_but_identifies() {
     r.ok(&a, &build::test_unit_ready(), &[]);
 }
 
+#[test]
+fn read_errors_fail_reads_but_not_test_unit_ready() {
+    let r = rig();
+    let a = nexus(1, 1);
+    r.login(&a);
+    r.ok(&a, &build::write_10(8, 1, false), &[0x5a; 512]);
+    r.lu.set_read_errors(true);
+    r.ok(&a, &build::test_unit_ready(), &[]);
+    let s = r.sense(&a, &build::read_10(8, 1, false), &[]);
+    assert_eq!(s.key, SenseKey::MEDIUM_ERROR);
+    assert_eq!(s.asc, sense::UNRECOVERED_READ_ERROR);
+    r.ok(&a, &build::write_10(8, 1, false), &[0x5b; 512]);
+    r.lu.set_read_errors(false);
+    r.ok(&a, &build::read_10(8, 1, false), &[]);
+}
+
 // ---- persistent reservations ----
 
 const K1: u64 = 0x1111;
