@@ -92,6 +92,19 @@ pub enum EventKind {
     QueueIfNoPath {
         on: bool,
     },
+    /// A policy setting of the running map changed (`Multipath::set_config`): `setting`
+    /// is `selector`, `grouping`, `failback`, `no_path_retry`, `flap_damping` or
+    /// `alua_transition`.
+    PolicyChanged {
+        setting: &'static str,
+        from: String,
+        to: String,
+    },
+    /// The map's capacity changed while it runs (the engine's resize), in bytes.
+    Resized {
+        from: u64,
+        to: u64,
+    },
     /// An I/O left `path` and is issued again.
     IoRequeued {
         path: PathId,
@@ -221,6 +234,10 @@ impl fmt::Display for EventKind {
                 QueueEndCause::Disabled => f.write_str("queueing disabled: failing I/O"),
             },
             EventKind::QueueIfNoPath { on } => write!(f, "queue_if_no_path {on}"),
+            EventKind::PolicyChanged { setting, from, to } => {
+                write!(f, "{setting} changed: {from} -> {to}")
+            }
+            EventKind::Resized { from, to } => write!(f, "resized: {from} -> {to} bytes"),
             EventKind::IoRequeued { path, cause } => write!(f, "I/O requeued from {path}: {cause}"),
             EventKind::IoFailed { kind, detail } => write!(f, "I/O failed: {kind}: {detail}"),
         }

@@ -832,6 +832,157 @@ impl Multipath {
         Ok(())
     }
 
+    /// A new policy for the running map (`reconfigure`). Each changed setting is
+    /// announced (`PolicyChanged`) and takes effect as follows:
+    ///
+    /// - **grouping**: the groups are rebuilt at once (`Regrouped`); the active, pinned and
+    ///   disabled groups follow their paths as after a priority change, and failback
+    ///   applies under the new failback policy.
+    /// - **selector**: the routing is republished (the generation grows) with a fresh
+    ///   selector; the engine keeps the per-path load, so I/O in flight ends where it was.
+    /// - **failback**: a scheduled deferred failback is dropped and the choice of group is
+    ///   made again under the new policy (an `immediate` failback may switch now).
+    /// - **no_path_retry**: future decisions follow it. While the map queues under the
+    ///   configured policy, the window is re-anchored at the loss of the last path (a
+    ///   shorter window may end at once; `queue` removes the end; `fail` fails the queued
+    ///   I/O now); while it fails because the policy said `fail`, a queueing policy starts
+    ///   a window from now. An operator's `queue_if_no_path` off stays in force.
+    /// - **flap damping**: later failures and reinstatements use it; holds already running
+    ///   keep their end.
+    ///
+    /// Returns the names of the settings that changed (empty: nothing to do).
+    pub fn set_config(&mut self, config: MapConfig, now: Instant) -> Vec<&'static str> {
+        let old = std::mem::replace(&mut self.config, config);
+        let new = self.config.clone();
+        let mut changed = Vec::new();
+        let mut note = |m: &mut Multipath, setting: &'static str, from: String, to: String| {
+            changed.push(setting);
+            m.push(now, EventKind::PolicyChanged { setting, from, to });
+        };
+        if old.selector != new.selector {
+            note(
+                self,
+                "selector",
+                selector_text(&old.selector),
+                selector_text(&new.selector),
+            );
+        }
+        if old.grouping != new.grouping {
+            note(
+                self,
+                "grouping",
+                old.grouping.to_string(),
+                new.grouping.to_string(),
+            );
+        }
+        if old.failback != new.failback {
+            note(
+                self,
+                "failback",
+                failback_text(old.failback),
+                failback_text(new.failback),
+            );
+        }
+        if old.no_path != new.no_path {
+            note(
+                self,
+                "no_path_retry",
+                no_path_text(old.no_path),
+                no_path_text(new.no_path),
+            );
+        }
+        if old.flap != new.flap {
+            note(
+                self,
+                "flap_damping",
+                flap_text(old.flap),
+                flap_text(new.flap),
+            );
+        }
+        if (old.alua_transition_retry, old.alua_transition_timeout)
+            != (new.alua_transition_retry, new.alua_transition_timeout)
+        {
+            note(
+                self,
+                "alua_transition",
+                format!(
+                    "retry {:?}, timeout {:?}",
+                    old.alua_transition_retry, old.alua_transition_timeout
+                ),
+                format!(
+                    "retry {:?}, timeout {:?}",
+                    new.alua_transition_retry, new.alua_transition_timeout
+                ),
+            );
+        }
+        if changed.is_empty() {
+            return changed;
+        }
+        if old.no_path != new.no_path {
+            self.reapply_no_path(now);
+        }
+        if old.grouping != new.grouping {
+            self.regroup(now, Trigger::Other);
+        } else {
+            if old.failback != new.failback {
+                self.failback_at = None;
+            }
+            self.refresh(now, Trigger::Other);
+        }
+        changed
+    }
+
+    /// The configured no-path policy changed: bring the no-path state in line with it.
+    fn reapply_no_path(&mut self, now: Instant) {
+        let queues = self.config.no_path.queues();
+        self.queue_mode = match (self.queue_mode, queues) {
+            (QueueMode::Off, _) => QueueMode::Off,
+            (_, true) => QueueMode::Configured,
+            // `queue_if_no_path` on while the new configuration says fail: keep queueing.
+            (QueueMode::On, false) => QueueMode::On,
+            (QueueMode::Configured, false) => QueueMode::Configured,
+        };
+        if self.queue_mode != QueueMode::Configured {
+            return;
+        }
+        match (self.no_path, self.config.no_path) {
+            (NoPathState::Queueing { since, .. }, NoPathPolicy::Fail) => {
+                self.no_path = NoPathState::Failing {
+                    since,
+                    reason: NoPathReason::PolicyFail,
+                };
+                self.push(
+                    now,
+                    EventKind::QueueingEnded {
+                        cause: QueueEndCause::Disabled,
+                    },
+                );
+            }
+            (NoPathState::Queueing { since, .. }, NoPathPolicy::Queue(d)) => {
+                // Past already: the next timeout ends it at once.
+                self.no_path = NoPathState::Queueing {
+                    since,
+                    until: Some(since + d),
+                };
+            }
+            (NoPathState::Queueing { since, .. }, NoPathPolicy::QueueForever) => {
+                self.no_path = NoPathState::Queueing { since, until: None };
+            }
+            (
+                NoPathState::Failing {
+                    since,
+                    reason: NoPathReason::PolicyFail,
+                },
+                _,
+            ) if queues => {
+                let until = self.queue_until(now);
+                self.no_path = NoPathState::Queueing { since, until };
+                self.push(now, EventKind::QueueingStarted { until });
+            }
+            _ => {}
+        }
+    }
+
     /// New facts about a path (priority, ALUA state, serial...): the groups are rebuilt.
     pub fn update_path(
         &mut self,
@@ -1259,5 +1410,41 @@ impl PathEntry {
             reinstate_at: None,
             operator_failed: false,
         }
+    }
+}
+
+fn selector_text(s: &SelectorKind) -> String {
+    match s {
+        SelectorKind::RoundRobin { repeat_count } if *repeat_count != 1 => {
+            format!("round-robin (repeat {repeat_count})")
+        }
+        s => s.to_string(),
+    }
+}
+
+fn failback_text(f: Failback) -> String {
+    match f {
+        Failback::Immediate => "immediate".into(),
+        Failback::Manual => "manual".into(),
+        Failback::Followover => "followover".into(),
+        Failback::Deferred(d) => format!("after {d:?}"),
+    }
+}
+
+fn no_path_text(p: NoPathPolicy) -> String {
+    match p {
+        NoPathPolicy::Fail => "fail".into(),
+        NoPathPolicy::Queue(d) => format!("queue {d:?}"),
+        NoPathPolicy::QueueForever => "queue".into(),
+    }
+}
+
+fn flap_text(f: Option<FlapDamping>) -> String {
+    match f {
+        None => "off".into(),
+        Some(f) => format!(
+            "{} failures in {:?}, hold {:?}",
+            f.failures, f.window, f.hold
+        ),
     }
 }

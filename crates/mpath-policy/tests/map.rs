@@ -775,3 +775,107 @@ fn an_inferred_failure_reason_is_replaced_once_by_the_transports() {
         Err(PolicyError::NoSuchPath(PathId(9)))
     );
 }
+
+#[test]
+fn set_config_regroups_and_announces_each_change() {
+    let (mut m, t0) = two_groups(Failback::Immediate);
+    events(&mut m);
+    assert_eq!(m.groups().len(), 2);
+    let gen = m.generation();
+    let config = MapConfig {
+        grouping: Grouping::Multibus,
+        selector: SelectorKind::RoundRobin { repeat_count: 1 },
+        ..m.config().clone()
+    };
+    let changed = m.set_config(config.clone(), t0);
+    assert_eq!(changed, vec!["selector", "grouping"]);
+    assert_eq!(m.config(), &config);
+    assert_eq!(m.groups().len(), 1);
+    assert_eq!(m.routing(), ids(&[0, 1, 2, 3]));
+    assert!(m.generation() > gen);
+    let ev = events(&mut m);
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        EventKind::PolicyChanged { setting: "selector", from, to }
+            if from == "service-time" && to == "round-robin"
+    )));
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        EventKind::PolicyChanged {
+            setting: "grouping",
+            ..
+        }
+    )));
+    assert!(ev
+        .iter()
+        .any(|e| matches!(e, EventKind::Regrouped { groups: 1 })));
+    // The same configuration again changes nothing.
+    assert!(m.set_config(config, t0).is_empty());
+    assert!(events(&mut m).is_empty());
+}
+
+#[test]
+fn set_config_failback_manual_to_immediate_fails_back_now() {
+    let (mut m, t0) = two_groups(Failback::Manual);
+    m.fail_path(PathId(0), reason(), t0).unwrap();
+    m.fail_path(PathId(1), reason(), t0).unwrap();
+    assert_eq!(m.active_group(), Some(1));
+    m.reinstate_path(PathId(0), ReinstateCause::Operator, t0)
+        .unwrap();
+    assert_eq!(m.active_group(), Some(1), "manual: stays");
+    let config = MapConfig {
+        failback: Failback::Immediate,
+        ..m.config().clone()
+    };
+    assert_eq!(m.set_config(config, t0), vec!["failback"]);
+    assert_eq!(m.active_group(), Some(0));
+}
+
+#[test]
+fn set_config_no_path_retry_reanchors_the_window() {
+    let t0 = Instant::now();
+    let config = MapConfig {
+        no_path: NoPathPolicy::Queue(Duration::from_secs(60)),
+        flap: None,
+        ..MapConfig::default()
+    };
+    let mut m = Multipath::new(config, plain_paths(1), t0);
+    m.fail_path(PathId(0), reason(), t0).unwrap();
+    assert!(matches!(m.no_path_verdict(), NoPathVerdict::Queue { .. }));
+    // A 5 s window from the loss of the path: over at t0 + 5 s.
+    let t1 = t0 + Duration::from_secs(2);
+    let shorter = MapConfig {
+        no_path: NoPathPolicy::Queue(Duration::from_secs(5)),
+        ..m.config().clone()
+    };
+    m.set_config(shorter, t1);
+    assert_eq!(
+        m.no_path_verdict(),
+        NoPathVerdict::Queue {
+            until: Some(t0 + Duration::from_secs(5))
+        }
+    );
+    assert_eq!(m.poll_timeout(), Some(t0 + Duration::from_secs(5)));
+    // `fail`: queued I/O fails now.
+    let fail = MapConfig {
+        no_path: NoPathPolicy::Fail,
+        ..m.config().clone()
+    };
+    m.set_config(fail, t1);
+    assert_eq!(
+        m.no_path_verdict(),
+        NoPathVerdict::Fail(NoPathReason::PolicyFail)
+    );
+    // Back to queueing: a window from now.
+    let queue = MapConfig {
+        no_path: NoPathPolicy::Queue(Duration::from_secs(10)),
+        ..m.config().clone()
+    };
+    m.set_config(queue, t1);
+    assert_eq!(
+        m.no_path_verdict(),
+        NoPathVerdict::Queue {
+            until: Some(t1 + Duration::from_secs(10))
+        }
+    );
+}

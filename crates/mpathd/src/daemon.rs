@@ -996,5 +996,9 @@ fn describe(
             format!("issued again on another path ({cause})"),
         ),
         EventKind::IoFailed { kind, detail } => ("io-failed", None, format!("{kind:?}: {detail}")),
+        EventKind::PolicyChanged { setting, from, to } => {
+            ("policy-applied", None, format!("{setting}: {from} -> {to}"))
+        }
+        EventKind::Resized { from, to } => ("map-resized", None, format!("{from} -> {to} bytes")),
     })
 }
