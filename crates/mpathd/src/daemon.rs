@@ -304,9 +304,6 @@ impl Shared {
     /// A session to `target` through `addr`, once.
     fn ensure_session(self: &Arc<Self>, addr: SocketAddr, target: &str, p: &PortalConfig) {
         let key = (addr, target.to_string());
-        if self.state().sessions.contains_key(&key) {
-            return;
-        }
         let cfg = self.cfg();
         let mut sc = SessionConfig::new(addr, target).with_digests(p.header_digest, p.data_digest);
         sc.initiator_name = cfg.initiator_name.clone();
@@ -320,7 +317,17 @@ impl Shared {
             .map(|(u, s)| ChapCredentials::new(u, s.as_bytes()));
         // The engine routes around a down path itself: commands must not wait for it.
         sc.replacement_timeout = Duration::ZERO;
-        let session = Session::spawn(sc);
+        // Check and claim under one lock: two portals' discoveries may both list this
+        // portal at once, and only one session may come of it.
+        let session = {
+            let mut st = self.state();
+            if st.sessions.contains_key(&key) {
+                return;
+            }
+            let session = Session::spawn(sc);
+            st.sessions.insert(key.clone(), session.clone());
+            session
+        };
         let me = Arc::downgrade(self);
         let rt = tokio::runtime::Handle::current();
         let label = format!("{addr}");
@@ -355,7 +362,6 @@ impl Shared {
                 }
             }
         }));
-        self.state().sessions.insert(key, session.clone());
         let me = self.clone();
         let target = target.to_string();
         tokio::spawn(async move { me.session_task(addr, target, session).await });
