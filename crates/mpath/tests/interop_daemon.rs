@@ -609,3 +609,65 @@ fn bad_input_gets_clear_messages_and_the_daemon_keeps_running() {
     assert_eq!(p["dm_state"], "active", "{p}");
     assert!(d.cli(&["show", "events"]).stdout.contains("path-failed"));
 }
+
+/// A LU that answers TEST UNIT READY but fails every READ: the `tur` checker cannot see it,
+/// `directio` (a READ through the data path) and `readsector0` fail its paths, and
+/// reinstate them when reads work again.
+#[test]
+fn read_checkers_catch_a_lun_that_answers_tur_but_fails_reads() {
+    let t = two_portal_mpath_target();
+    let iqn = "iqn.2026-01.io.mpath:daemon";
+    let dir = TempDir::new("checkers");
+    for checker in ["tur", "directio", "readsector0"] {
+        let cfg = dir.path().join(format!("{checker}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[defaults]\nchecker = \"{checker}\"\nchecker_interval = \"300ms\"\nchecker_interval_ok = \"300ms\"\n"
+            ),
+        )
+        .unwrap();
+        let d = DaemonProc::start(&t.portals, &["--config", cfg.to_str().unwrap()]);
+        d.wait_map(2);
+        assert!(t.ctl(bin(), &["lun", iqn, "1", "read-errors"]).success());
+        let states = |d: &DaemonProc| -> Vec<String> {
+            d.json(&["show", "paths"])["paths"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["checker_state"].as_str().unwrap_or("").to_string())
+                .collect()
+        };
+        let wait_all = |want: &str| {
+            let start = Instant::now();
+            loop {
+                let s = states(&d);
+                if s.iter().all(|x| x == want) {
+                    return;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "{checker}: paths never all {want}: {s:?}\n{}",
+                    d.log_text()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        };
+        if checker == "tur" {
+            // Several check rounds: TEST UNIT READY passes, the paths stay ready.
+            std::thread::sleep(Duration::from_millis(1500));
+            assert!(
+                states(&d).iter().all(|x| x == "ready"),
+                "tur sees nothing wrong: {:?}",
+                states(&d)
+            );
+        } else {
+            wait_all("faulty");
+            let ev = d.cli(&["show", "events"]).stdout;
+            assert!(ev.contains("path-failed"), "{checker}: {ev}");
+        }
+        assert!(t.ctl(bin(), &["lun", iqn, "1", "no-read-errors"]).success());
+        wait_all("ready");
+        d.wait_map(2);
+    }
+}
