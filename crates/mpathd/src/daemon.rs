@@ -818,31 +818,9 @@ impl Shared {
         );
         // The map's own events join the timeline.
         let me = Arc::downgrade(self);
-        let mut rx = device.events();
+        let rx = device.events();
         let map = name.clone();
-        tokio::spawn(async move {
-            loop {
-                match rx.recv().await {
-                    Ok(ev) => {
-                        let Some(me) = me.upgrade() else { return };
-                        if let Some((kind, path, detail)) = describe(&me, &map, &ev.kind) {
-                            me.record_at(ev.at, Some(&map), path.as_deref(), kind, detail);
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        if let Some(me) = me.upgrade() {
-                            me.record(
-                                Some(&map),
-                                None,
-                                "events-lost",
-                                format!("{n} events dropped (timeline too slow)"),
-                            );
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        });
+        tokio::spawn(forward_map_events(me, map, rx));
     }
 
     pub fn path_info(&self, name: &str, target: &str, lu: &LuInfo, priority: u32) -> PathInfo {
@@ -906,6 +884,88 @@ pub fn latency_priority(latency: Option<Duration>) -> u32 {
 }
 
 /// A timeline entry for a map event: kind, path name, detail.
+/// Per-I/O events (`io-failed`, `io-requeued`) come in floods when every path is gone or
+/// a path dies under load: one entry per kind per this long, the rest counted and
+/// summed up in a follow-up entry, so the timeline keeps the events around them.
+const COALESCE: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct Coalesced {
+    /// When the last entry of this kind was recorded.
+    last: Option<Instant>,
+    suppressed: u64,
+    detail: String,
+}
+
+/// Forward a map's events into the daemon's timeline until the map stops.
+async fn forward_map_events(
+    me: std::sync::Weak<Shared>,
+    map: String,
+    mut rx: broadcast::Receiver<mpath_policy::Event>,
+) {
+    let mut floods: BTreeMap<&'static str, Coalesced> = BTreeMap::new();
+    loop {
+        let flush_at = floods
+            .values()
+            .filter(|c| c.suppressed > 0)
+            .filter_map(|c| c.last.map(|t| t + COALESCE))
+            .min();
+        let flush = async {
+            match flush_at {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = rx.recv() => match r {
+                Ok(ev) => {
+                    let Some(me) = me.upgrade() else { return };
+                    let Some((kind, path, detail)) = describe(&me, &map, &ev.kind) else {
+                        continue;
+                    };
+                    if matches!(kind, "io-failed" | "io-requeued") {
+                        let c = floods.entry(kind).or_default();
+                        if c.last.is_some_and(|t| ev.at.saturating_duration_since(t) < COALESCE) {
+                            c.suppressed += 1;
+                            c.detail = detail;
+                            continue;
+                        }
+                        c.last = Some(ev.at);
+                    }
+                    me.record_at(ev.at, Some(&map), path.as_deref(), kind, detail);
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    if let Some(me) = me.upgrade() {
+                        me.record(
+                            Some(&map),
+                            None,
+                            "events-lost",
+                            format!("{n} events dropped (timeline too slow)"),
+                        );
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = flush => {
+                let Some(me) = me.upgrade() else { return };
+                let now = Instant::now();
+                for (kind, c) in floods.iter_mut() {
+                    if c.suppressed > 0 && c.last.is_some_and(|t| now >= t + COALESCE) {
+                        me.record(
+                            Some(&map),
+                            None,
+                            kind,
+                            format!("{} more within {COALESCE:?}, the last: {}", c.suppressed, c.detail),
+                        );
+                        c.suppressed = 0;
+                        c.last = None;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A map event as a timeline entry: kind, path name, detail. `None` for events the daemon
 /// records itself (paths joining and leaving a map).
 fn describe(
