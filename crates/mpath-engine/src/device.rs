@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant as StdInstant};
@@ -35,7 +35,7 @@ use crate::fence::Fence;
 use crate::inflight::{Attempt, Inflight, InflightTable, CLOSED};
 use crate::message::{MapStatus, Message, MessageError, Reply};
 use crate::owner::Owner;
-use crate::plan::{plan, Cmd, Plan};
+use crate::plan::{plan_sized, Cmd, Plan};
 
 /// Events kept for `status` (the broadcast channel has its own, separate buffer).
 const RECENT_EVENTS: usize = 256;
@@ -141,25 +141,30 @@ pub(crate) enum Command {
 
 pub(crate) struct Shared {
     pub name: String,
+    /// The LU's facts as started; its capacity is `size` (changed by a resize).
     pub device: DeviceInfo,
+    /// Capacity in bytes now: read once per request (relaxed), stored by the owner.
+    pub size: AtomicU64,
     pub limits: IoLimits,
-    pub transition_retry: Duration,
-    pub transition_timeout: Duration,
+    /// ALUA transitioning retry delay and timeout, in ns (the map's policy; the owner
+    /// stores new ones on `SetConfig`).
+    pub transition_retry_ns: AtomicU64,
+    pub transition_timeout_ns: AtomicU64,
     /// Time zero of the no-path clock (tokio time: paused in tests, like the timers).
     pub epoch: Instant,
     /// Time zero of the fast path's clock (selectors, latencies): the system's monotonic
     /// clock, read twice per I/O.
     pub clock_epoch: StdInstant,
     /// The selector reads time (historical-service-time): only then is `now_ns`
-    /// computed and each completion's service time recorded.
-    pub selector_needs_time: bool,
+    /// computed and each completion's service time recorded. Changes with the selector.
+    pub selector_needs_time: AtomicBool,
     /// Per-I/O statistics (counts, bytes, latency histograms): see
     /// [`EngineConfig::io_stats`].
     pub io_stats: bool,
     /// The fast path reads the clock (for statistics or the selector).
-    pub timed: bool,
+    pub timed: AtomicBool,
     /// The HST decay shift every path's load uses (from the map's selector).
-    pub decay_shift: u32,
+    pub decay_shift: AtomicU32,
     /// The map's paths in id order, as the owner last published them (for `counters`,
     /// `path_ids`; the owner keeps its own copy).
     pub members: Mutex<Vec<Arc<PathShared>>>,
@@ -197,7 +202,7 @@ impl Shared {
     /// Now, when anything needs it; otherwise the epoch, and the clock is not read.
     #[inline]
     fn now(&self) -> StdInstant {
-        if self.timed {
+        if self.timed.load(Ordering::Relaxed) {
             StdInstant::now()
         } else {
             self.clock_epoch
@@ -276,11 +281,9 @@ impl Shared {
             }
         }
         loop {
-            let start_ns = if self.selector_needs_time {
-                self.clock_ns(start)
-            } else {
-                0
-            };
+            // Read once per attempt: the selector may change meanwhile (`SetConfig`).
+            let needs_time = self.selector_needs_time.load(Ordering::Relaxed);
+            let start_ns = if needs_time { self.clock_ns(start) } else { 0 };
             let Some((path, candidates)) = self.pick(cmd.bytes, start_ns) else {
                 match self.ask(Ask::NoPath).await {
                     Verdict::Retry => {
@@ -302,7 +305,7 @@ impl Shared {
                 Inflight::new(&path.inflight, path.transport.submit(cmd.request()), epoch).await;
             let end = self.now();
             path.load.end_io(cmd.bytes);
-            if self.selector_needs_time {
+            if needs_time {
                 path.load
                     .record_service_time(start_ns, self.clock_ns(end), candidates);
             }
@@ -342,24 +345,24 @@ impl Shared {
                 ErrorClass::Transitioning => {
                     let now = Instant::now();
                     let since = *transitioning_since.get_or_insert(now);
-                    if now.saturating_duration_since(since) < self.transition_timeout {
+                    let timeout =
+                        Duration::from_nanos(self.transition_timeout_ns.load(Ordering::Relaxed));
+                    if now.saturating_duration_since(since) < timeout {
                         path.counters.requeue();
                         self.counters.requeue();
                         self.emit_now(EventKind::IoRequeued {
                             path: path.id,
                             cause: RequeueCause::Transitioning,
                         });
-                        tokio::time::sleep(self.transition_retry).await;
+                        let retry = self.transition_retry_ns.load(Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_nanos(retry)).await;
                         start = self.now();
                         continue;
                     }
                     (
                         PathFailReason::new(
                             PathFailKind::AluaInaccessible,
-                            format!(
-                                "ALUA transition still in progress after {:?}",
-                                self.transition_timeout
-                            ),
+                            format!("ALUA transition still in progress after {timeout:?}"),
                         ),
                         None,
                         false,
@@ -395,7 +398,8 @@ impl Shared {
 
     /// Run the commands of `op`; the outcome and when it was complete.
     async fn run(&self, op: &BlockOp, t0: StdInstant) -> Result<(Outcome, StdInstant), IoError> {
-        let planned = plan(op, &self.device, &self.limits)?;
+        let size = self.size.load(Ordering::Relaxed);
+        let planned = plan_sized(op, &self.device, size, &self.limits)?;
         let is_read = matches!(op, BlockOp::Read { .. });
         let (data, mut end) = match planned.plan {
             Plan::Nothing => (Bytes::new(), t0),
@@ -445,6 +449,19 @@ impl Shared {
             }
         }
     }
+}
+
+/// The HST decay shift of a selector (the default for the others: their loads keep
+/// measuring nothing, but a later switch to HST starts from it).
+pub(crate) fn decay_shift(selector: &SelectorKind) -> u32 {
+    match selector {
+        SelectorKind::HistoricalServiceTime(p) => p.decay_shift,
+        _ => mpath_policy::HstParams::default().decay_shift,
+    }
+}
+
+pub(crate) fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn stopped(name: &str) -> IoError {
@@ -540,10 +557,7 @@ impl MultipathDevice {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoRuntime)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let epoch = Instant::now();
-        let decay_shift = match config.policy.selector {
-            SelectorKind::HistoricalServiceTime(p) => p.decay_shift,
-            _ => mpath_policy::HstParams::default().decay_shift,
-        };
+        let decay_shift = decay_shift(&config.policy.selector);
         let mut shared_paths = Vec::with_capacity(paths.len());
         let mut infos = Vec::with_capacity(paths.len());
         for (i, spec) in paths.into_iter().enumerate() {
@@ -556,15 +570,16 @@ impl MultipathDevice {
         let shared = Arc::new(Shared {
             name: config.name.clone(),
             device: config.device.clone(),
+            size: AtomicU64::new(config.device.size),
             limits: config.limits.clone(),
-            transition_retry: config.policy.alua_transition_retry,
-            transition_timeout: config.policy.alua_transition_timeout,
+            transition_retry_ns: AtomicU64::new(nanos(config.policy.alua_transition_retry)),
+            transition_timeout_ns: AtomicU64::new(nanos(config.policy.alua_transition_timeout)),
             epoch,
             clock_epoch: StdInstant::now(),
-            selector_needs_time: config.policy.selector.needs_time(),
+            selector_needs_time: AtomicBool::new(config.policy.selector.needs_time()),
             io_stats: config.io_stats,
-            timed: config.io_stats || config.policy.selector.needs_time(),
-            decay_shift,
+            timed: AtomicBool::new(config.io_stats || config.policy.selector.needs_time()),
+            decay_shift: AtomicU32::new(decay_shift),
             members: Mutex::new(shared_paths.clone()),
             routing: RwLock::new(Routing {
                 paths: Vec::new(),
@@ -700,6 +715,32 @@ impl MultipathDevice {
         self.done(Message::UpdatePath { path, info }).await
     }
 
+    /// Change the map's capacity (`Message::Resize`), in bytes, a multiple of the block
+    /// size: requests submitted after this returns are checked against it. I/O in flight
+    /// is not disturbed; after a shrink, requests beyond the new end fail `Invalid` as any
+    /// out-of-range request does. Announced as `EventKind::Resized`; the same size again
+    /// is not an error and changes nothing.
+    pub async fn resize(&self, size: u64) -> Result<(), MessageError> {
+        self.done(Message::Resize { size }).await
+    }
+
+    /// The capacity now, in bytes.
+    pub fn size(&self) -> u64 {
+        self.shared.size.load(Ordering::Relaxed)
+    }
+
+    /// A new policy for the running map (`Message::SetConfig`): the groups are rebuilt
+    /// with a new grouping, a new selector takes the next I/O (commands in flight finish
+    /// on their path), and failback, no-path queueing, flap damping and the ALUA
+    /// transition timings apply to later decisions. Each changed setting is announced as
+    /// `EventKind::PolicyChanged`; see `mpath_policy::Multipath::set_config`.
+    pub async fn set_config(&self, config: mpath_policy::MapConfig) -> Result<(), MessageError> {
+        self.done(Message::SetConfig {
+            config: Box::new(config),
+        })
+        .await
+    }
+
     pub async fn status(&self) -> Result<MapStatus, MessageError> {
         match self.message(Message::Status).await? {
             Reply::Status(s) => Ok(*s),
@@ -740,8 +781,12 @@ impl MultipathDevice {
 }
 
 impl BlockDevice for MultipathDevice {
+    /// The LU's facts, with its capacity now (after any [`resize`](Self::resize)).
     fn info(&self) -> DeviceInfo {
-        self.shared.device.clone()
+        DeviceInfo {
+            size: self.shared.size.load(Ordering::Relaxed),
+            ..self.shared.device.clone()
+        }
     }
 
     fn submit(&self, op: BlockOp) -> impl Future<Output = Result<Outcome, IoError>> + Send {

@@ -3,7 +3,9 @@
 
 use std::time::Instant;
 
-use mpath_policy::{CheckerState, Event, MapView, PathId, PathInfo, PolicyError, Reinstatement};
+use mpath_policy::{
+    CheckerState, Event, MapConfig, MapView, PathId, PathInfo, PolicyError, Reinstatement,
+};
 
 /// A request to a map's owner task.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,6 +50,17 @@ pub enum Message {
     RemovePath {
         path: PathId,
     },
+    /// Change the map's capacity to `size` bytes (a multiple of the block size): the LU
+    /// was resized. Requests after the answer are checked against it; I/O in flight is
+    /// not disturbed.
+    Resize {
+        size: u64,
+    },
+    /// A new policy (selector, grouping, failback, no-path queueing, flap damping, ALUA
+    /// transition timings) for the running map.
+    SetConfig {
+        config: Box<MapConfig>,
+    },
     /// The map's state.
     Status,
 }
@@ -67,6 +80,8 @@ pub enum MessageError {
     Policy(#[from] PolicyError),
     #[error("{0}: its transport is down")]
     PathDown(PathId),
+    #[error("size {size} is not a multiple of the block size {block_size}")]
+    BadSize { size: u64, block_size: u32 },
     #[error("the map's owner task has stopped")]
     Stopped,
 }
@@ -76,6 +91,10 @@ pub enum MessageError {
 pub struct MapStatus {
     pub name: String,
     pub view: MapView,
+    /// The policy in force (changed by `SetConfig`).
+    pub config: MapConfig,
+    /// Capacity now, in bytes (changed by `Resize`).
+    pub size: u64,
     /// Commands waiting on each path now, in the order of `view.paths` (id order; while
     /// no path has been removed, index `i` is `PathId(i)`).
     pub in_flight: Vec<usize>,

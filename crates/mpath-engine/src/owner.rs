@@ -18,14 +18,14 @@ use std::sync::Arc;
 
 use block::{IoError, IoErrorKind, PathEvent, PathFailKind, PathFailReason};
 use mpath_policy::{
-    CheckerState, DmState, Event, EventKind, Multipath, NoPathVerdict, PathId, PolicyError,
-    ReinstateCause, Selector,
+    CheckerState, DmState, Event, EventKind, MapConfig, Multipath, NoPathVerdict, PathId,
+    PolicyError, ReinstateCause, Selector,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::config::PathSpec;
-use crate::device::{Ask, Command, PathShared, Routing, Shared, Verdict};
+use crate::device::{decay_shift, nanos, Ask, Command, PathShared, Routing, Shared, Verdict};
 use crate::message::{MapStatus, Message, MessageError, Reply};
 
 /// What woke the owner.
@@ -150,8 +150,12 @@ impl Owner {
 
     fn add_path(&mut self, spec: PathSpec, now: Instant) -> PathId {
         let id = self.policy.next_path_id();
-        let (path, up) =
-            PathShared::attach(id, &spec, &self.shared.commands, self.shared.decay_shift);
+        let (path, up) = PathShared::attach(
+            id,
+            &spec,
+            &self.shared.commands,
+            self.shared.decay_shift.load(Ordering::Relaxed),
+        );
         let added = self.policy.add_path(spec.info, up, now.into_std());
         debug_assert_eq!(added, id);
         // Ids only grow: pushing keeps the table in id order.
@@ -316,15 +320,58 @@ impl Owner {
                 p.update_path(path, info, t)?;
             }
             Message::RemovePath { path } => self.remove_path(path, now)?,
+            Message::Resize { size } => self.resize(size, now)?,
+            Message::SetConfig { config } => self.set_config(*config, now),
             Message::Status => return Ok(Reply::Status(Box::new(self.status(now)))),
         }
         Ok(Reply::Done)
+    }
+
+    fn resize(&mut self, size: u64, now: Instant) -> Result<(), MessageError> {
+        let block_size = self.shared.device.block_size;
+        if size % u64::from(block_size) != 0 {
+            return Err(MessageError::BadSize { size, block_size });
+        }
+        let from = self.shared.size.swap(size, Ordering::Relaxed);
+        if from != size {
+            self.shared.emit(Event {
+                at: now.into_std(),
+                kind: EventKind::Resized { from, to: size },
+            });
+        }
+        Ok(())
+    }
+
+    fn set_config(&mut self, config: MapConfig, now: Instant) {
+        let s = &self.shared;
+        let needs_time = config.selector.needs_time();
+        let shift = decay_shift(&config.selector);
+        if s.decay_shift.swap(shift, Ordering::Relaxed) != shift {
+            for p in &self.paths {
+                p.load.set_decay_shift(shift);
+            }
+        }
+        // Before the new routing is published (at this turn's sync): an I/O that finds
+        // the new selector also reads the clock for it.
+        s.timed.store(s.io_stats || needs_time, Ordering::Relaxed);
+        s.selector_needs_time.store(needs_time, Ordering::Relaxed);
+        s.transition_retry_ns
+            .store(nanos(config.alua_transition_retry), Ordering::Relaxed);
+        s.transition_timeout_ns
+            .store(nanos(config.alua_transition_timeout), Ordering::Relaxed);
+        let changed = self.policy.set_config(config, now.into_std());
+        if changed.contains(&"selector") {
+            // A fresh selector even if nothing else moved the generation.
+            self.published = None;
+        }
     }
 
     fn status(&self, now: Instant) -> MapStatus {
         MapStatus {
             name: self.shared.name.clone(),
             view: self.policy.view(),
+            config: self.policy.config().clone(),
+            size: self.shared.size.load(Ordering::Relaxed),
             in_flight: self.paths.iter().map(|p| p.inflight.waiting()).collect(),
             queued: self.waiters.len(),
             in_doubt: self.shared.fence.as_ref().map_or(0, |f| f.entries()),

@@ -70,7 +70,12 @@ fn invalid(detail: String) -> IoError {
 
 /// Check that [offset, offset + len) is block-aligned and inside the device; the range in
 /// blocks.
-fn range(info: &DeviceInfo, offset: ByteOffset, len: u64) -> Result<(u64, u64), IoError> {
+fn range(
+    info: &DeviceInfo,
+    size: u64,
+    offset: ByteOffset,
+    len: u64,
+) -> Result<(u64, u64), IoError> {
     let bs = u64::from(info.block_size);
     if offset.0 % bs != 0 || len % bs != 0 {
         return Err(invalid(format!(
@@ -79,10 +84,10 @@ fn range(info: &DeviceInfo, offset: ByteOffset, len: u64) -> Result<(u64, u64), 
         )));
     }
     match offset.0.checked_add(len) {
-        Some(end) if end <= info.size => Ok((offset.0 / bs, len / bs)),
+        Some(end) if end <= size => Ok((offset.0 / bs, len / bs)),
         _ => Err(invalid(format!(
-            "offset {} length {len} beyond the device's {} bytes",
-            offset.0, info.size
+            "offset {} length {len} beyond the device's {size} bytes",
+            offset.0
         ))),
     }
 }
@@ -111,14 +116,26 @@ fn zeroes(len: usize) -> Bytes {
     Bytes::from(vec![0u8; len])
 }
 
-/// Turn `op` into commands for an LU with these facts and limits.
+/// Turn `op` into commands for an LU with these facts and limits, sized `info.size`.
+#[cfg(test)]
 pub(crate) fn plan(op: &BlockOp, info: &DeviceInfo, limits: &IoLimits) -> Result<Planned, IoError> {
+    plan_sized(op, info, info.size, limits)
+}
+
+/// Turn `op` into commands for an LU with these facts and limits, whose capacity is now
+/// `size` bytes (it may have changed since `info` was taken: a resize).
+pub(crate) fn plan_sized(
+    op: &BlockOp,
+    info: &DeviceInfo,
+    size: u64,
+    limits: &IoLimits,
+) -> Result<Planned, IoError> {
     let bs = info.block_size;
     // Blocks per READ/WRITE: the maximum transfer, at least one block.
     let max_rw = (info.max_transfer / bs).max(1);
     let plan = match op {
         BlockOp::Read { offset, len } => {
-            let (lba, blocks) = range(info, *offset, u64::from(*len))?;
+            let (lba, blocks) = range(info, size, *offset, u64::from(*len))?;
             if blocks == 0 {
                 Plan::Nothing
             } else if blocks <= u64::from(max_rw) {
@@ -137,7 +154,7 @@ pub(crate) fn plan(op: &BlockOp, info: &DeviceInfo, limits: &IoLimits) -> Result
             }
         }
         BlockOp::Write { offset, data, fua } => {
-            let (lba, blocks) = range(info, *offset, data.len() as u64)?;
+            let (lba, blocks) = range(info, size, *offset, data.len() as u64)?;
             // FUA means something only with a volatile cache; when the LU does not honour
             // the bit, a SYNCHRONIZE CACHE over the range follows instead.
             let fua_bit = *fua && limits.fua;
@@ -185,7 +202,7 @@ pub(crate) fn plan(op: &BlockOp, info: &DeviceInfo, limits: &IoLimits) -> Result
             if !info.supports_discard {
                 return Err(invalid("the device does not support discard".into()));
             }
-            let (lba, blocks) = range(info, *offset, *len)?;
+            let (lba, blocks) = range(info, size, *offset, *len)?;
             collect(
                 runs(lba, blocks, limits.max_unmap_blocks)
                     .map(|(l, n)| {
@@ -204,7 +221,7 @@ pub(crate) fn plan(op: &BlockOp, info: &DeviceInfo, limits: &IoLimits) -> Result
             len,
             may_unmap,
         } => {
-            let (lba, blocks) = range(info, *offset, *len)?;
+            let (lba, blocks) = range(info, size, *offset, *len)?;
             if info.supports_write_zeroes {
                 let pattern = zeroes(bs as usize);
                 collect(

@@ -104,8 +104,9 @@ pub struct PathLoad {
     /// After this time without a completion the average is not trusted (the path may
     /// have become faster): an idle stale path gets probed.
     stale_after_ns: AtomicU64,
-    /// Weight of a new service-time sample: 1/2^`decay_shift`.
-    decay_shift: u32,
+    /// Weight of a new service-time sample: 1/2^`decay_shift` (changes when the map's
+    /// selector does).
+    decay_shift: AtomicU32,
 }
 
 impl PathLoad {
@@ -117,13 +118,19 @@ impl PathLoad {
     /// [`HstParams`]).
     pub fn with_decay_shift(relative_throughput: u32, decay_shift: u32) -> PathLoad {
         PathLoad {
-            decay_shift: decay_shift.min(16),
+            decay_shift: AtomicU32::new(decay_shift.min(16)),
             in_flight: AtomicU64::new(0),
             relative_throughput: AtomicU32::new(relative_throughput.min(MAX_RELATIVE_THROUGHPUT)),
             hst_ns: AtomicU64::new(0),
             last_finish_ns: AtomicU64::new(0),
             stale_after_ns: AtomicU64::new(0),
         }
+    }
+
+    /// A new weight for later service-time samples (the map's [`HstParams`] changed).
+    pub fn set_decay_shift(&self, decay_shift: u32) {
+        self.decay_shift
+            .store(decay_shift.min(16), Ordering::Relaxed);
     }
 
     pub fn set_relative_throughput(&self, rt: u32) {
@@ -175,7 +182,7 @@ impl PathLoad {
     /// how many paths the selector chose among: the average goes stale after that many
     /// service times without a completion.
     pub fn record_service_time(&self, started_ns: u64, now_ns: u64, candidates: usize) {
-        let shift = self.decay_shift;
+        let shift = self.decay_shift.load(Ordering::Relaxed);
         let last = self.last_finish_ns.load(Ordering::Relaxed);
         let sample = now_ns.saturating_sub(started_ns.max(last));
         let old = self.hst_ns.load(Ordering::Relaxed);
