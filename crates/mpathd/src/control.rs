@@ -195,8 +195,6 @@ impl Control {
                         m.wwid.clone(),
                         m.vendor.clone(),
                         m.product.clone(),
-                        m.size,
-                        m.policy.clone(),
                         m.device.clone(),
                         m.paths.clone(),
                         m.pending.clone(),
@@ -206,7 +204,7 @@ impl Control {
         };
         let mut text = String::new();
         let mut data = Vec::new();
-        for (name, wwid, vendor, product, size, policy, device, paths, pending) in maps {
+        for (name, wwid, vendor, product, device, paths, pending) in maps {
             let status = match device.status().await {
                 Ok(s) => s,
                 Err(e) => {
@@ -214,6 +212,8 @@ impl Control {
                     continue;
                 }
             };
+            // What the running engine has in force (a reconfigure or a resize changed it).
+            let (size, policy) = (status.size, status.config.clone());
             let queue =
                 status.view.queue_if_no_path && !matches!(policy.no_path, NoPathPolicy::Fail);
             let alua = status.view.paths.iter().any(|p| p.info.alua.is_some());

@@ -514,7 +514,7 @@ impl Shared {
         let cfg = self.cfg();
         // A path is (portal, target, LUN): known ones are not added again, whatever name
         // the target count would give them now (names stay as first given).
-        if self.known_path(addr, target, lun, &lu) {
+        if self.known_path(addr, target, lun, &lu).await {
             return;
         }
         let many = self
@@ -676,8 +676,9 @@ impl Shared {
         }
     }
 
-    /// Whether the path is known; notes a changed capacity on the way.
-    fn known_path(&self, addr: SocketAddr, target: &str, lun: u16, lu: &LuInfo) -> bool {
+    /// Whether the path is known; a changed capacity on the way resizes the path's map
+    /// (recorded as `capacity-changed`, old and new size).
+    async fn known_path(&self, addr: SocketAddr, target: &str, lun: u16, lu: &LuInfo) -> bool {
         let resized = {
             let mut st = self.state();
             let Some(p) = st
@@ -696,20 +697,56 @@ impl Shared {
             }
         };
         if let Some((name, map, was)) = resized {
-            let bs = lu.block_size.max(512) as u64;
-            warn!(path = %name, "LU capacity changed: {} -> {} bytes", was * bs, lu.blocks * bs);
+            let bs = lu.block_size.max(512);
+            let (from, to) = (was * u64::from(bs), lu.blocks * u64::from(bs));
+            warn!(path = %name, "LU capacity changed: {from} -> {to} bytes");
+            let what = match &map {
+                Some(m) => self.resize_map(m, to, bs).await,
+                None => "the path is in no map".to_string(),
+            };
             self.record(
                 map.as_deref(),
                 Some(&name),
                 "capacity-changed",
-                format!(
-                    "{} -> {} bytes; the map keeps its size until it is re-created (a running map's size is fixed)",
-                    was * bs,
-                    lu.blocks * bs
-                ),
+                format!("{from} -> {to} bytes; {what}"),
             );
         }
         true
+    }
+
+    /// Give a running map a new capacity (the engine's resize: later requests are checked
+    /// against it, I/O in flight is not disturbed, NBD clients that connect from now on
+    /// and the FUSE file see it). What happened, for the event.
+    async fn resize_map(&self, map: &str, size: u64, block_size: u32) -> String {
+        let Some((dev, old, map_bs)) = self
+            .state()
+            .maps
+            .get(map)
+            .map(|m| (m.device.clone(), m.size, m.block_size))
+        else {
+            return "its map is gone".to_string();
+        };
+        if map_bs != block_size {
+            return format!(
+                "the block size changed ({map_bs} -> {block_size}): the map keeps its size until it is re-created"
+            );
+        }
+        if old == size {
+            return format!("map {map} has this size already");
+        }
+        match dev.resize(size).await {
+            Ok(()) => {
+                if let Some(m) = self.state().maps.get_mut(map) {
+                    m.size = size;
+                }
+                info!(%map, "map resized: {old} -> {size} bytes");
+                format!("map {map} resized (was {old} bytes)")
+            }
+            Err(e) => {
+                warn!(%map, "cannot resize the map: {e}");
+                format!("map {map} keeps {old} bytes: {e}")
+            }
+        }
     }
 
     fn create_map(

@@ -269,10 +269,9 @@ impl Shared {
     /// removed ones logged out (their paths leave their maps; a map left without paths is
     /// removed), portals whose settings changed are logged in again; every session is
     /// rescanned (new LUNs join maps, LUNs no longer reported leave them, a changed capacity
-    /// is recorded); blacklist changes move LUNs out of or into maps; changed policies are
-    /// applied to running maps as far as the engine allows (priorities, `no_path_retry`
-    /// between fail and queueing) and the rest is reported as pending. A file that does not
-    /// parse changes nothing. Maps that did not change keep running untouched.
+    /// resizes its map); blacklist changes move LUNs out of or into maps; changed policies
+    /// are applied to running maps (all but an alias, reported as pending). A file that
+    /// does not parse changes nothing. Maps that did not change keep running untouched.
     pub async fn reconfigure(self: Arc<Self>) -> Result<String, String> {
         let Some(path) = self.config_path.clone() else {
             return Err(
@@ -347,14 +346,14 @@ impl Shared {
         Ok(summary)
     }
 
-    /// Bring running maps in line with the (new) configuration's policies, as far as a
-    /// running map can change: priorities (a changed prioritizer or its arguments) regroup
-    /// the map; `no_path_retry` between `fail` and queueing switches queue_if_no_path.
-    /// The selector, grouping, failback, flap damping and a queueing duration are fixed
-    /// when the engine starts a map: they are reported as pending (applied when the map is
-    /// next created, e.g. at the next daemon start). One line per map that changed.
+    /// Bring running maps in line with the (new) configuration's policies: the selector,
+    /// grouping, failback, `no_path_retry` and flap damping go to the running engine
+    /// (`MultipathDevice::set_config`: regroup, a fresh selector for the next I/O, the
+    /// rest for later decisions; an operator's `disablequeueing` stays in force), and
+    /// priorities (a changed prioritizer or its arguments) regroup the map. A changed
+    /// alias is reported as pending: renaming a map renames its exports, which clients
+    /// hold open. One line per map that changed.
     async fn apply_policies(self: &Arc<Self>) -> Vec<String> {
-        use mpath_policy::NoPathPolicy;
         let cfg = self.cfg();
         let maps: Vec<_> = {
             let st = self.state();
@@ -380,47 +379,52 @@ impl Shared {
                 .unwrap_or_else(|| cfg.policy.clone());
             let mut applied = Vec::new();
             let mut pending = Vec::new();
-            if want.no_path != running.no_path {
-                let was_fail = running.no_path == NoPathPolicy::Fail;
-                let now_fail = want.no_path == NoPathPolicy::Fail;
-                let what = format!("no_path_retry {}", config::no_path_name(&want.no_path));
-                if was_fail != now_fail {
-                    match dev.set_queue_if_no_path(!now_fail).await {
-                        Ok(()) => {
-                            if let Some(m) = self.state().maps.get_mut(&name) {
-                                m.policy.no_path = want.no_path;
-                            }
-                            applied.push(what);
-                        }
-                        Err(e) => pending.push(format!("{what} ({e})")),
-                    }
-                    if let NoPathPolicy::Queue(d) = want.no_path {
-                        pending.push(format!(
-                            "queueing for {}s (queues until a path returns meanwhile)",
-                            d.as_secs()
-                        ));
-                    }
-                } else {
-                    pending.push(what);
-                }
-            }
+            let mut changes = Vec::new();
             if want.selector != running.selector {
-                pending.push(format!(
+                changes.push(format!(
                     "selector {}",
                     config::selector_name(&want.selector)
                 ));
             }
             if want.grouping != running.grouping {
-                pending.push(format!("grouping {}", config::grouping_name(want.grouping)));
+                changes.push(format!("grouping {}", config::grouping_name(want.grouping)));
             }
             if want.failback != running.failback {
-                pending.push(format!(
+                changes.push(format!(
                     "failback {}",
                     config::failback_name(&want.failback)
                 ));
             }
+            if want.no_path != running.no_path {
+                changes.push(format!(
+                    "no_path_retry {}",
+                    config::no_path_name(&want.no_path)
+                ));
+            }
             if want.flap != running.flap {
-                pending.push("flap damping".to_string());
+                changes.push("flap damping".to_string());
+            }
+            if (want.alua_transition_retry, want.alua_transition_timeout)
+                != (
+                    running.alua_transition_retry,
+                    running.alua_transition_timeout,
+                )
+            {
+                changes.push("ALUA transition timings".to_string());
+            }
+            if !changes.is_empty() {
+                // The engine applies them all at once: regroup, a fresh selector for the
+                // next I/O (what is in flight finishes on its path), failback, queueing
+                // and damping for later decisions.
+                match dev.set_config(want.clone()).await {
+                    Ok(()) => {
+                        if let Some(m) = self.state().maps.get_mut(&name) {
+                            m.policy = want.clone();
+                        }
+                        applied.append(&mut changes);
+                    }
+                    Err(e) => pending.extend(changes.into_iter().map(|c| format!("{c} ({e})"))),
+                }
             }
             if let Some(alias) = cfg
                 .multipaths

@@ -6,6 +6,7 @@ mod checkers;
 mod common;
 mod config_errors;
 mod damping;
+mod live_changes;
 mod observe;
 mod prio;
 mod reconfigure;

@@ -82,17 +82,22 @@ async fn reconfigure_applies_changes_and_leaves_unchanged_maps_alone() {
 
     // 2. A changed policy for the new map: applied to it, not to the steady one.
     let extra = format!(
-        "\n[[multipath]]\nwwid = \"{}\"\nno_path_retry = \"fail\"\nprioritizer = \"const\"\n\
-         selector = \"round-robin\"\n",
+        "\n[[multipath]]\nwwid = \"{}\"\nalias = \"renamed\"\nno_path_retry = \"fail\"\n\
+         prioritizer = \"const\"\nselector = \"round-robin\"\n",
         moving.wwid(1)
     );
     write_config(dir.path(), &[steady.portals[0], mp], &extra);
     let out = reconfigure(&c).await;
     assert!(out.contains(&moving_map), "{out}");
     assert!(!out.contains(&steady_map), "{out}");
-    // What a running map cannot take is said, not silently dropped.
+    // The selector applies to the running map; what it cannot take (an alias) is said,
+    // not silently dropped.
     assert!(
-        out.contains("pending") && out.contains("selector round-robin"),
+        out.contains("applied") && out.contains("selector round-robin"),
+        "{out}"
+    );
+    assert!(
+        out.contains("pending") && out.contains("alias renamed"),
         "{out}"
     );
     let text = ask(&c, Request::ShowTopology).await.text;
