@@ -1,7 +1,7 @@
 //! Property test: random sequences of operations — submit, complete, path fail and
-//! recover, operator fail and reinstate, switch group, queueing on/off, target errors,
-//! paths added and removed while I/O is in flight, time passing — against a small
-//! reference model of multipath behaviour.
+//! recover, operator fail and reinstate, switch group, queueing on/off, a new selector or
+//! grouping, target errors, paths added and removed while I/O is in flight, time passing
+//! — against a small reference model of multipath behaviour.
 //!
 //! Checked:
 //! - every request completes exactly once, and none is lost (after the paths come back,
@@ -26,7 +26,9 @@ use std::time::Duration;
 use block::{BlockDevice, BlockOp, ByteOffset, DeviceInfo, IoError, IoErrorKind, Outcome};
 use block::{PathFailKind, PathTransport};
 use bytes::Bytes;
-use mpath_engine::mpath_policy::{MapConfig, PathId, PathInfo, DEFAULT_NO_PATH_QUEUE};
+use mpath_engine::mpath_policy::{
+    Grouping, HstParams, MapConfig, PathId, PathInfo, SelectorKind, DEFAULT_NO_PATH_QUEUE,
+};
 use mpath_engine::{EngineConfig, MultipathDevice, PathSpec};
 use proptest::prelude::*;
 use scsi::sense::UNRECOVERED_READ_ERROR;
@@ -73,6 +75,12 @@ enum Op {
     QueueIfNoPath {
         on: bool,
     },
+    /// A new selector and grouping for the running map (neither changes which paths
+    /// are usable, so the model does not see it).
+    SetConfig {
+        selector: usize,
+        grouping: usize,
+    },
     InjectTargetError {
         path: usize,
     },
@@ -100,6 +108,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => path.clone().prop_map(|path| Op::OperatorReinstate { path }),
         1 => (0..2usize).prop_map(|group| Op::SwitchGroup { group }),
         1 => any::<bool>().prop_map(|on| Op::QueueIfNoPath { on }),
+        1 => (0..4usize, 0..3usize).prop_map(|(selector, grouping)| Op::SetConfig { selector, grouping }),
         1 => path.clone().prop_map(|path| Op::InjectTargetError { path }),
         1 => any::<bool>().prop_map(|high| Op::AddPath { high }),
         1 => path.clone().prop_map(|path| Op::RemovePath { path }),
@@ -350,6 +359,26 @@ async fn run(
                         }
                     }
                 }
+            }
+            Op::SetConfig { selector, grouping } => {
+                let selectors = [
+                    SelectorKind::ServiceTime,
+                    SelectorKind::RoundRobin { repeat_count: 2 },
+                    SelectorKind::QueueLength,
+                    SelectorKind::HistoricalServiceTime(HstParams::default()),
+                ];
+                let groupings = [
+                    Grouping::GroupByPrio,
+                    Grouping::Multibus,
+                    Grouping::Failover,
+                ];
+                let config = MapConfig {
+                    selector: selectors[selector],
+                    grouping: groupings[grouping],
+                    flap: None,
+                    ..MapConfig::default()
+                };
+                prop_assert_eq!(dev.set_config(config).await, Ok(()));
             }
             Op::InjectTargetError { path } => {
                 let path = path % n;

@@ -844,8 +844,8 @@ impl Multipath {
     ///   made again under the new policy (an `immediate` failback may switch now).
     /// - **no_path_retry**: future decisions follow it. While the map queues under the
     ///   configured policy, the window is re-anchored at the loss of the last path (a
-    ///   shorter window may end at once; `queue` removes the end; `fail` fails the queued
-    ///   I/O now); while it fails because the policy said `fail`, a queueing policy starts
+    ///   shorter window that is over already ends now; `queue` removes the end; `fail`
+    ///   fails the queued I/O now); while it fails because the policy said `fail`, a queueing policy starts
     ///   a window from now. An operator's `queue_if_no_path` off stays in force.
     /// - **flap damping**: later failures and reinstatements use it; holds already running
     ///   keep their end.
@@ -959,11 +959,26 @@ impl Multipath {
                 );
             }
             (NoPathState::Queueing { since, .. }, NoPathPolicy::Queue(d)) => {
-                // Past already: the next timeout ends it at once.
-                self.no_path = NoPathState::Queueing {
-                    since,
-                    until: Some(since + d),
-                };
+                let until = since + d;
+                if until > now {
+                    self.no_path = NoPathState::Queueing {
+                        since,
+                        until: Some(until),
+                    };
+                } else {
+                    // The shorter window is over already.
+                    let after = now.saturating_duration_since(since);
+                    self.no_path = NoPathState::Failing {
+                        since,
+                        reason: NoPathReason::QueueExpired { after },
+                    };
+                    self.push(
+                        now,
+                        EventKind::QueueingEnded {
+                            cause: QueueEndCause::Expired { after },
+                        },
+                    );
+                }
             }
             (NoPathState::Queueing { since, .. }, NoPathPolicy::QueueForever) => {
                 self.no_path = NoPathState::Queueing { since, until: None };

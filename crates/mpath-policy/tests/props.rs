@@ -24,6 +24,8 @@ enum Input {
     /// A path joins: its TPG, and whether its transport is up.
     Add(u16, bool),
     Remove(u32),
+    /// A new policy for the running map (`reconfigure`).
+    SetConfig(MapConfig),
 }
 
 fn input() -> impl Strategy<Value = Input> {
@@ -42,6 +44,7 @@ fn input() -> impl Strategy<Value = Input> {
         3 => prop_oneof![Just(1u64), Just(10), Just(31), Just(61)].prop_map(Input::Advance),
         1 => (0u16..3, any::<bool>()).prop_map(|(tpg, up)| Input::Add(tpg, up)),
         1 => p.prop_map(Input::Remove),
+        1 => config().prop_map(Input::SetConfig),
     ]
 }
 
@@ -65,11 +68,17 @@ fn config() -> impl Strategy<Value = MapConfig> {
             Just(NoPathPolicy::QueueForever),
         ],
         any::<bool>(),
+        prop_oneof![
+            Just(SelectorKind::ServiceTime),
+            Just(SelectorKind::RoundRobin { repeat_count: 1 }),
+            Just(SelectorKind::QueueLength),
+        ],
     )
-        .prop_map(|(grouping, failback, no_path, flap)| MapConfig {
+        .prop_map(|(grouping, failback, no_path, flap, selector)| MapConfig {
             grouping,
             failback,
             no_path,
+            selector,
             flap: flap.then(FlapDamping::default),
             ..MapConfig::default()
         })
@@ -217,6 +226,14 @@ fn run(config: MapConfig, inputs: Vec<Input>) -> Result<(), TestCaseError> {
                 let id = m.add_path(info, up, now);
                 prop_assert_eq!(id, next);
                 prop_assert!(!removed.contains(&id), "{} given twice", id);
+                Ok(())
+            }
+            Input::SetConfig(config) => {
+                let changed = m.set_config(config.clone(), now);
+                prop_assert_eq!(m.config(), &config);
+                if !changed.is_empty() {
+                    prop_assert!(m.generation() > generation);
+                }
                 Ok(())
             }
             Input::Remove(p) => {
