@@ -162,10 +162,11 @@ async fn reconfigure_changes_selector_and_grouping_of_a_running_map_under_io() {
 }
 
 /// The in-process target cannot resize a LUN while it runs (its `Control` has no such
-/// request): the LUN grows by restarting the target with a larger one under the same
-/// WWID; the session logs in again and the rescan finds the new capacity.
+/// request): the LUN grows (then shrinks) by restarting the target with a larger (then
+/// smaller) one under the same WWID; the session logs in again and the rescan finds the
+/// new capacity.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_grown_lun_grows_its_running_map_and_its_exports() {
+async fn a_resized_lun_resizes_its_running_map_and_its_exports() {
     const IQN: &str = "iqn.2026-01.io.mpath:grow";
     let dir = testkit::TempDir::new("grow");
     let t = Target::start(IQN, vec![group([127, 0, 0, 10], 0, AO)], &[(1, 4 << 20)]).await;
@@ -245,7 +246,46 @@ async fn a_grown_lun_grows_its_running_map_and_its_exports() {
         .expect("write at the new end");
     let back = dev.read(end, 4096).await.expect("read at the new end");
     assert_eq!(&back[..], &[0x5a; 4096][..]);
-    drop(nbd);
+
+    // The LU shrinks to 2 MiB: the map follows; the connected NBD client keeps the size
+    // it negotiated (the protocol cannot tell it), and its write beyond the new end is
+    // refused by the export.
+    let recovered = events_of(&c, "session-recovered").await;
+    t.stop().await;
+    let t = Target::start(
+        IQN,
+        vec![group([127, 0, 0, 10], p.port(), AO)],
+        &[(1, 2 << 20)],
+    )
+    .await;
+    wait_for(
+        Duration::from_secs(10),
+        "the session to log in again",
+        || async { events_of(&c, "session-recovered").await > recovered },
+    )
+    .await;
+    reconfigure(&c).await;
+    wait_for(Duration::from_secs(10), "the map to shrink", || async {
+        map_entry(&c, &map)
+            .await
+            .is_some_and(|m| m["size"] == 2 << 20)
+    })
+    .await;
+    assert_eq!(dev.size(), 2 << 20);
+    let err = dev.read(2 << 20, 4096).await.unwrap_err();
+    assert_eq!(err.kind, block::IoErrorKind::Invalid, "{err}");
+    dev.read((2 << 20) - 4096, 4096)
+        .await
+        .expect("read at the new end");
+    assert_eq!(nbd.size(), 8 << 20, "a connected client keeps its size");
+    nbd.write(end, bytes::Bytes::from(vec![0x5a; 4096]), false)
+        .await
+        .expect_err("a write beyond the shrunk end");
+    let nbd2 = workload::nbd::NbdClient::connect_unix(dir.path().join("nbd.sock"), &map)
+        .await
+        .expect("NBD connection");
+    assert_eq!(nbd2.size(), 2 << 20, "a new connection sees the new size");
+    drop((nbd, nbd2));
     d.stop().await;
     t.stop().await;
 }
