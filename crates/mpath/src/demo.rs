@@ -228,10 +228,17 @@ pub async fn run(d: DemoCmd) -> Result<()> {
             ms(reinstated_after_ms)
         );
         println!(
-            "  I/O errors        {} (unfinished {}); {requeues} I/Os issued again on the other path, \
-             {in_doubt} of them writes in doubt, {fenced} later writes held until the failed path's old \
-             session was gone",
+            "  I/O errors        {} (unfinished {})",
             report.errors, report.unfinished
+        );
+        println!(
+            "  re-issued         {requeues} I/Os issued again on the other path, {in_doubt} of them \
+             writes whose first attempt was left on the failed path{}",
+            if fenced > 0 {
+                format!("; {fenced} later writes held until that path's old session was gone")
+            } else {
+                String::new()
+            }
         );
         println!(
             "  blocks            {} verified, {} never written, {} corrupt, {} stale, {} misplaced, {} unreadable",
