@@ -456,7 +456,13 @@ impl Control {
             .map_err(|e| format!("target {target} group {group}: {e}"))
     }
 
-    pub fn set_lun_online(&self, target: &str, lun: u16, online: bool) -> Result<(), String> {
+    /// Apply `f` to LUN `lun` of `target`.
+    fn with_lu(
+        &self,
+        target: &str,
+        lun: u16,
+        f: impl FnOnce(&scsi::lu::LogicalUnit),
+    ) -> Result<(), String> {
         let t = self
             .inner
             .target(target)
@@ -465,23 +471,18 @@ impl Control {
             .luns
             .get(&lun)
             .ok_or_else(|| format!("target {target} has no LUN {lun}"))?;
-        l.lu.set_online(online);
+        f(&l.lu);
         Ok(())
+    }
+
+    pub fn set_lun_online(&self, target: &str, lun: u16, online: bool) -> Result<(), String> {
+        self.with_lu(target, lun, |lu| lu.set_online(online))
     }
 
     /// Every READ of the LUN fails with MEDIUM ERROR (03/11/00) while `on`; TEST UNIT
     /// READY still passes.
     pub fn set_lun_read_errors(&self, target: &str, lun: u16, on: bool) -> Result<(), String> {
-        let t = self
-            .inner
-            .target(target)
-            .ok_or_else(|| format!("no target {target}"))?;
-        let l = t
-            .luns
-            .get(&lun)
-            .ok_or_else(|| format!("target {target} has no LUN {lun}"))?;
-        l.lu.set_read_errors(on);
-        Ok(())
+        self.with_lu(target, lun, |lu| lu.set_read_errors(on))
     }
 
     pub fn set_fault(&self, portal: SocketAddr, fault: Fault) -> Result<(), String> {
