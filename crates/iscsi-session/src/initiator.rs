@@ -210,6 +210,11 @@ enum State {
     Done,
 }
 
+/// A duration for a failure reason, to the millisecond: "352 ms".
+fn ms(d: Duration) -> String {
+    format!("{} ms", d.as_millis())
+}
+
 /// How long a command round trip counts for the stall detector's estimate (it keeps the
 /// fastest of the current and the previous window).
 const CMD_RTT_WINDOW: Duration = Duration::from_secs(10);
@@ -454,16 +459,16 @@ impl InitiatorConnection {
                     (
                         FailureKind::Stalled,
                         format!(
-                            "{} commands outstanding, nothing received for {:?}, NOP-Out unanswered for {:?}",
+                            "{} commands outstanding, nothing received for {}, NOP-Out unanswered for {}",
                             self.sent_count(),
-                            now - self.last_rx,
-                            now - p.sent
+                            ms(now - self.last_rx),
+                            ms(now - p.sent)
                         ),
                     )
                 } else {
                     (
                         FailureKind::KeepaliveTimeout,
-                        format!("NOP-Out unanswered for {:?}", now - p.sent),
+                        format!("NOP-Out unanswered for {}", ms(now - p.sent)),
                     )
                 };
                 self.fail(kind, what);

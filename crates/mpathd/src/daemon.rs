@@ -342,7 +342,7 @@ impl Shared {
                         next_try_in,
                     } => (
                         "session-recovering",
-                        format!("attempt {attempt} in {next_try_in:?}"),
+                        format!("attempt {attempt}, in {} ms", next_try_in.as_millis()),
                     ),
                     PathEvent::Recovered => ("session-recovered", format!("{tgt} logged in again")),
                     PathEvent::GaveUp { reason } => ("session-gave-up", reason.to_string()),
