@@ -327,8 +327,20 @@ fn blackhole_under_fio_mpath_target() {
         return;
     }
     let t = two_portal_mpath_target();
+    // Both portals configured, and each one's discovery lists both: still one session per
+    // portal, one path each.
     let d = DaemonProc::start(&t.portals, &[]);
     let map = d.wait_map(2);
+    std::thread::sleep(Duration::from_millis(300));
+    let st = d.json(&["show", "status"]);
+    assert_eq!(st["sessions"], 2, "{st}");
+    assert_eq!(
+        d.json(&["show", "paths"])["paths"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     let p = t.portals[0].to_string();
     blackhole_during_fio(
         &d,
