@@ -22,6 +22,8 @@ pub struct LuInfo {
     pub revision: String,
     /// Peripheral device type (0 = disk).
     pub device_type: u8,
+    /// 0 with `blocks` 0: unknown — this port's ALUA state (standby, unavailable,
+    /// transitioning) refuses READ CAPACITY; a port that serves the LU tells.
     pub block_size: u32,
     pub blocks: u64,
     /// `3` + the NAA identifier in hex (as Linux multipath prints WWIDs); else the serial.
@@ -69,27 +71,45 @@ pub async fn report_luns(path: &IscsiPath) -> Result<Vec<u16>, IoError> {
     Ok(r.luns.iter().map(|l| l.0).collect())
 }
 
+/// The command was refused because this path's ALUA group is standby, unavailable or
+/// transitioning (NOT READY 04/0a-0c): the LU is there, this port does not serve it now.
+pub fn alua_inaccessible(e: &IoError) -> bool {
+    e.scsi
+        .as_ref()
+        .and_then(|s| scsi::Sense::decode(&s.sense).ok())
+        .is_some_and(|s| s.is_alua_inaccessible())
+}
+
 /// INQUIRY, VPD 0x80/0x83, READ CAPACITY(16) and, with ALUA, REPORT TARGET PORT GROUPS.
+/// Through a standby or unavailable port the capacity is unknown (`blocks` 0).
 pub async fn probe_lu(path: &IscsiPath) -> Result<LuInfo, IoError> {
     let d = path.command(req(build::inquiry(None, 96), 96)).await?;
     let inq = StandardInquiry::parse(&d).map_err(|e| bad("INQUIRY data", e))?;
     // Only direct-access LUs (type 0) have a capacity; others (a controller LUN 0) do not.
     let cap = if inq.device_type.0 == 0 {
-        let d = path.command(req(build::read_capacity_16(32), 32)).await?;
-        ReadCapacity16Data::parse(&d).map_err(|e| bad("READ CAPACITY(16) data", e))?
-    } else {
-        ReadCapacity16Data {
-            last_lba: u64::MAX,
-            block_len: 0,
-            p_type: 0,
-            prot_en: false,
-            p_i_exponent: 0,
-            lbppbe: 0,
-            lbpme: false,
-            lbprz: false,
-            lowest_aligned_lba: 0,
+        match path.command(req(build::read_capacity_16(32), 32)).await {
+            Ok(d) => {
+                Some(ReadCapacity16Data::parse(&d).map_err(|e| bad("READ CAPACITY(16) data", e))?)
+            }
+            // A standby or unavailable port refuses media access: the LU is there, its
+            // capacity is for a port that serves it to tell.
+            Err(e) if alua_inaccessible(&e) => None,
+            Err(e) => return Err(e),
         }
+    } else {
+        None
     };
+    let cap = cap.unwrap_or(ReadCapacity16Data {
+        last_lba: u64::MAX,
+        block_len: 0,
+        p_type: 0,
+        prot_en: false,
+        p_i_exponent: 0,
+        lbppbe: 0,
+        lbpme: false,
+        lbprz: false,
+        lowest_aligned_lba: 0,
+    });
     let mut info = LuInfo {
         lun: path.lun(),
         vendor: inq.vendor.trim().to_string(),

@@ -71,6 +71,14 @@ async fn perf_cmd(
     let s = Session::open(session_config(p, target, c)?).await?;
     let path = IscsiPath::new(s.clone(), lun, RetryPolicy::default());
     let info = probe::probe_lu(&path).await.context("probing the LU")?;
+    if info.blocks == 0 {
+        bail!(
+            "LUN {lun} has no known capacity through {p}: this port does not serve it now \
+             (ALUA {}); use a portal whose port group is active",
+            info.alua
+                .map_or("state unknown".to_string(), |(st, _)| st.to_string())
+        );
+    }
     let block = info.block_size as u64;
     if bs == 0 || !bs.is_multiple_of(block) || bs > info.blocks * block {
         bail!("--bs {bs} must be a non-zero multiple of the block size {block} within the LU");
@@ -267,14 +275,22 @@ async fn probe_cmd(p: &str, target: &str, c: &IscsiCommon) -> Result<()> {
                     continue;
                 }
                 println!(
-                    "  LUN {}  {kind}  {} {} {}  {} ({} x {} B){}",
+                    "  LUN {}  {kind}  {} {} {}  {}{}",
                     i.lun,
                     i.vendor,
                     i.product,
                     i.revision,
-                    human(i.blocks * i.block_size as u64),
-                    i.blocks,
-                    i.block_size,
+                    if i.blocks == 0 && i.device_type == 0 {
+                        "capacity unknown through this port (its ALUA state refuses READ CAPACITY)"
+                            .to_string()
+                    } else {
+                        format!(
+                            "{} ({} x {} B)",
+                            human(i.blocks * i.block_size as u64),
+                            i.blocks,
+                            i.block_size
+                        )
+                    },
                     if i.thin { "  thin" } else { "" }
                 );
                 println!(
@@ -330,6 +346,14 @@ async fn io_cmd(
     let s = Session::open(session_config(p, target, c)?).await?;
     let path = IscsiPath::new(s.clone(), lun, RetryPolicy::default());
     let info = probe::probe_lu(&path).await.context("probing the LU")?;
+    if info.blocks == 0 {
+        bail!(
+            "LUN {lun} has no known capacity through {p}: this port does not serve it now \
+             (ALUA {}); use a portal whose port group is active",
+            info.alua
+                .map_or("state unknown".to_string(), |(st, _)| st.to_string())
+        );
+    }
     let block = info.block_size as u64;
     if bs == 0 || !bs.is_multiple_of(block) {
         bail!("--bs {bs} is not a multiple of the LU's block size {block}");

@@ -102,9 +102,13 @@ impl Shared {
         for (name, addr, target, lun, path) in waiting {
             let me = self.clone();
             tokio::spawn(async move {
+                // Waiting for a port that serves the LU: one that tells its capacity.
                 let Ok(lu) = iscsi_initiator::probe::probe_lu(&path).await else {
                     return;
                 };
+                if lu.blocks == 0 {
+                    return;
+                }
                 let latency = tur_latency(&path).await;
                 {
                     let mut st = me.state();

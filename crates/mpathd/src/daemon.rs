@@ -422,18 +422,10 @@ impl Shared {
         for lun in luns {
             let path = IscsiPath::new(session.clone(), lun, RetryPolicy::default());
             let lu = match probe::probe_lu(&path).await {
+                // Through a standby or unavailable ALUA port the capacity is unknown
+                // (blocks 0): the path is still one (a ghost, or the one the array fails
+                // over to) and takes its map's capacity.
                 Ok(lu) => lu,
-                // A standby or unavailable ALUA port refuses READ CAPACITY: the path is
-                // still one (a ghost, or the one the array fails over to).
-                Err(e) if crate::probe::alua_inaccessible(&e) => {
-                    match crate::probe::probe_inaccessible(&path).await {
-                        Ok(lu) => lu,
-                        Err(e) => {
-                            warn!(portal = %addr, %target, lun, "probe failed: {e}");
-                            continue;
-                        }
-                    }
-                }
                 Err(e) => {
                     warn!(portal = %addr, %target, lun, "probe failed: {e}");
                     continue;
