@@ -321,13 +321,16 @@ struct LunSection {
     product: Option<Spanned<String>>,
 }
 
-struct Ctx<'a> {
-    file: Option<&'a Path>,
-    src: &'a str,
+/// A TOML text being read, for errors that name the file, the line and the key (the
+/// daemon's configuration reads the same way).
+pub struct Ctx<'a> {
+    pub file: Option<&'a Path>,
+    pub src: &'a str,
 }
 
 impl Ctx<'_> {
-    fn err(
+    /// An error about `key`, at the line of `span` when known.
+    pub fn err(
         &self,
         span: Option<Range<usize>>,
         key: &str,
@@ -345,26 +348,35 @@ impl Ctx<'_> {
             message: message.into(),
         }
     }
+
+    /// Deserialize the text; a syntax or shape error names its line and key.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        toml::from_str(self.src).map_err(|e| {
+            let key = e.message().split('`').nth(1).unwrap_or("").to_string();
+            self.err(e.span(), &key, e.message().trim().to_string())
+        })
+    }
 }
 
-/// Read and validate a TOML configuration file.
-pub fn load_file(path: &Path) -> Result<ServerConfig, ConfigError> {
-    let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
+/// The text of a configuration file, or an error naming it.
+pub fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: Some(path.to_path_buf()),
         line: None,
         key: String::new(),
         message: format!("cannot read: {e}"),
-    })?;
-    parse_str(&src, Some(path))
+    })
+}
+
+/// Read and validate a TOML configuration file.
+pub fn load_file(path: &Path) -> Result<ServerConfig, ConfigError> {
+    parse_str(&read_file(path)?, Some(path))
 }
 
 /// Parse and validate TOML text (`file` only labels errors).
 pub fn parse_str(src: &str, file: Option<&Path>) -> Result<ServerConfig, ConfigError> {
     let ctx = Ctx { file, src };
-    let raw: FileConfig = toml::from_str(src).map_err(|e| {
-        let key = e.message().split('`').nth(1).unwrap_or("").to_string();
-        ctx.err(e.span(), &key, e.message().trim().to_string())
-    })?;
+    let raw: FileConfig = ctx.parse()?;
     let mut cfg = ServerConfig::default();
     if let Some(s) = raw.settings {
         apply_settings(&ctx, s, &mut cfg)?;

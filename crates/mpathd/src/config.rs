@@ -26,12 +26,11 @@
 //! vendor = ["IET"]
 //! ```
 
-use std::fmt;
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use iscsi_target::config::Ctx;
 use mpath_policy::{
     Failback, FlapDamping, Grouping, HstParams, MapConfig, NoPathPolicy, SelectorKind,
 };
@@ -182,30 +181,9 @@ pub fn default_control_socket() -> PathBuf {
     }
 }
 
-/// A configuration error: what is wrong, where.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigError {
-    pub file: Option<PathBuf>,
-    pub line: Option<usize>,
-    pub key: String,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.file, self.line) {
-            (Some(p), Some(l)) => write!(f, "{}:{}: ", p.display(), l)?,
-            (Some(p), None) => write!(f, "{}: ", p.display())?,
-            (None, Some(l)) => write!(f, "line {}: ", l)?,
-            (None, None) => {}
-        }
-        if self.key.is_empty() {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "{}: {}", self.key, self.message)
-        }
-    }
-}
+/// A configuration error: what is wrong, where (file, line, key) — the same as the
+/// target's.
+pub use iscsi_target::config::ConfigError;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -302,50 +280,15 @@ struct ExportsSection {
     fuse: Option<PathBuf>,
 }
 
-struct Ctx<'a> {
-    file: Option<&'a Path>,
-    src: &'a str,
-}
-
-impl Ctx<'_> {
-    fn err(
-        &self,
-        span: Option<Range<usize>>,
-        key: &str,
-        message: impl Into<String>,
-    ) -> ConfigError {
-        ConfigError {
-            file: self.file.map(Path::to_path_buf),
-            line: span.map(|s| {
-                self.src[..s.start.min(self.src.len())]
-                    .matches('\n')
-                    .count()
-                    + 1
-            }),
-            key: key.to_string(),
-            message: message.into(),
-        }
-    }
-}
-
 /// Read and validate a configuration file.
 pub fn load_file(path: &Path) -> Result<DaemonConfig, ConfigError> {
-    let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: Some(path.to_path_buf()),
-        line: None,
-        key: String::new(),
-        message: format!("cannot read: {e}"),
-    })?;
-    parse_str(&src, Some(path))
+    parse_str(&iscsi_target::config::read_file(path)?, Some(path))
 }
 
 /// Parse and validate configuration text (`file` labels errors).
 pub fn parse_str(src: &str, file: Option<&Path>) -> Result<DaemonConfig, ConfigError> {
     let ctx = Ctx { file, src };
-    let raw: File = toml::from_str(src).map_err(|e| {
-        let key = e.message().split('`').nth(1).unwrap_or("").to_string();
-        ctx.err(e.span(), &key, e.message().trim().to_string())
-    })?;
+    let raw: File = ctx.parse()?;
     let mut c = DaemonConfig::default();
     // weightedpath in a [[multipath]] entry takes its own prio_args, else these.
     let default_args: Vec<(String, u32)> = raw
