@@ -200,7 +200,6 @@ async fn failover(trials: usize, fault: &str, depth: usize, plot: Option<&str>) 
 
 /// Milliseconds from `at` to the first timeline event of `kind` at or after it.
 async fn first_event_after(stack: &Stack, at: Instant, kind: &str) -> Option<f64> {
-    let at_ms = at.duration_since(stack.daemon_started).as_secs_f64() * 1e3;
     let evs = stack
         .control
         .handle(Request::ShowEvents {
@@ -208,13 +207,12 @@ async fn first_event_after(stack: &Stack, at: Instant, kind: &str) -> Option<f64
             last: Some(200),
         })
         .await;
-    evs.data["events"]
-        .as_array()?
-        .iter()
-        .filter(|e| e["kind"] == kind)
-        .filter_map(|e| e["t_ms"].as_f64())
-        .find(|t| *t + 1.0 >= at_ms)
-        .map(|t| (t - at_ms).max(0.0))
+    crate::stack::ms_to_event(
+        evs.data["events"].as_array()?,
+        stack.daemon_started,
+        at,
+        kind,
+    )
 }
 
 /// IOPS in 50 ms buckets over 6 s: blackhole at 2 s, restore at 4 s; an SVG with the

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use workload::nbd::NbdClient;
 use workload::verify::{Config as WorkloadConfig, Workload};
 
-use crate::stack::{Stack, IQN};
+use crate::stack::{ms_to_event, Stack, IQN};
 use crate::DemoCmd;
 
 /// When the phases of the run begin and end, in seconds from the workload's start.
@@ -163,15 +163,7 @@ pub async fn run(d: DemoCmd) -> Result<()> {
         .unwrap_or_default();
     // Milliseconds from the blackhole to the path's failure, and from the restore to its
     // reinstatement, from the daemon's own timeline.
-    let since = |at: Option<Instant>, kind: &str| -> Option<f64> {
-        let at_ms = at?.duration_since(daemon_started).as_secs_f64() * 1e3;
-        evs.iter()
-            .filter(|e| e["kind"] == kind)
-            .filter_map(|e| e["t_ms"].as_f64())
-            // The timeline counts whole milliseconds.
-            .find(|t| *t + 1.0 >= at_ms)
-            .map(|t| (t - at_ms).max(0.0))
-    };
+    let since = |at: Option<Instant>, kind: &str| ms_to_event(&evs, daemon_started, at?, kind);
     let failed_after_ms = since(blackholed_at, "path-failed");
     let reinstated_after_ms = since(restored_at, "path-reinstated");
 

@@ -127,6 +127,24 @@ impl Stack {
     }
 }
 
+/// Milliseconds from `at` to the first event of `kind` at or after it, in a timeline
+/// (`show events` data) that counts from `daemon_started`.
+pub fn ms_to_event(
+    events: &[serde_json::Value],
+    daemon_started: Instant,
+    at: Instant,
+    kind: &str,
+) -> Option<f64> {
+    let at_ms = at.duration_since(daemon_started).as_secs_f64() * 1e3;
+    events
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .filter_map(|e| e["t_ms"].as_f64())
+        // The timeline counts whole milliseconds.
+        .find(|t| *t + 1.0 >= at_ms)
+        .map(|t| (t - at_ms).max(0.0))
+}
+
 fn target_config(size: u64, portals: usize, luns: u16) -> Result<ServerConfig> {
     if !(1..=8).contains(&portals) {
         bail!("1 to 8 portals, not {portals}");
