@@ -159,6 +159,11 @@ fn primitives(iters: u64) {
         black_box(Instant::now());
     });
     println!("| `Instant::now()` (monotonic clock) | {clock:.1} ns |");
+    let tsc = quanta::Clock::new();
+    let counter_clock = time(&mut || {
+        black_box(tsc.raw());
+    });
+    println!("| time-stamp counter read (`quanta`, the engine's clock when the kernel's is `tsc`) | {counter_clock:.1} ns |");
     let add = time(&mut || {
         counter.fetch_add(black_box(1), std::sync::atomic::Ordering::Relaxed);
     });

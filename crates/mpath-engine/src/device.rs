@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant as StdInstant};
+use std::time::Duration;
 
 use block::{
     BlockDevice, BlockOp, DeviceInfo, IoError, IoErrorKind, Outcome, PathEvent, PathFailKind,
@@ -29,13 +29,14 @@ use scsi::AluaState;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::clock::Clock;
 use crate::config::{EngineConfig, IoLimits, PathSpec};
 use crate::counters::{IoCounters, MapCounters};
 use crate::fence::Fence;
 use crate::inflight::{Attempt, Inflight, InflightTable, CLOSED};
 use crate::message::{MapStatus, Message, MessageError, Reply};
 use crate::owner::Owner;
-use crate::plan::{plan_sized, Cmd, Plan};
+use crate::plan::{plan_sized, Cmd, Plan, Planned};
 
 /// Events kept for `status` (the broadcast channel has its own, separate buffer).
 const RECENT_EVENTS: usize = 256;
@@ -152,9 +153,8 @@ pub(crate) struct Shared {
     pub transition_timeout_ns: AtomicU64,
     /// Time zero of the no-path clock (tokio time: paused in tests, like the timers).
     pub epoch: Instant,
-    /// Time zero of the fast path's clock (selectors, latencies): the system's monotonic
-    /// clock, read twice per I/O.
-    pub clock_epoch: StdInstant,
+    /// The fast path's clock (selectors, latencies), read twice per timed I/O.
+    pub clock: Clock,
     /// The selector reads time (historical-service-time): only then is `now_ns`
     /// computed and each completion's service time recorded. Changes with the selector.
     pub selector_needs_time: AtomicBool,
@@ -199,19 +199,15 @@ impl Shared {
         }
     }
 
-    /// Now, when anything needs it; otherwise the epoch, and the clock is not read.
+    /// Now, in ns of the fast path's clock, when anything needs it (statistics or the
+    /// selector); otherwise 0, and the clock is not read.
     #[inline]
-    fn now(&self) -> StdInstant {
+    fn now_ns(&self) -> u64 {
         if self.timed.load(Ordering::Relaxed) {
-            StdInstant::now()
+            self.clock.now_ns()
         } else {
-            self.clock_epoch
+            0
         }
-    }
-
-    #[inline]
-    fn clock_ns(&self, t: StdInstant) -> u64 {
-        u64::try_from(t.saturating_duration_since(self.clock_epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Record and publish an event.
@@ -240,13 +236,16 @@ impl Shared {
         });
     }
 
-    /// The selector's choice among the published candidates, and how many there were.
+    /// The selector's choice among the published candidates.
     #[inline]
-    fn pick(&self, bytes: u64, now_ns: u64) -> Option<(Arc<PathShared>, usize)> {
+    fn pick(&self, bytes: u64, now_ns: u64) -> Option<Picked> {
         let r = self.routing.read().unwrap_or_else(|e| e.into_inner());
         let n = r.paths.len();
         let i = r.selector.select(n, |i| &r.paths[i].load, bytes, now_ns)?;
-        Some((r.paths[i].clone(), n))
+        Some(Picked {
+            path: r.paths[i].clone(),
+            candidates: n,
+        })
     }
 
     pub(crate) fn members(&self) -> Vec<Arc<PathShared>> {
@@ -265,54 +264,122 @@ impl Shared {
             .unwrap_or_else(|_| Verdict::Fail(stopped(&self.name)))
     }
 
+    /// One attempt of `cmd` on `path` (picked among `candidates`), from `start` (clock
+    /// ns): the outcome and when it came; `None` when the path was removed after the
+    /// routing was read (the owner published a routing without it before closing it, so
+    /// the next pick will not find it).
+    #[inline]
+    async fn attempt(
+        &self,
+        picked: Picked,
+        cmd: &Cmd,
+        start: u64,
+        needs_time: bool,
+    ) -> Option<Tried> {
+        let Picked { path, candidates } = picked;
+        let incarnation = path.incarnation.load(Ordering::Acquire);
+        let epoch = path.inflight.epoch();
+        if epoch == CLOSED {
+            return None;
+        }
+        path.load.start_io(cmd.bytes);
+        let attempt =
+            Inflight::new(&path.inflight, path.transport.submit(cmd.request()), epoch).await;
+        let end = self.now_ns();
+        path.load.end_io(cmd.bytes);
+        if needs_time {
+            path.load.record_service_time(start, end, candidates);
+        }
+        Some(Tried {
+            path,
+            incarnation,
+            attempt,
+            end,
+        })
+    }
+
     /// Issue one command until it completes: on a path error the path is failed and the
     /// same command is issued on another path; with no path the owner queues or fails it.
-    /// `start` is now (the caller read the clock); on success, the data and when it came.
-    pub(crate) async fn execute(
+    /// `start` is now (the caller read the clock, [`now_ns`](Self::now_ns)); on success,
+    /// the data and when it came.
+    ///
+    /// The first attempt, when it succeeds, is all that runs here; everything else (the
+    /// stale-write fence, no path, errors, requeues) is in [`recover`](Self::recover),
+    /// boxed, so that the common request's future stays small.
+    pub(crate) async fn execute(&self, cmd: &Cmd, start: u64) -> Result<(Bytes, u64), IoError> {
+        if self.fence.is_some() && cmd.modifies.is_some() {
+            return Box::pin(self.recover(cmd, start, None)).await;
+        }
+        let needs_time = self.selector_needs_time.load(Ordering::Relaxed);
+        let Some(picked) = self.pick(cmd.bytes, if needs_time { start } else { 0 }) else {
+            return Box::pin(self.recover(cmd, start, None)).await;
+        };
+        match self.attempt(picked, cmd, start, needs_time).await {
+            Some(Tried {
+                path,
+                attempt: Attempt::Done(Ok(data)),
+                end,
+                ..
+            }) => {
+                if self.io_stats {
+                    path.counters
+                        .completed(cmd.bytes, end.saturating_sub(start));
+                }
+                Ok((data, end))
+            }
+            tried => Box::pin(self.recover(cmd, start, tried)).await,
+        }
+    }
+
+    /// [`execute`](Self::execute) after its first attempt (`tried`) did not succeed at
+    /// once, or before any attempt (`None`: a write the fence may hold, or no candidate).
+    async fn recover(
         &self,
         cmd: &Cmd,
-        mut start: StdInstant,
-    ) -> Result<(Bytes, StdInstant), IoError> {
+        mut start: u64,
+        mut tried: Option<Tried>,
+    ) -> Result<(Bytes, u64), IoError> {
         let mut transitioning_since: Option<Instant> = None;
-        if let (Some(fence), Some(range)) = (&self.fence, cmd.modifies) {
-            if fence.wait(range).await {
-                self.fenced_writes.fetch_add(1, Ordering::Relaxed);
-                start = self.now();
+        if tried.is_none() {
+            if let (Some(fence), Some(range)) = (&self.fence, cmd.modifies) {
+                if fence.wait(range).await {
+                    self.fenced_writes.fetch_add(1, Ordering::Relaxed);
+                    start = self.now_ns();
+                }
             }
         }
         loop {
-            // Read once per attempt: the selector may change meanwhile (`SetConfig`).
-            let needs_time = self.selector_needs_time.load(Ordering::Relaxed);
-            let start_ns = if needs_time { self.clock_ns(start) } else { 0 };
-            let Some((path, candidates)) = self.pick(cmd.bytes, start_ns) else {
-                match self.ask(Ask::NoPath).await {
-                    Verdict::Retry => {
-                        start = self.now();
-                        continue;
+            let Tried {
+                path,
+                incarnation,
+                attempt,
+                end,
+            } = match tried.take() {
+                Some(t) => t,
+                None => {
+                    // Read once per attempt: the selector may change meanwhile (`SetConfig`).
+                    let needs_time = self.selector_needs_time.load(Ordering::Relaxed);
+                    let picked = self.pick(cmd.bytes, if needs_time { start } else { 0 });
+                    let Some(picked) = picked else {
+                        match self.ask(Ask::NoPath).await {
+                            Verdict::Retry => {
+                                start = self.now_ns();
+                                continue;
+                            }
+                            Verdict::Fail(e) => return Err(e),
+                        }
+                    };
+                    match self.attempt(picked, cmd, start, needs_time).await {
+                        Some(t) => t,
+                        None => continue,
                     }
-                    Verdict::Fail(e) => return Err(e),
                 }
             };
-            let incarnation = path.incarnation.load(Ordering::Acquire);
-            let epoch = path.inflight.epoch();
-            if epoch == CLOSED {
-                // Removed after this routing was read; the owner published the routing
-                // without it before closing it, so the next pick will not find it.
-                continue;
-            }
-            path.load.start_io(cmd.bytes);
-            let attempt =
-                Inflight::new(&path.inflight, path.transport.submit(cmd.request()), epoch).await;
-            let end = self.now();
-            path.load.end_io(cmd.bytes);
-            if needs_time {
-                path.load
-                    .record_service_time(start_ns, self.clock_ns(end), candidates);
-            }
+            let latency = end.saturating_sub(start);
             let err = match attempt {
                 Attempt::Done(Ok(data)) => {
                     if self.io_stats {
-                        path.counters.completed(cmd.bytes, end - start);
+                        path.counters.completed(cmd.bytes, latency);
                     }
                     return Ok((data, end));
                 }
@@ -338,7 +405,7 @@ impl Shared {
             let (reason, alua, inferred) = match classify(&err) {
                 ErrorClass::Target | ErrorClass::Invalid => {
                     if self.io_stats {
-                        path.counters.completed(cmd.bytes, end - start);
+                        path.counters.completed(cmd.bytes, latency);
                     }
                     return Err(err);
                 }
@@ -356,7 +423,7 @@ impl Shared {
                         });
                         let retry = self.transition_retry_ns.load(Ordering::Relaxed);
                         tokio::time::sleep(Duration::from_nanos(retry)).await;
-                        start = self.now();
+                        start = self.now_ns();
                         continue;
                     }
                     (
@@ -390,17 +457,15 @@ impl Shared {
                 alua,
             };
             match self.ask(ask).await {
-                Verdict::Retry => start = self.now(),
+                Verdict::Retry => start = self.now_ns(),
                 Verdict::Fail(e) => return Err(e),
             }
         }
     }
 
-    /// Run the commands of `op`; the outcome and when it was complete.
-    async fn run(&self, op: &BlockOp, t0: StdInstant) -> Result<(Outcome, StdInstant), IoError> {
-        let size = self.size.load(Ordering::Relaxed);
-        let planned = plan_sized(op, &self.device, size, &self.limits)?;
-        let is_read = matches!(op, BlockOp::Read { .. });
+    /// Run a plan other than one command alone (nothing, chunks, or a command and a
+    /// SYNCHRONIZE CACHE after it): its data and when it was complete.
+    async fn run(&self, planned: Planned, is_read: bool, t0: u64) -> Result<(Bytes, u64), IoError> {
         let (data, mut end) = match planned.plan {
             Plan::Nothing => (Bytes::new(), t0),
             Plan::One(cmd) => self.execute(&cmd, t0).await?,
@@ -421,34 +486,63 @@ impl Shared {
         if let Some(sync) = planned.then_sync {
             end = self.execute(&sync, end).await?.1;
         }
-        let outcome = if is_read {
-            Outcome::Data(data)
-        } else {
-            Outcome::Done
-        };
-        Ok((outcome, end))
+        Ok((data, end))
     }
 
     async fn submit(&self, op: BlockOp) -> Result<Outcome, IoError> {
-        let t0 = self.now();
-        let result = self.run(&op, t0).await;
+        let t0 = self.now_ns();
+        let size = self.size.load(Ordering::Relaxed);
+        let is_read = matches!(op, BlockOp::Read { .. });
+        let len = op.transfer_len();
+        let planned = plan_sized(&op, &self.device, size, &self.limits);
+        drop(op);
+        let result = match planned {
+            Ok(Planned {
+                plan: Plan::One(cmd),
+                then_sync: None,
+            }) => self.execute(&cmd, t0).await,
+            Ok(planned) => Box::pin(self.run(planned, is_read, t0)).await,
+            Err(e) => Err(e),
+        };
         match result {
-            Ok((outcome, end)) => {
+            Ok((data, end)) => {
                 if self.io_stats {
-                    self.counters.completed(op.transfer_len(), end - t0);
+                    self.counters.completed(len, end.saturating_sub(t0));
                 }
-                Ok(outcome)
+                Ok(if is_read {
+                    Outcome::Data(data)
+                } else {
+                    Outcome::Done
+                })
             }
-            Err(e) => {
-                self.counters.error();
-                self.emit_now(EventKind::IoFailed {
-                    kind: e.kind,
-                    detail: e.detail.clone(),
-                });
-                Err(e)
-            }
+            Err(e) => Err(self.failed(e)),
         }
     }
+
+    /// A request's error reaches its caller: counted and announced.
+    #[cold]
+    fn failed(&self, e: IoError) -> IoError {
+        self.counters.error();
+        self.emit_now(EventKind::IoFailed {
+            kind: e.kind,
+            detail: e.detail.clone(),
+        });
+        e
+    }
+}
+
+/// The path a command goes to, and among how many candidates it was chosen.
+pub(crate) struct Picked {
+    path: Arc<PathShared>,
+    candidates: usize,
+}
+
+/// A finished attempt: where, with what outcome, when.
+pub(crate) struct Tried {
+    path: Arc<PathShared>,
+    incarnation: u64,
+    attempt: Attempt,
+    end: u64,
 }
 
 /// The HST decay shift of a selector (the default for the others: their loads keep
@@ -575,7 +669,7 @@ impl MultipathDevice {
             transition_retry_ns: AtomicU64::new(nanos(config.policy.alua_transition_retry)),
             transition_timeout_ns: AtomicU64::new(nanos(config.policy.alua_transition_timeout)),
             epoch,
-            clock_epoch: StdInstant::now(),
+            clock: Clock::new(),
             selector_needs_time: AtomicBool::new(config.policy.selector.needs_time()),
             io_stats: config.io_stats,
             timed: AtomicBool::new(config.io_stats || config.policy.selector.needs_time()),

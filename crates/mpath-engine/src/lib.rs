@@ -19,6 +19,7 @@
 //! `docs/engine.md` tells the life of an I/O and of a path failure, and the stale-write
 //! hazard.
 
+mod clock;
 mod config;
 mod counters;
 mod device;
