@@ -19,8 +19,8 @@ use std::future::Future;
 use bytes::Bytes;
 
 pub use path::{
-    DataPhase, EventSink, PathEvent, PathFailKind, PathFailReason, PathTransport, ScsiFailure,
-    ScsiRequest, SubmitFuture,
+    DataPhase, EventSink, LuChange, PathEvent, PathFailKind, PathFailReason, PathTransport,
+    ScsiFailure, ScsiRequest, SubmitFuture,
 };
 
 /// A logical block address, in units of the device's logical block size.

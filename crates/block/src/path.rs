@@ -133,6 +133,33 @@ pub enum PathEvent {
     Recovered,
     /// Recovery stopped (configured attempt limit reached, or the target refuses for good).
     GaveUp { reason: PathFailReason },
+    /// The target told a command to LU `lun` through this path that something about the
+    /// LU changed (a UNIT ATTENTION; the path retried the command itself, as it does every
+    /// UNIT ATTENTION). Not a failure: it tells whoever keeps the LU's facts — capacity,
+    /// ALUA states, the LUN inventory — to read them again now rather than at its next
+    /// poll. A target raises it once per I_T nexus, so each path of a LU may report it.
+    LuChanged { lun: u64, change: LuChange },
+}
+
+/// What a UNIT ATTENTION said changed about a LU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LuChange {
+    /// 2A/09 CAPACITY DATA HAS CHANGED: read the capacity again.
+    Capacity,
+    /// 2A/06 ASYMMETRIC ACCESS STATE CHANGED: read the ALUA states again.
+    AccessStates,
+    /// 3F/0E REPORTED LUNS DATA HAS CHANGED: ask the target for its LUNs again.
+    Inventory,
+}
+
+impl fmt::Display for LuChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LuChange::Capacity => "capacity data has changed",
+            LuChange::AccessStates => "asymmetric access state changed",
+            LuChange::Inventory => "reported LUNs data has changed",
+        })
+    }
 }
 
 /// A boxed future of a path command: `Ok` carries the Data-In of a command that completed

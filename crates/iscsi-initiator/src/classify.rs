@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use block::{IoError, IoErrorKind};
+use block::{IoError, IoErrorKind, LuChange};
 use bytes::Bytes;
 use iscsi_session::initiator::{CommandError, CommandResponse};
 use scsi::{Sense, SenseKey};
@@ -25,8 +25,13 @@ pub enum Verdict {
     Done(Bytes),
     /// Give the caller this error.
     Fail(IoError),
-    /// The command was not executed (UNIT ATTENTION): send it again now.
-    RetryNow { why: String },
+    /// The command was not executed (UNIT ATTENTION, or aborted by another initiator):
+    /// send it again now. `change`: what the UNIT ATTENTION said changed about the LU,
+    /// when it is something its users keep (capacity, ALUA states, the LUN inventory).
+    RetryNow {
+        why: String,
+        change: Option<LuChange>,
+    },
     /// The target is busy: send it again after a short delay.
     RetryBusy { why: String },
     /// ALUA transitioning or the LU becoming ready: retry after a delay, for a while.
@@ -62,6 +67,7 @@ pub fn classify(r: Result<CommandResponse, SessionError>) -> Verdict {
         },
         TASK_ABORTED => Verdict::RetryNow {
             why: "TASK ABORTED (by another initiator)".into(),
+            change: None,
         },
         RESERVATION_CONFLICT => Verdict::Fail(IoError::scsi(
             IoErrorKind::Target,
@@ -90,7 +96,16 @@ fn classify_sense(status: u8, raw: Bytes) -> Verdict {
     };
     let text = format!("{:?} {}", s.key, s.asc);
     if s.is_unit_attention() {
-        return Verdict::RetryNow { why: text };
+        let change = if s.is_capacity_changed() {
+            Some(LuChange::Capacity)
+        } else if s.is_alua_state_changed() {
+            Some(LuChange::AccessStates)
+        } else if s.asc == scsi::sense::REPORTED_LUNS_DATA_HAS_CHANGED {
+            Some(LuChange::Inventory)
+        } else {
+            None
+        };
+        return Verdict::RetryNow { why: text, change };
     }
     if s.is_alua_transitioning() {
         return Verdict::RetryTransition { why: text };
@@ -182,13 +197,20 @@ mod tests {
                 "{key:?}"
             );
         }
-        assert!(matches!(
-            classify(check(Sense::new(
-                SenseKey::UNIT_ATTENTION,
-                s::POWER_ON_RESET_OR_BUS_DEVICE_RESET_OCCURRED
-            ))),
-            Verdict::RetryNow { .. }
-        ));
+        let ua = |asc| match classify(check(Sense::new(SenseKey::UNIT_ATTENTION, asc))) {
+            Verdict::RetryNow { change, .. } => change,
+            other => panic!("UNIT ATTENTION {asc:?}: {other:?}"),
+        };
+        assert_eq!(ua(s::POWER_ON_RESET_OR_BUS_DEVICE_RESET_OCCURRED), None);
+        assert_eq!(ua(s::CAPACITY_DATA_HAS_CHANGED), Some(LuChange::Capacity));
+        assert_eq!(
+            ua(s::ASYMMETRIC_ACCESS_STATE_CHANGED),
+            Some(LuChange::AccessStates)
+        );
+        assert_eq!(
+            ua(s::REPORTED_LUNS_DATA_HAS_CHANGED),
+            Some(LuChange::Inventory)
+        );
         let status = |st| {
             classify(Ok(CommandResponse {
                 status: st,

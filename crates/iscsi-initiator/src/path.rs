@@ -2,7 +2,9 @@
 
 use std::time::Instant;
 
-use block::{DataPhase, EventSink, IoError, IoErrorKind, PathTransport, ScsiRequest, SubmitFuture};
+use block::{
+    DataPhase, EventSink, IoError, IoErrorKind, PathEvent, PathTransport, ScsiRequest, SubmitFuture,
+};
 use iscsi_pdu::{Lun, TaskAttr};
 use iscsi_session::initiator::{Command, DataDir};
 
@@ -66,7 +68,14 @@ async fn run(
         match classify(session.execute(cmd.clone()).await) {
             Verdict::Done(d) => return Ok(d),
             Verdict::Fail(e) => return Err(e),
-            Verdict::RetryNow { why } => {
+            Verdict::RetryNow { why, change } => {
+                if let (Some(change), Some(lun)) = (change, lun.number()) {
+                    // Whoever keeps the LU's facts reads them again now.
+                    session.notify(PathEvent::LuChanged {
+                        lun: u64::from(lun),
+                        change,
+                    });
+                }
                 ua += 1;
                 if ua > retry.unit_attention_attempts {
                     return Err(IoError::new(

@@ -191,6 +191,11 @@ impl Session {
             .push(sink);
     }
 
+    /// Tell this session's subscribers something a command learned (a LU changed).
+    pub(crate) fn notify(&self, ev: PathEvent) {
+        self.shared.emit(ev);
+    }
+
     pub fn state(&self) -> SessionState {
         self.shared.state.borrow().clone()
     }

@@ -270,6 +270,11 @@ impl Owner {
                     "{path}: recovery attempt {attempt}, next in {next_try_in:?}"
                 );
             }
+            // The LU's facts are the daemon's to read again (capacity, ALUA states); the
+            // path is working, and the command that met the UNIT ATTENTION was retried.
+            PathEvent::LuChanged { lun, change } => {
+                tracing::debug!(map = %self.shared.name, "{path}: LUN {lun}: {change}");
+            }
             PathEvent::GaveUp { reason } => {
                 if self.policy.fail_path(path, reason.clone(), t).is_ok() {
                     self.orphan.push(path);

@@ -7,10 +7,11 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use block::{DeviceInfo, PathEvent};
+use block::{DeviceInfo, LuChange, PathEvent};
 use export::Exports;
 use iscsi_initiator::probe::{self, LuInfo};
 use iscsi_initiator::{
@@ -56,6 +57,47 @@ pub(crate) fn lu_wwid(lu: &LuInfo) -> Option<String> {
 const TIMELINE_LEN: usize = 10_000;
 
 /// A path: one LUN through one session.
+/// Rescans of one session asked for by UNIT ATTENTIONs (capacity, LUN inventory): one
+/// runs at a time, and a request that comes while one runs makes it run once more, so
+/// that the last change is always read.
+#[derive(Default)]
+struct Rescan {
+    requested: AtomicBool,
+    running: AtomicBool,
+}
+
+impl Rescan {
+    fn request(
+        self: &Arc<Self>,
+        daemon: &Arc<Shared>,
+        rt: &tokio::runtime::Handle,
+        addr: SocketAddr,
+        target: &str,
+    ) {
+        self.requested.store(true, Ordering::SeqCst);
+        if self.running.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (me, daemon, target) = (self.clone(), daemon.clone(), target.to_string());
+        rt.spawn(async move {
+            loop {
+                while me.requested.swap(false, Ordering::SeqCst) {
+                    let key = (addr, target.clone());
+                    let session = daemon.state().sessions.get(&key).cloned();
+                    let Some(session) = session else { break };
+                    daemon.scan_session(addr, &target, &session, false).await;
+                }
+                me.running.store(false, Ordering::SeqCst);
+                // A request between the last swap and the store above finds `running`
+                // still set and leaves it to this task: take it.
+                if !me.requested.load(Ordering::SeqCst) || me.running.swap(true, Ordering::SeqCst) {
+                    return;
+                }
+            }
+        });
+    }
+}
+
 pub(crate) struct PathRec {
     pub name: String,
     pub portal: SocketAddr,
@@ -332,6 +374,7 @@ impl Shared {
         let rt = tokio::runtime::Handle::current();
         let label = format!("{addr}");
         let tgt = target.to_string();
+        let rescan = Arc::new(Rescan::default());
         session.subscribe(Box::new(move |ev| {
             if let Some(me) = me.upgrade() {
                 let (kind, detail) = match &ev {
@@ -346,8 +389,20 @@ impl Shared {
                     ),
                     PathEvent::Recovered => ("session-recovered", format!("{tgt} logged in again")),
                     PathEvent::GaveUp { reason } => ("session-gave-up", reason.to_string()),
+                    PathEvent::LuChanged { lun, change } => {
+                        ("lu-changed", format!("{tgt} LUN {lun}: {change}"))
+                    }
                 };
                 me.record(None, Some(&label), kind, detail);
+                // The target said a LU changed: read its facts now, not at the next poll.
+                if let PathEvent::LuChanged { lun, change } = ev {
+                    match change {
+                        LuChange::AccessStates => me.check_lu_now(addr, &tgt, lun),
+                        LuChange::Capacity | LuChange::Inventory => {
+                            rescan.request(&me, &rt, addr, &tgt);
+                        }
+                    }
+                }
                 // Logged in again (the target may have restarted with other LUNs): new
                 // LUNs join their maps without waiting for a reconfigure.
                 if matches!(ev, PathEvent::Recovered) {
@@ -365,6 +420,36 @@ impl Shared {
         let me = self.clone();
         let target = target.to_string();
         tokio::spawn(async move { me.session_task(addr, target, session).await });
+    }
+
+    /// Every path of the map that LUN `lun` of `target` at `addr` belongs to (every port
+    /// of the LU: an ALUA change is the whole LU's) is checked at the checker's next tick,
+    /// its priority read again.
+    fn check_lu_now(&self, addr: SocketAddr, target: &str, lun: u64) {
+        let now = Instant::now();
+        let mut st = self.state();
+        // The LU, by its map or (a path waiting for one) by its WWID, else the path alone.
+        let hit: Vec<(Option<String>, Option<String>, String)> = st
+            .paths
+            .values()
+            .filter(|p| p.portal == addr && p.target == target && u64::from(p.lun) == lun)
+            .map(|p| {
+                let map = p.map.as_ref().map(|m| m.0.clone());
+                (map, p.lu.wwid.clone(), p.name.clone())
+            })
+            .collect();
+        for p in st.paths.values_mut() {
+            let same = hit.iter().any(|(map, wwid, name)| {
+                &p.name == name
+                    || map
+                        .as_ref()
+                        .is_some_and(|m| p.map.as_ref().is_some_and(|pm| &pm.0 == m))
+                    || (wwid.is_some() && &p.lu.wwid == wwid)
+            });
+            if same {
+                p.next_check = now;
+            }
+        }
     }
 
     /// Wait for the session's first login, then find its LUNs and add their paths.

@@ -120,6 +120,82 @@ async fn alua_groups_follow_the_target_states() {
     t.stop().await;
 }
 
+/// A change of ALUA states reaches the map through the UNIT ATTENTION (2A/06 ASYMMETRIC
+/// ACCESS STATE CHANGED) the next command meets, not at the checker's next poll: with
+/// paths checked every ten minutes, the map still regroups as soon as I/O runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alua_change_is_pushed_by_its_unit_attention_not_polled() {
+    const IQN: &str = "iqn.2026-01.io.mpath:alua-ua";
+    let dir = testkit::TempDir::new("alua-ua");
+    let t = Target::start(
+        IQN,
+        vec![group([127, 0, 0, 2], 0, AO), group([127, 0, 0, 3], 0, ANO)],
+        &[(1, 4 << 20)],
+    )
+    .await;
+    let (ao, ano) = (t.portals[0].to_string(), t.portals[1].to_string());
+    let mut cfg = config(&dir, &t.portals[..1]);
+    cfg.checker_interval = Duration::from_secs(600);
+    cfg.checker_interval_ok = Duration::from_secs(600);
+    let (mut d, c) = start(cfg);
+    let map = wait_map_by_wwid(&c, &t.wwid(1), 2, Duration::from_secs(10)).await;
+    let active = |top: serde_json::Value| {
+        let g = &top["groups"][0];
+        (g["status"] == "active" && g["priority"] == 50).then(|| {
+            g["paths"][0]["portal"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+    };
+    wait_for(Duration::from_secs(5), "the AO group active", || async {
+        active(topology_of(&c, &map).await).as_deref() == Some(ao.as_str())
+    })
+    .await;
+    let dev = device(&d, &map);
+    read_some(&dev, 10).await;
+    // Past the first checks: the next poll is ten minutes away.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(events_of(&c, "lu-changed").await, 0);
+
+    t.ctl.set_alua(IQN, 1, ANO).unwrap();
+    t.ctl.set_alua(IQN, 2, AO).unwrap();
+    // The next read meets the UNIT ATTENTION on the old AO path, is retried there, and
+    // the daemon reads the LU's ALUA states again.
+    read_some(&dev, 5).await;
+    wait_for(
+        Duration::from_secs(10),
+        "the map to switch groups",
+        || async { active(topology_of(&c, &map).await).as_deref() == Some(ano.as_str()) },
+    )
+    .await;
+    assert!(events_of(&c, "lu-changed").await > 0);
+    let timeline = ask(
+        &c,
+        Request::ShowEvents {
+            follow: false,
+            last: None,
+        },
+    )
+    .await
+    .text;
+    assert!(
+        timeline.contains("asymmetric access state changed"),
+        "{timeline}"
+    );
+    // I/O follows the new AO port.
+    let before = path_ios(&c, &map).await;
+    read_some(&dev, 20).await;
+    let after = path_ios(&c, &map).await;
+    let delta = |p: &str| {
+        let f = |v: &Vec<(String, u64)>| v.iter().find(|(n, _)| n.starts_with(p)).unwrap().1;
+        f(&after) - f(&before)
+    };
+    assert!(delta(&ano) >= 20 && delta(&ao) == 0, "{before:?} {after:?}");
+    d.stop().await;
+    t.stop().await;
+}
+
 /// Groups of a map as (priority, status, [portals]).
 async fn groups(c: &mpathd::Control, map: &str) -> Vec<(u64, String, Vec<String>)> {
     let top = topology_of(c, map).await;
