@@ -236,7 +236,8 @@ impl Backend for MemBackend {
 /// for unmap; SEEK_DATA/SEEK_HOLE for GET LBA STATUS.
 pub struct FileBackend {
     file: File,
-    size: u64,
+    /// Bytes: read again by `refresh_len` (an operator grew or shrank the file).
+    size: std::sync::atomic::AtomicU64,
     direct: bool,
     path: PathBuf,
     /// Cleared when the kernel or filesystem refuses `RWF_NOWAIT`: then every read goes
@@ -277,7 +278,7 @@ impl FileBackend {
         }
         Ok(FileBackend {
             file,
-            size,
+            size: std::sync::atomic::AtomicU64::new(size),
             direct,
             path: path.to_path_buf(),
             // O_DIRECT reads always need the device: trying them first only costs a call.
@@ -341,7 +342,13 @@ impl Drop for AlignedBuf {
 
 impl Backend for FileBackend {
     fn len_bytes(&self) -> u64 {
-        self.size
+        self.size.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn refresh_len(&self) -> io::Result<u64> {
+        let size = file_size(&self.file)?;
+        self.size.store(size, std::sync::atomic::Ordering::Relaxed);
+        Ok(size)
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
@@ -433,7 +440,11 @@ impl Backend for FileBackend {
         }
         // SAFETY: as above.
         let hole = unsafe { libc::lseek(fd, offset as libc::off_t, libc::SEEK_HOLE) };
-        let hole = if hole < 0 { self.size } else { hole as u64 };
+        let hole = if hole < 0 {
+            self.len_bytes()
+        } else {
+            hole as u64
+        };
         Ok((
             true,
             (hole.saturating_sub(offset)).clamp(1, len.max(1)).min(len),

@@ -380,6 +380,7 @@ impl Control {
             CtlRequest::SetLunReadErrors { target, lun, on } => {
                 self.set_lun_read_errors(&target, lun, on)
             }
+            CtlRequest::RescanLun { target, lun } => self.rescan_lun(&target, lun).map(|_| ()),
             CtlRequest::SetFault { portal, fault } => self.set_fault(portal, fault),
             CtlRequest::ResetPortal { portal } => self.reset_portal(portal),
         };
@@ -483,6 +484,21 @@ impl Control {
     /// READY still passes.
     pub fn set_lun_read_errors(&self, target: &str, lun: u16, on: bool) -> Result<(), String> {
         self.with_lu(target, lun, |lu| lu.set_read_errors(on))
+    }
+
+    /// Read LUN `lun`'s backing store's size again (an operator grew or shrank the file):
+    /// a changed capacity is announced to every initiator with UNIT ATTENTION 2A/09
+    /// CAPACITY DATA HAS CHANGED. The capacity now, in bytes. A memory LU keeps its size.
+    pub fn rescan_lun(&self, target: &str, lun: u16) -> Result<u64, String> {
+        let mut r = Ok(0);
+        self.with_lu(target, lun, |lu| {
+            r = lu
+                .rescan_backend()
+                .map_err(|e| format!("target {target} LUN {lun}: reading its size: {e}"));
+        })?;
+        let bytes = r?;
+        tracing::info!(%target, lun, bytes, "LUN rescanned");
+        Ok(bytes)
     }
 
     pub fn set_fault(&self, portal: SocketAddr, fault: Fault) -> Result<(), String> {

@@ -170,6 +170,10 @@ pub async fn target_ctl(c: CtlCmd) -> Result<()> {
                 on: state == "read-errors",
             }
         }
+        CtlOp::Lun { target, lun, state } if state == "rescan" => CtlRequest::RescanLun {
+            target: target.clone(),
+            lun: *lun,
+        },
         CtlOp::Lun { target, lun, state } => CtlRequest::SetLunOnline {
             target: target.clone(),
             lun: *lun,

@@ -43,6 +43,19 @@ pub fn group(ip: [u8; 4], port: u16, state: AluaState) -> Group {
 impl Target {
     /// `luns`: (LUN id, size in bytes), memory-backed, 512-byte blocks.
     pub async fn start(iqn: &str, groups: Vec<Group>, luns: &[(u16, u64)]) -> Target {
+        let luns: Vec<(u16, BackingSpec)> = luns
+            .iter()
+            .map(|(id, size)| (*id, BackingSpec::parse(&format!("mem:{size}")).unwrap()))
+            .collect();
+        Target::start_backed(iqn, groups, &luns).await
+    }
+
+    /// `luns`: (LUN id, backing store), 512-byte blocks.
+    pub async fn start_backed(
+        iqn: &str,
+        groups: Vec<Group>,
+        luns: &[(u16, BackingSpec)],
+    ) -> Target {
         let portal_groups = groups
             .into_iter()
             .enumerate()
@@ -60,9 +73,9 @@ impl Target {
                 portal_groups,
                 luns: luns
                     .iter()
-                    .map(|(id, size)| LunSpec {
+                    .map(|(id, backing)| LunSpec {
                         id: *id,
-                        backing: BackingSpec::parse(&format!("mem:{size}")).unwrap(),
+                        backing: backing.clone(),
                         block_size: 512,
                         serial: None,
                         vendor: DEFAULT_VENDOR.into(),

@@ -289,3 +289,64 @@ async fn a_resized_lun_resizes_its_running_map_and_its_exports() {
     d.stop().await;
     t.stop().await;
 }
+
+/// An array grows a LUN under I/O and says so (UNIT ATTENTION 2A/09 CAPACITY DATA HAS
+/// CHANGED): the daemon rescans the session when a command meets it and the running map
+/// takes the new size — no `reconfigure`, no re-login, no failed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lun_grown_under_io_resizes_its_map_when_the_target_says_so() {
+    const IQN: &str = "iqn.2026-01.io.mpath:grow-ua";
+    let dir = testkit::TempDir::new("grow-ua");
+    let backing = dir.path().join("lun1.img");
+    let t = Target::start_backed(
+        IQN,
+        vec![group([127, 0, 0, 11], 0, AO)],
+        &[(
+            1,
+            iscsi_target::backend::BackingSpec::parse(&format!(
+                "sparse:{}:{}",
+                backing.display(),
+                4 << 20
+            ))
+            .unwrap(),
+        )],
+    )
+    .await;
+    let mut cfg = config(&dir, &t.portals);
+    // No poll finds it: paths are checked every ten minutes.
+    cfg.checker_interval = Duration::from_secs(600);
+    cfg.checker_interval_ok = Duration::from_secs(600);
+    let (mut d, c) = start(cfg);
+    let map = wait_map_by_wwid(&c, &t.wwid(1), 1, Duration::from_secs(10)).await;
+    let dev = device(&d, &map);
+    assert_eq!(dev.size(), 4 << 20);
+    read_some(&dev, 10).await;
+
+    // The operator grows the file and tells the target, which tells the initiators.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&backing)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    assert_eq!(t.ctl.rescan_lun(IQN, 1), Ok(8 << 20));
+    // The next read meets the UNIT ATTENTION; it is retried and succeeds.
+    read_some(&dev, 5).await;
+    wait_for(Duration::from_secs(10), "the map to grow", || async {
+        map_entry(&c, &map)
+            .await
+            .is_some_and(|m| m["size"] == 8 << 20)
+    })
+    .await;
+    assert_eq!(dev.size(), 8 << 20);
+    assert!(events_of(&c, "lu-changed").await > 0);
+    assert!(events_of(&c, "capacity-changed").await > 0);
+    // The new blocks are there, through the map.
+    dev.write(6 << 20, bytes::Bytes::from(vec![7u8; 4096]), false)
+        .await
+        .unwrap();
+    let back = dev.read(6 << 20, 4096).await.unwrap();
+    assert!(back.iter().all(|&b| b == 7));
+    d.stop().await;
+    t.stop().await;
+}

@@ -63,6 +63,11 @@ use reservation::{ItNexus, PrState, PrStatus, UaTarget};
 /// always block aligned and within `len_bytes`.
 pub trait Backend: Send + Sync {
     fn len_bytes(&self) -> u64;
+    /// Read the store's size again (an operator grew or shrank it); the new
+    /// `len_bytes`. A store of fixed size has nothing to read.
+    fn refresh_len(&self) -> io::Result<u64> {
+        Ok(self.len_bytes())
+    }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Make written data stable (fdatasync for files); called for
@@ -454,6 +459,15 @@ impl LogicalUnit {
         let mut st = self.lock();
         st.pr.spc2_reset(Some(&n));
         st.nexuses.remove(&n);
+    }
+
+    /// Ask the backend for its size again ([`Backend::refresh_len`]) and, if
+    /// the capacity changed, tell every nexus (see [`resize_notify`](Self::resize_notify)).
+    /// The capacity now, in bytes.
+    pub fn rescan_backend(&self) -> io::Result<u64> {
+        self.backend.refresh_len()?;
+        self.resize_notify();
+        Ok(self.capacity.load(Ordering::Acquire) * self.block_size)
     }
 
     /// The backend changed size: re-read it and tell every nexus CAPACITY
