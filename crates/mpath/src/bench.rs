@@ -9,6 +9,8 @@
 //!   `show topology` latency (P7).
 //! - `seqread`: 1 MiB sequential reads through the whole stack against plain loopback TCP
 //!   moving the same bytes (P8).
+//! - `engine`: the engine's cost on a real path — 4 KiB random reads on one iSCSI session
+//!   to the in-process target, through a one-path map against the path called directly.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +41,7 @@ pub async fn run(b: BenchCmd) -> Result<()> {
         } => failover(*trials, fault, *depth, plot.as_deref()).await?,
         BenchWhat::Paths { seconds, depth } => paths(*seconds, *depth).await?,
         BenchWhat::Seqread { seconds, depth } => seqread(*seconds, *depth).await?,
+        BenchWhat::Engine { seconds, depth } => engine(*seconds, *depth).await?,
         BenchWhat::Scale { luns, portals } => scale(*luns, *portals).await?,
     };
     if b.json {
@@ -422,6 +425,148 @@ async fn paths(seconds: u64, depth: usize) -> Result<Value> {
     Ok(json!({
         "machine": machine(), "depth": depth, "seconds": seconds,
         "one_path_iops": one, "two_paths_iops": two, "ratio": r,
+    }))
+}
+
+/// Reads per second for `seconds`, `depth` workers each issuing 4 KiB random reads with
+/// `read(lba)` (LBAs in 512-byte blocks within `blocks`) one after another.
+async fn random_reads<F, Fut>(seconds: u64, depth: usize, blocks: u64, read: F) -> Result<f64>
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), block::IoError>> + Send,
+{
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = tokio::task::JoinSet::new();
+    let slots = blocks / 8;
+    for w in 0..depth.max(1) as u64 {
+        let (read, done, stop) = (read.clone(), done.clone(), stop.clone());
+        workers.spawn(async move {
+            let mut x = 0x2545_f491_4f6c_dd1d_u64 ^ (w + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            while !stop.load(Ordering::Relaxed) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                read((x % slots) * 8).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<(), block::IoError>(())
+        });
+    }
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds.max(1))).await;
+    let n = done.load(Ordering::Relaxed);
+    let took = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    while let Some(r) = workers.join_next().await {
+        r.context("worker")?.context("read failed")?;
+    }
+    Ok(n as f64 / took)
+}
+
+/// The engine over a real path: 4 KiB random reads at `depth` on one iSCSI session to the
+/// in-process target (memory LUN, loopback) — the path called directly, as `mpath iscsi
+/// perf` does, against a one-path map over the same session; five alternating rounds,
+/// the median of the per-round ratios. The null-path figure (`cargo bench -p mpath-engine`)
+/// is the engine's cost alone; this is what it costs an application.
+async fn engine(seconds: u64, depth: usize) -> Result<Value> {
+    use block::{BlockDevice, BlockOp, ByteOffset, DataPhase, PathTransport, ScsiRequest};
+    use iscsi_initiator::{probe, IscsiPath, RetryPolicy, Session, SessionConfig};
+    use mpath_engine::mpath_policy::PathInfo;
+    use mpath_engine::{EngineConfig, MultipathDevice, PathSpec};
+
+    println!("# mpath bench engine — {}", machine());
+    println!("# 4 KiB random reads, depth {depth}, {seconds} s per round, one iSCSI session");
+    let target = iscsi_target::Server::bind(crate::stack::target_config(LUN_SIZE, 1, 1)?)
+        .await
+        .context("in-process target")?;
+    let portal = target.portals()[0];
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let target_task = tokio::spawn(target.run(async {
+        let _ = stopped.await;
+    }));
+    let session = Session::open(SessionConfig::new(portal, crate::stack::IQN)).await?;
+    let path = IscsiPath::new(session.clone(), 1, RetryPolicy::default());
+    let lu = probe::probe_lu(&path).await.context("probing the LU")?;
+    let blocks = lu.blocks;
+    let device = block::DeviceInfo {
+        size: lu.blocks * u64::from(lu.block_size),
+        block_size: lu.block_size,
+        max_transfer: 1 << 20,
+        supports_discard: lu.thin,
+        supports_write_zeroes: true,
+        volatile_write_cache: lu.write_cache,
+    };
+    let map = MultipathDevice::start(
+        EngineConfig::new("bench", device),
+        vec![PathSpec::new(
+            PathInfo::new("p0"),
+            Arc::new(path.clone()) as Arc<dyn PathTransport>,
+        )],
+    )?;
+    let mut direct = Vec::new();
+    let mut through = Vec::new();
+    for round in 0..5 {
+        let p = path.clone();
+        let direct_run = random_reads(seconds, depth, blocks, move |lba| {
+            let p = p.clone();
+            async move {
+                let req = ScsiRequest {
+                    cdb: bytes::Bytes::copy_from_slice(
+                        scsi::cdb::build::read_16(lba, 8, false).as_bytes(),
+                    ),
+                    data: DataPhase::In { len: 4096 },
+                };
+                p.submit(req).await.map(|_| ())
+            }
+        });
+        let m = map.clone();
+        let engine_run = random_reads(seconds, depth, blocks, move |lba| {
+            let m = m.clone();
+            async move {
+                m.submit(BlockOp::Read {
+                    offset: ByteOffset(lba * 512),
+                    len: 4096,
+                })
+                .await
+                .map(|_| ())
+            }
+        });
+        // Which goes first alternates: neither gets the warmer machine every round.
+        let (d, e) = if round % 2 == 0 {
+            let d = direct_run.await?;
+            (d, engine_run.await?)
+        } else {
+            let e = engine_run.await?;
+            (direct_run.await?, e)
+        };
+        eprintln!(
+            "  round {}: path directly {d:.0} IOPS, through the engine {e:.0} IOPS ({:.3})",
+            round + 1,
+            e / d
+        );
+        direct.push(d);
+        through.push(e);
+    }
+    map.shutdown();
+    session.logout().await;
+    let _ = stop.send(());
+    let _ = target_task.await;
+    let mut ratios: Vec<f64> = direct.iter().zip(&through).map(|(d, e)| e / d).collect();
+    ratios.sort_by(f64::total_cmp);
+    let r = quantile(&ratios, 0.5);
+    let (mut a, mut b) = (direct.clone(), through.clone());
+    a.sort_by(f64::total_cmp);
+    b.sort_by(f64::total_cmp);
+    println!(
+        "path directly {:.0} IOPS, through the engine {:.0} IOPS (medians); engine / direct = \
+         {r:.3} (median of the rounds' ratios {ratios:.3?})",
+        quantile(&a, 0.5),
+        quantile(&b, 0.5),
+    );
+    Ok(json!({
+        "machine": machine(), "depth": depth, "seconds": seconds,
+        "direct_iops": direct, "engine_iops": through, "ratio": r,
     }))
 }
 

@@ -145,6 +145,14 @@ enum BenchWhat {
         #[arg(long, default_value_t = 4)]
         portals: usize,
     },
+    /// 4 KiB random reads on one iSCSI path to the in-process target: through a one-path
+    /// map (the engine) against the path called directly.
+    Engine {
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 32)]
+        depth: usize,
+    },
     /// 1 MiB sequential reads through the whole stack against one loopback TCP stream.
     Seqread {
         #[arg(long, default_value_t = 5)]

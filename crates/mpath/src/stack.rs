@@ -145,7 +145,7 @@ pub fn ms_to_event(
         .map(|t| (t - at_ms).max(0.0))
 }
 
-fn target_config(size: u64, portals: usize, luns: u16) -> Result<ServerConfig> {
+pub(crate) fn target_config(size: u64, portals: usize, luns: u16) -> Result<ServerConfig> {
     if !(1..=8).contains(&portals) {
         bail!("1 to 8 portals, not {portals}");
     }
