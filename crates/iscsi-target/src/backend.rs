@@ -293,6 +293,22 @@ impl FileBackend {
     fn aligned(&self, offset: u64, len: usize) -> bool {
         offset.is_multiple_of(DIRECT_ALIGN as u64) && len.is_multiple_of(DIRECT_ALIGN)
     }
+
+    /// Within the size last read: a write past it would grow the file again behind the
+    /// operator who shrank it, a read past it would read nothing.
+    fn within(&self, offset: u64, len: usize) -> io::Result<()> {
+        let size = self.len_bytes();
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{}: {len} bytes at {offset} run past the end ({size})",
+                    self.path.display()
+                ),
+            )),
+        }
+    }
 }
 
 fn file_size(f: &File) -> io::Result<u64> {
@@ -347,11 +363,18 @@ impl Backend for FileBackend {
 
     fn refresh_len(&self) -> io::Result<u64> {
         let size = file_size(&self.file)?;
+        if size == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: empty backing file", self.path.display()),
+            ));
+        }
         self.size.store(size, std::sync::atomic::Ordering::Relaxed);
         Ok(size)
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.within(offset, buf.len())?;
         if self.direct
             && (!(buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
                 || !self.aligned(offset, buf.len()))
@@ -371,6 +394,7 @@ impl Backend for FileBackend {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.within(offset, buf.len())?;
         if self.direct
             && (!(buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
                 || !self.aligned(offset, buf.len()))
@@ -456,6 +480,7 @@ impl Backend for FileBackend {
         if !self.nowait.load(Ordering::Relaxed) {
             return Ok(false);
         }
+        self.within(offset, buf.len())?;
         let mut done = 0usize;
         while done < buf.len() {
             let iov = libc::iovec {
@@ -577,5 +602,40 @@ mod tests {
             b.read_at(&mut r, 1024).unwrap();
             assert!(r.iter().all(|x| *x == 0));
         }
+    }
+
+    /// A file an operator grows or shrinks is taken at its new size when read again, and
+    /// nothing reads or writes past the size last read (a write would grow it back).
+    #[test]
+    fn file_size_is_read_again_and_bounds_io() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lun.img");
+        let b = BackingSpec::Sparse {
+            path: p.clone(),
+            size: 1 << 20,
+            direct: false,
+        }
+        .open()
+        .unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        file.set_len(2 << 20).unwrap();
+        // Not yet read again: the old end still holds.
+        assert!(b.write_at(&[1u8; 512], 1 << 20).is_err());
+        assert_eq!(b.refresh_len().unwrap(), 2 << 20);
+        b.write_at(&[1u8; 512], 1 << 20).unwrap();
+        file.set_len(512 << 10).unwrap();
+        assert_eq!(b.refresh_len().unwrap(), 512 << 10);
+        assert!(b.write_at(&[1u8; 512], 1 << 20).is_err());
+        let mut r = [0u8; 512];
+        assert!(b.read_at(&mut r, 1 << 20).is_err());
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().len(),
+            512 << 10,
+            "not grown back"
+        );
+        // An emptied file is refused; the size last read stays.
+        file.set_len(0).unwrap();
+        assert!(b.refresh_len().is_err());
+        assert_eq!(b.len_bytes(), 512 << 10);
     }
 }

@@ -1,4 +1,4 @@
-//! The fast path's clock: nanoseconds since the map started, read twice per timed I/O
+//! The fast path's clock: nanoseconds since the process's first map started, read twice per timed I/O
 //! (latency histograms, historical-service-time).
 //!
 //! `Instant::now()` is a vDSO `clock_gettime` (~23 ns in a KVM guest, two of them per
@@ -11,7 +11,16 @@
 //! than another one taken before it (never expected) gives a 0 ns interval, not a huge
 //! one.
 
+use std::sync::OnceLock;
 use std::time::Instant;
+
+/// The process's clock: made once, by the first map that starts. Making it reads CPUID
+/// (tens of µs in a VM) and, the first time, lets `quanta` calibrate the counter's rate
+/// (about 0.6 ms of busy waiting here, 200 ms at most): once per process, not per map.
+pub(crate) fn shared() -> &'static Clock {
+    static CLOCK: OnceLock<Clock> = OnceLock::new();
+    CLOCK.get_or_init(Clock::new)
+}
 
 #[derive(Clone, Debug)]
 pub(crate) enum Clock {

@@ -154,7 +154,7 @@ pub(crate) struct Shared {
     /// Time zero of the no-path clock (tokio time: paused in tests, like the timers).
     pub epoch: Instant,
     /// The fast path's clock (selectors, latencies), read twice per timed I/O.
-    pub clock: Clock,
+    pub clock: &'static Clock,
     /// The selector reads time (historical-service-time): only then is `now_ns`
     /// computed and each completion's service time recorded. Changes with the selector.
     pub selector_needs_time: AtomicBool,
@@ -287,7 +287,9 @@ impl Shared {
             Inflight::new(&path.inflight, path.transport.submit(cmd.request()), epoch).await;
         let end = self.now_ns();
         path.load.end_io(cmd.bytes);
-        if needs_time {
+        // `start` is 0 when the clock was not read for it (the selector became
+        // historical-service-time after the request started): no sample then.
+        if needs_time && start != 0 {
             path.load.record_service_time(start, end, candidates);
         }
         Some(Tried {
@@ -669,7 +671,7 @@ impl MultipathDevice {
             transition_retry_ns: AtomicU64::new(nanos(config.policy.alua_transition_retry)),
             transition_timeout_ns: AtomicU64::new(nanos(config.policy.alua_transition_timeout)),
             epoch,
-            clock: Clock::new(),
+            clock: crate::clock::shared(),
             selector_needs_time: AtomicBool::new(config.policy.selector.needs_time()),
             io_stats: config.io_stats,
             timed: AtomicBool::new(config.io_stats || config.policy.selector.needs_time()),

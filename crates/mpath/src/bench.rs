@@ -428,9 +428,15 @@ async fn paths(seconds: u64, depth: usize) -> Result<Value> {
     }))
 }
 
-/// Reads per second for `seconds`, `depth` workers each issuing 4 KiB random reads with
-/// `read(lba)` (LBAs in 512-byte blocks within `blocks`) one after another.
-async fn random_reads<F, Fut>(seconds: u64, depth: usize, blocks: u64, read: F) -> Result<f64>
+/// Reads per second for `seconds`, `depth` workers each issuing random reads with
+/// `read(lba)` one after another: LBAs are multiples of `per` within `blocks`.
+async fn random_reads<F, Fut>(
+    seconds: u64,
+    depth: usize,
+    blocks: u64,
+    per: u64,
+    read: F,
+) -> Result<f64>
 where
     F: Fn(u64) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Result<(), block::IoError>> + Send,
@@ -438,7 +444,10 @@ where
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut workers = tokio::task::JoinSet::new();
-    let slots = blocks / 8;
+    let slots = blocks / per.max(1);
+    if slots == 0 {
+        bail!("the LU has {blocks} blocks, fewer than one read of {per}");
+    }
     for w in 0..depth.max(1) as u64 {
         let (read, done, stop) = (read.clone(), done.clone(), stop.clone());
         workers.spawn(async move {
@@ -447,7 +456,7 @@ where
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                read((x % slots) * 8).await?;
+                read((x % slots) * per).await?;
                 done.fetch_add(1, Ordering::Relaxed);
             }
             Ok::<(), block::IoError>(())
@@ -489,6 +498,11 @@ async fn engine(seconds: u64, depth: usize) -> Result<Value> {
     let path = IscsiPath::new(session.clone(), 1, RetryPolicy::default());
     let lu = probe::probe_lu(&path).await.context("probing the LU")?;
     let blocks = lu.blocks;
+    let bs = u64::from(lu.block_size);
+    if bs == 0 || 4096 % bs != 0 {
+        bail!("block size {bs}: 4 KiB reads need a block size dividing 4096");
+    }
+    let per = 4096 / bs;
     let device = block::DeviceInfo {
         size: lu.blocks * u64::from(lu.block_size),
         block_size: lu.block_size,
@@ -508,12 +522,12 @@ async fn engine(seconds: u64, depth: usize) -> Result<Value> {
     let mut through = Vec::new();
     for round in 0..5 {
         let p = path.clone();
-        let direct_run = random_reads(seconds, depth, blocks, move |lba| {
+        let direct_run = random_reads(seconds, depth, blocks, per, move |lba| {
             let p = p.clone();
             async move {
                 let req = ScsiRequest {
                     cdb: bytes::Bytes::copy_from_slice(
-                        scsi::cdb::build::read_16(lba, 8, false).as_bytes(),
+                        scsi::cdb::build::read_16(lba, per as u32, false).as_bytes(),
                     ),
                     data: DataPhase::In { len: 4096 },
                 };
@@ -521,11 +535,11 @@ async fn engine(seconds: u64, depth: usize) -> Result<Value> {
             }
         });
         let m = map.clone();
-        let engine_run = random_reads(seconds, depth, blocks, move |lba| {
+        let engine_run = random_reads(seconds, depth, blocks, per, move |lba| {
             let m = m.clone();
             async move {
                 m.submit(BlockOp::Read {
-                    offset: ByteOffset(lba * 512),
+                    offset: ByteOffset(lba * bs),
                     len: 4096,
                 })
                 .await

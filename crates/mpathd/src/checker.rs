@@ -71,7 +71,7 @@ impl Shared {
             }
             while let Some(r) = set.join_next().await {
                 let Ok(c) = r else { continue };
-                self.apply_check(c, &cfg).await;
+                self.apply_check(c, &cfg, now).await;
             }
         }
     }
@@ -124,7 +124,13 @@ impl Shared {
         }
     }
 
-    async fn apply_check(self: &Arc<Self>, c: Checked, cfg: &crate::config::DaemonConfig) {
+    /// `started`: when the check was taken as due.
+    async fn apply_check(
+        self: &Arc<Self>,
+        c: Checked,
+        cfg: &crate::config::DaemonConfig,
+        started: Instant,
+    ) {
         // Record, decide what to tell the map, release the lock, then tell it.
         let (map, id, device, changed, new_prio, info) = {
             let mut st = self.state();
@@ -195,7 +201,11 @@ impl Shared {
             cfg.checker_interval_ok
         };
         if let Some(p) = self.state().paths.get_mut(&c.name) {
-            p.next_check = Instant::now() + interval;
+            // Unless a check was asked for meanwhile (the LU announced a change while this
+            // one ran: its answer may predate the change).
+            if p.next_check <= started {
+                p.next_check = Instant::now() + interval;
+            }
         }
     }
 }

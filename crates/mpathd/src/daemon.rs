@@ -80,6 +80,16 @@ impl Rescan {
         }
         let (me, daemon, target) = (self.clone(), daemon.clone(), target.to_string());
         rt.spawn(async move {
+            // A scan that panics must not stop this session's rescans for good.
+            struct Unwind(Arc<Rescan>);
+            impl Drop for Unwind {
+                fn drop(&mut self) {
+                    if std::thread::panicking() {
+                        self.0.running.store(false, Ordering::SeqCst);
+                    }
+                }
+            }
+            let _unwind = Unwind(me.clone());
             loop {
                 while me.requested.swap(false, Ordering::SeqCst) {
                     let key = (addr, target.clone());
@@ -757,7 +767,8 @@ impl Shared {
     /// (recorded as `capacity-changed`, old and new size).
     async fn known_path(&self, addr: SocketAddr, target: &str, lun: u16, lu: &LuInfo) -> bool {
         let resized = {
-            let mut st = self.state();
+            let mut guard = self.state();
+            let st = &mut *guard;
             let Some(p) = st
                 .paths
                 .values_mut()
@@ -765,10 +776,27 @@ impl Shared {
             else {
                 return false;
             };
-            if p.lu.blocks != lu.blocks && lu.blocks > 0 {
-                let was = p.lu.blocks;
+            // Against the map's size, not only this path's last probe: another path may
+            // have resized the map since (a path probed through a standby port knows no
+            // capacity at all).
+            let bs = u64::from(lu.block_size.max(512));
+            let map = p.map.clone().map(|(m, _)| m);
+            let map_blocks = map
+                .as_ref()
+                .and_then(|m| st.maps.get(m))
+                .map(|m| m.size / bs);
+            let was = map_blocks.unwrap_or(p.lu.blocks);
+            if lu.blocks > 0 && (p.lu.blocks != lu.blocks || was != lu.blocks) {
                 p.lu.blocks = lu.blocks;
-                Some((p.name.clone(), p.map.clone().map(|(m, _)| m), was))
+                let name = p.name.clone();
+                if let Some(m) = &map {
+                    for q in st.paths.values_mut() {
+                        if q.map.as_ref().is_some_and(|(qm, _)| qm == m) && q.lu.blocks > 0 {
+                            q.lu.blocks = lu.blocks;
+                        }
+                    }
+                }
+                Some((name, map, was))
             } else {
                 None
             }

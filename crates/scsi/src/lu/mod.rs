@@ -465,7 +465,16 @@ impl LogicalUnit {
     /// the capacity changed, tell every nexus (see [`resize_notify`](Self::resize_notify)).
     /// The capacity now, in bytes.
     pub fn rescan_backend(&self) -> io::Result<u64> {
-        self.backend.refresh_len()?;
+        let bytes = self.backend.refresh_len()?;
+        if bytes < self.block_size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{bytes} bytes is less than one {}-byte block",
+                    self.block_size
+                ),
+            ));
+        }
         self.resize_notify();
         Ok(self.capacity.load(Ordering::Acquire) * self.block_size)
     }
