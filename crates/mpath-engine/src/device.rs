@@ -283,10 +283,16 @@ impl Shared {
             return None;
         }
         path.load.start_io(cmd.bytes);
+        // Ends the command's load even if the caller drops the request meanwhile (a
+        // timeout, a client gone): a leaked load would steer the selector off this path.
+        let loaded = Loaded {
+            load: &path.load,
+            bytes: cmd.bytes,
+        };
         let attempt =
             Inflight::new(&path.inflight, path.transport.submit(cmd.request()), epoch).await;
         let end = self.now_ns();
-        path.load.end_io(cmd.bytes);
+        drop(loaded);
         // `start` is 0 when the clock was not read for it (the selector became
         // historical-service-time after the request started): no sample then.
         if needs_time && start != 0 {
@@ -530,6 +536,18 @@ impl Shared {
             detail: e.detail.clone(),
         });
         e
+    }
+}
+
+/// A command counted in a path's load (`start_io`); `end_io` when dropped.
+struct Loaded<'a> {
+    load: &'a PathLoad,
+    bytes: u64,
+}
+
+impl Drop for Loaded<'_> {
+    fn drop(&mut self) {
+        self.load.end_io(self.bytes);
     }
 }
 

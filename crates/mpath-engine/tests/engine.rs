@@ -1208,3 +1208,30 @@ async fn an_io_error_that_names_the_path_failure_is_recorded_at_once() {
         .iter()
         .any(|k| matches!(k, EventKind::PathFailReasonUpdated { .. })));
 }
+
+/// A caller that gives up on a request (drops its future: a timeout, a client gone)
+/// takes its command out of the path's load: the selector is not steered off that path
+/// for ever after.
+#[tokio::test]
+async fn a_cancelled_request_leaves_no_load_on_its_path() {
+    let r = rig(2);
+    // One request waits on path 0 (service-time sends the others to the idle path 1).
+    r.paths[0].set_hold(true);
+    let reqs: Vec<_> = (0..4).map(|b| spawn(&r.dev, read(b, 1))).collect();
+    settle().await;
+    assert_eq!(r.paths[0].held(), 1);
+    for h in reqs {
+        h.abort();
+    }
+    settle().await;
+    r.paths[0].set_hold(false);
+    r.paths[0].release_all();
+    // Both paths idle again: one request at a time goes to either.
+    let before = (r.paths[0].commands(), r.paths[1].commands());
+    for b in 0..20 {
+        assert_eq!(r.dev.submit(read(b, 1)).await.map(|_| ()), Ok(()));
+    }
+    let on0 = r.paths[0].commands() - before.0;
+    let on1 = r.paths[1].commands() - before.1;
+    assert!(on0 >= 5 && on1 >= 5, "path 0: {on0}, path 1: {on1}");
+}
