@@ -428,15 +428,16 @@ async fn paths(seconds: u64, depth: usize) -> Result<Value> {
     }))
 }
 
-/// Reads per second for `seconds`, `depth` workers each issuing random reads with
-/// `read(lba)` one after another: LBAs are multiples of `per` within `blocks`.
-async fn random_reads<F, Fut>(
-    seconds: u64,
+/// `depth` workers each issuing random reads with `read(lba)` one after another for
+/// `duration`: LBAs are multiples of `per` within `blocks`. The reads completed and the
+/// seconds they took (`mpath bench engine`, `mpath iscsi perf`).
+pub(crate) async fn random_reads<F, Fut>(
+    duration: Duration,
     depth: usize,
     blocks: u64,
     per: u64,
     read: F,
-) -> Result<f64>
+) -> Result<(u64, f64)>
 where
     F: Fn(u64) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Result<(), block::IoError>> + Send,
@@ -463,13 +464,36 @@ where
         });
     }
     let start = Instant::now();
-    tokio::time::sleep(Duration::from_secs(seconds.max(1))).await;
+    tokio::time::sleep(duration).await;
     let n = done.load(Ordering::Relaxed);
     let took = start.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     while let Some(r) = workers.join_next().await {
         r.context("worker")?.context("read failed")?;
     }
+    Ok((n, took))
+}
+
+/// Reads per second of [`random_reads`] for `seconds`.
+async fn random_read_rate<F, Fut>(
+    seconds: u64,
+    depth: usize,
+    blocks: u64,
+    per: u64,
+    read: F,
+) -> Result<f64>
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), block::IoError>> + Send,
+{
+    let (n, took) = random_reads(
+        Duration::from_secs(seconds.max(1)),
+        depth,
+        blocks,
+        per,
+        read,
+    )
+    .await?;
     Ok(n as f64 / took)
 }
 
@@ -522,7 +546,7 @@ async fn engine(seconds: u64, depth: usize) -> Result<Value> {
     let mut through = Vec::new();
     for round in 0..5 {
         let p = path.clone();
-        let direct_run = random_reads(seconds, depth, blocks, per, move |lba| {
+        let direct_run = random_read_rate(seconds, depth, blocks, per, move |lba| {
             let p = p.clone();
             async move {
                 let req = ScsiRequest {
@@ -535,7 +559,7 @@ async fn engine(seconds: u64, depth: usize) -> Result<Value> {
             }
         });
         let m = map.clone();
-        let engine_run = random_reads(seconds, depth, blocks, per, move |lba| {
+        let engine_run = random_read_rate(seconds, depth, blocks, per, move |lba| {
             let m = m.clone();
             async move {
                 m.submit(BlockOp::Read {

@@ -65,8 +65,6 @@ async fn perf_cmd(
     seconds: f64,
     c: &IscsiCommon,
 ) -> Result<()> {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::Arc;
     let p = portal(p)?;
     let s = Session::open(session_config(p, target, c)?).await?;
     let path = IscsiPath::new(s.clone(), lun, RetryPolicy::default());
@@ -83,38 +81,26 @@ async fn perf_cmd(
     if bs == 0 || !bs.is_multiple_of(block) || bs > info.blocks * block {
         bail!("--bs {bs} must be a non-zero multiple of the block size {block} within the LU");
     }
-    let slots = info.blocks * block / bs;
-    let blocks_per = (bs / block) as u32;
-    let done = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut workers = tokio::task::JoinSet::new();
-    for w in 0..depth.clamp(1, 1024) as u64 {
-        let (path, done, stop) = (path.clone(), done.clone(), stop.clone());
-        workers.spawn(async move {
-            let mut x = 0x2545_f491_4f6c_dd1d_u64 ^ (w + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            while !stop.load(Ordering::Relaxed) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let lba = (x % slots) * bs / block;
+    let blocks_per = bs / block;
+    let (n, took) = crate::bench::random_reads(
+        Duration::from_secs_f64(seconds.max(0.1)),
+        depth.clamp(1, 1024),
+        info.blocks,
+        blocks_per,
+        move |lba| {
+            let path = path.clone();
+            async move {
                 let req = ScsiRequest {
-                    cdb: Bytes::copy_from_slice(build::read_16(lba, blocks_per, false).as_bytes()),
+                    cdb: Bytes::copy_from_slice(
+                        build::read_16(lba, blocks_per as u32, false).as_bytes(),
+                    ),
                     data: DataPhase::In { len: bs as u32 },
                 };
-                path.command(req).await?;
-                done.fetch_add(1, Ordering::Relaxed);
+                path.command(req).await.map(|_| ())
             }
-            Ok::<(), block::IoError>(())
-        });
-    }
-    let start = Instant::now();
-    tokio::time::sleep(Duration::from_secs_f64(seconds.max(0.1))).await;
-    stop.store(true, Ordering::Relaxed);
-    let n = done.load(Ordering::Relaxed);
-    let took = start.elapsed().as_secs_f64();
-    while let Some(r) = workers.join_next().await {
-        r.context("worker")?.context("read failed")?;
-    }
+        },
+    )
+    .await?;
     s.logout().await;
     let iops = n as f64 / took;
     if c.json {
