@@ -52,6 +52,7 @@ impl Target {
                 chap: None,
                 mutual_chap: None,
                 alua: AluaMode::Both,
+                stpg: Default::default(),
             }],
             ..ServerConfig::default()
         };
@@ -349,6 +350,7 @@ async fn chap_right_and_wrong() {
         chap: Some(iscsi_target::config::Chap::parse("alice:alice-secret-1").unwrap()),
         mutual_chap: Some(iscsi_target::config::Chap::parse("array:array-secret-2").unwrap()),
         alua: AluaMode::Both,
+        stpg: Default::default(),
     }];
     let t = Target::serve(cfgt).await;
     let mut good = cfg(t.portals[0]);

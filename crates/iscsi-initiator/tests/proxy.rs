@@ -153,6 +153,7 @@ async fn through_the_proxy_to_mpath_target() {
             chap: None,
             mutual_chap: None,
             alua: AluaMode::Both,
+            stpg: Default::default(),
         }],
         ..ServerConfig::default()
     };

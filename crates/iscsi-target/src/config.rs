@@ -11,6 +11,7 @@
 //! allowed_initiators = []              # empty: any initiator
 //! chap = { user = "alice", secret = "a-12-byte-secret" }
 //! alua = "both"                        # none | implicit | explicit | both
+//! stpg = "demote-others"               # or "as-requested" (what STPG does to other groups)
 //!
 //! [[target.portal_group]]
 //! tag = 1
@@ -38,6 +39,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::backend::BackingSpec;
+pub use scsi::StpgPolicy;
 
 /// ALUA access state of a target port group (SPC-4 §5.15.2.4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -89,7 +91,8 @@ pub enum AluaMode {
 }
 
 impl AluaMode {
-    fn parse(s: &str) -> Option<AluaMode> {
+    /// The configuration spelling: `none`, `implicit`, `explicit`, `both`.
+    pub fn parse(s: &str) -> Option<AluaMode> {
         Some(match s {
             "none" => AluaMode::None,
             "implicit" => AluaMode::Implicit,
@@ -162,6 +165,8 @@ pub struct TargetSpec {
     pub chap: Option<Chap>,
     pub mutual_chap: Option<Chap>,
     pub alua: AluaMode,
+    /// What SET TARGET PORT GROUPS does to the groups it does not name.
+    pub stpg: StpgPolicy,
 }
 
 /// Operational limits the target offers in login negotiation.
@@ -298,6 +303,7 @@ struct TargetSection {
     chap: Option<Chap>,
     mutual_chap: Option<Chap>,
     alua: Option<Spanned<String>>,
+    stpg: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -465,6 +471,16 @@ fn target_from_section(ctx: &Ctx, ti: usize, t: TargetSection) -> Result<TargetS
             )
         })?,
     };
+    let stpg = match &t.stpg {
+        None => StpgPolicy::default(),
+        Some(a) => StpgPolicy::parse(a.get_ref()).ok_or_else(|| {
+            ctx.err(
+                Some(a.span()),
+                &key("stpg"),
+                "expected demote-others or as-requested",
+            )
+        })?,
+    };
     let mut groups = Vec::new();
     for (i, p) in t.portals.iter().enumerate() {
         let addr = parse_portal(p.get_ref())
@@ -573,6 +589,7 @@ fn target_from_section(ctx: &Ctx, ti: usize, t: TargetSection) -> Result<TargetS
         chap: t.chap,
         mutual_chap: t.mutual_chap,
         alua,
+        stpg,
     })
 }
 
@@ -690,6 +707,7 @@ backing = "mem:64M"
         assert_eq!(t.portal_groups[1].state, AluaState::Standby);
         assert_eq!(t.luns[0].backing, BackingSpec::Memory { size: 64 << 20 });
         assert_eq!(t.alua, AluaMode::Both);
+        assert_eq!(t.stpg, StpgPolicy::DemoteOthers);
         assert_eq!(c.portals().len(), 2);
     }
 
@@ -720,6 +738,20 @@ backing = "mem:64M"
         let bad = GOOD.replace("127.0.0.3:3260", "127.0.0.3:99999");
         let e = parse_str(&bad, None).unwrap_err();
         assert_eq!(e.key, "target[0].portal_group[1].portals[0]");
+    }
+
+    #[test]
+    fn stpg_policy_is_read_and_checked() {
+        let chap = "chap = { user = \"alice\", secret = \"a-12-byte-secret\" }";
+        let keep = GOOD.replace(chap, &format!("{chap}\nstpg = \"as-requested\""));
+        assert_eq!(
+            parse_str(&keep, None).unwrap().targets[0].stpg,
+            StpgPolicy::AsRequested
+        );
+        let bad = GOOD.replace(chap, &format!("{chap}\nstpg = \"demote\""));
+        let e = parse_str(&bad, Some(Path::new("t.toml"))).unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (Some(8), "target[0].stpg"));
+        assert!(e.message.contains("demote-others or as-requested"), "{e}");
     }
 
     #[test]

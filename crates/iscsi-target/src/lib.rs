@@ -268,10 +268,12 @@ fn build_target(spec: &TargetSpec) -> Result<TargetRuntime, StartError> {
         })
         .collect();
     let ports = Arc::new(
-        TargetPorts::new(spec.iqn.clone(), mode, groups).map_err(|e| StartError::Ports {
-            target: spec.iqn.clone(),
-            message: e.to_string(),
-        })?,
+        TargetPorts::new(spec.iqn.clone(), mode, groups)
+            .map_err(|e| StartError::Ports {
+                target: spec.iqn.clone(),
+                message: e.to_string(),
+            })?
+            .with_stpg_policy(spec.stpg),
     );
     let mut luns = BTreeMap::new();
     for l in &spec.luns {

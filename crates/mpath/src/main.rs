@@ -353,6 +353,12 @@ struct TargetServe {
     /// ALUA mode reported in INQUIRY: none, implicit, explicit or both.
     #[arg(long, default_value = "both")]
     alua: String,
+    /// What SET TARGET PORT GROUPS from an initiator does to the groups it does not name:
+    /// demote-others (a group made active/optimized demotes the other optimized groups to
+    /// active/non-optimized, as dual-controller arrays do) or as-requested (only the named
+    /// groups change).
+    #[arg(long, default_value = "demote-others", value_name = "POLICY")]
+    stpg: String,
     /// Control socket path.
     #[arg(long, value_name = "PATH")]
     control_socket: Option<PathBuf>,

@@ -179,6 +179,7 @@ pub(crate) fn target_config(size: u64, portals: usize, luns: u16) -> Result<Serv
             chap: None,
             mutual_chap: None,
             alua: AluaMode::Implicit,
+            stpg: Default::default(),
         }],
         ..ServerConfig::default()
     })

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use iscsi_target::backend::BackingSpec;
 use iscsi_target::config::{
-    self, AluaMode, AluaState, Chap, LunSpec, PortalGroupSpec, ServerConfig, TargetSpec,
+    self, AluaMode, AluaState, Chap, LunSpec, PortalGroupSpec, ServerConfig, StpgPolicy, TargetSpec,
 };
 use iscsi_target::ctl::{self, CtlRequest, CtlResponse};
 use iscsi_target::Fault;
@@ -73,12 +73,14 @@ fn flags_config(f: &TargetServe) -> Result<ServerConfig> {
     if luns.is_empty() {
         bail!("--lun: give at least one LUN, e.g. --lun mem:256M");
     }
-    let alua = match f.alua.as_str() {
-        "none" => AluaMode::None,
-        "implicit" => AluaMode::Implicit,
-        "explicit" => AluaMode::Explicit,
-        "both" => AluaMode::Both,
-        other => bail!("--alua {other}: expected none, implicit, explicit or both"),
+    let Some(alua) = AluaMode::parse(&f.alua) else {
+        bail!(
+            "--alua {}: expected none, implicit, explicit or both",
+            f.alua
+        )
+    };
+    let Some(stpg) = StpgPolicy::parse(&f.stpg) else {
+        bail!("--stpg {}: expected demote-others or as-requested", f.stpg)
     };
     let chap = |s: &Option<String>, flag: &str| -> Result<Option<Chap>> {
         s.as_deref()
@@ -95,6 +97,7 @@ fn flags_config(f: &TargetServe) -> Result<ServerConfig> {
             chap: chap(&f.chap, "--chap")?,
             mutual_chap: chap(&f.mutual_chap, "--mutual-chap")?,
             alua,
+            stpg,
         }],
         ..ServerConfig::default()
     };

@@ -127,6 +127,43 @@ impl AluaMode {
     }
 }
 
+/// What SET TARGET PORT GROUPS does to the groups it does not name.
+///
+/// SPC-4 lets a target change other groups as part of an explicit transition. Arrays with
+/// two controllers do: making one controller's group active/optimized demotes the other's,
+/// so the initiator sees one optimized group. Linux's `scsi_dh_alua` sends STPG for the
+/// group it fails over to and names only that group; a target that changes nothing else
+/// leaves both groups active/optimized for good, and a later failback cannot tell which
+/// controller is preferred.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub enum StpgPolicy {
+    /// A group made active/optimized demotes every other active/optimized group not named
+    /// in the same command to active/non-optimized (standby when that state is not
+    /// supported): one optimized group at a time, as most arrays behave.
+    #[default]
+    DemoteOthers,
+    /// Only the groups named in the command change.
+    AsRequested,
+}
+
+impl StpgPolicy {
+    /// The configuration spelling: `demote-others`, `as-requested`.
+    pub fn parse(s: &str) -> Option<StpgPolicy> {
+        match s {
+            "demote-others" => Some(StpgPolicy::DemoteOthers),
+            "as-requested" => Some(StpgPolicy::AsRequested),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StpgPolicy::DemoteOthers => "demote-others",
+            StpgPolicy::AsRequested => "as-requested",
+        }
+    }
+}
+
 /// One target port group descriptor of REPORT TARGET PORT GROUPS data.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct TargetPortGroupDescriptor {

@@ -29,7 +29,7 @@ pub mod pr;
 pub mod provisioning;
 pub mod sense;
 
-pub use alua::{AluaMode, AluaState};
+pub use alua::{AluaMode, AluaState, StpgPolicy};
 pub use cdb::{CdbError, Command, CommandType, OpCode};
 pub use error::{DecodeError, ParamError};
 pub use lu::{

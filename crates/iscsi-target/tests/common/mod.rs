@@ -163,6 +163,7 @@ pub fn target_spec(iqn: &str, groups: Vec<PortalGroupSpec>, backing: BackingSpec
         chap: None,
         mutual_chap: None,
         alua: AluaMode::Both,
+        stpg: Default::default(),
     }
 }
 

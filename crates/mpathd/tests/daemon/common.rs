@@ -86,6 +86,7 @@ impl Target {
                 chap: None,
                 mutual_chap: None,
                 alua: AluaMode::Implicit,
+                stpg: Default::default(),
             }],
             ..ServerConfig::default()
         };

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 
 use crate::alua::{
-    AluaMode, AluaState, AluaStatus, TargetPortGroupDescriptor, TargetPortGroupsData,
+    AluaMode, AluaState, AluaStatus, StpgPolicy, TargetPortGroupDescriptor, TargetPortGroupsData,
     SUPPORTS_ACTIVE_NON_OPTIMIZED, SUPPORTS_ACTIVE_OPTIMIZED, SUPPORTS_STANDBY,
     SUPPORTS_TRANSITIONING, SUPPORTS_UNAVAILABLE,
 };
@@ -82,6 +82,7 @@ struct Group {
 pub struct TargetPorts {
     target_name: String,
     mode: AluaMode,
+    stpg: StpgPolicy,
     groups: Vec<Group>,
     /// (relative target port, index into `groups`), sorted by port.
     port_index: Vec<(u16, usize)>,
@@ -141,6 +142,7 @@ impl TargetPorts {
         Ok(TargetPorts {
             target_name: target_name.into(),
             mode,
+            stpg: StpgPolicy::default(),
             groups: built,
             port_index,
             generation: AtomicU64::new(0),
@@ -157,6 +159,7 @@ impl TargetPorts {
         TargetPorts {
             target_name: target_name.into(),
             mode: AluaMode::Implicit,
+            stpg: StpgPolicy::default(),
             port_index: ports.iter().map(|&p| (p, 0)).collect(),
             groups: vec![Group {
                 id: 1,
@@ -177,6 +180,17 @@ impl TargetPorts {
 
     pub fn mode(&self) -> AluaMode {
         self.mode
+    }
+
+    /// Set what SET TARGET PORT GROUPS does to the groups it does not name (default:
+    /// [`StpgPolicy::DemoteOthers`]).
+    pub fn with_stpg_policy(mut self, stpg: StpgPolicy) -> TargetPorts {
+        self.stpg = stpg;
+        self
+    }
+
+    pub fn stpg_policy(&self) -> StpgPolicy {
+        self.stpg
     }
 
     /// All relative target port identifiers.
@@ -269,7 +283,10 @@ impl TargetPorts {
     }
 
     /// Explicit transition requested by SET TARGET PORT GROUPS. All
-    /// requests are validated before any is applied. `list_offset` maps
+    /// requests are validated before any is applied; then, under
+    /// [`StpgPolicy::DemoteOthers`], a group made active/optimized demotes the
+    /// other active/optimized groups the command does not name (their status
+    /// says "changed implicitly"). `list_offset` maps
     /// descriptor `i` to its parameter-list byte, for field pointers.
     /// Returns the new generation.
     pub(crate) fn apply_stpg(&self, changes: &[(u16, AluaState)]) -> Result<u64, ParamError> {
@@ -286,6 +303,25 @@ impl TargetPorts {
                 g.state.store(state.0, Ordering::Release);
                 g.status
                     .store(AluaStatus::CHANGED_BY_STPG.0, Ordering::Release);
+            }
+        }
+        let promoted = changes
+            .iter()
+            .any(|&(_, state)| state == AluaState::ACTIVE_OPTIMIZED);
+        if promoted && self.stpg == StpgPolicy::DemoteOthers {
+            for g in &self.groups {
+                let named = changes.iter().any(|&(id, _)| id == g.id);
+                if named || g.state.load(Ordering::Acquire) != AluaState::ACTIVE_OPTIMIZED.0 {
+                    continue;
+                }
+                let demoted = [AluaState::ACTIVE_NON_OPTIMIZED, AluaState::STANDBY]
+                    .into_iter()
+                    .find(|s| s.support_bit() & g.supported != 0);
+                if let Some(d) = demoted {
+                    g.state.store(d.0, Ordering::Release);
+                    g.status
+                        .store(AluaStatus::CHANGED_IMPLICITLY.0, Ordering::Release);
+                }
             }
         }
         Ok(self.generation.fetch_add(1, Ordering::AcqRel) + 1)
@@ -386,5 +422,78 @@ mod tests {
         assert_eq!(t.port_state(1), AluaState::STANDBY);
         assert_eq!(t.port_state(2), AluaState::ACTIVE_OPTIMIZED);
         assert_eq!(t.report(true).groups[0].status, AluaStatus::CHANGED_BY_STPG);
+    }
+
+    fn both_optimized(stpg: StpgPolicy) -> TargetPorts {
+        let a = TargetPortGroup::new(1, vec![1]);
+        let mut b = TargetPortGroup::new(2, vec![2]);
+        b.state = AluaState::ACTIVE_NON_OPTIMIZED;
+        let mut c = TargetPortGroup::new(3, vec![3]);
+        c.state = AluaState::STANDBY;
+        TargetPorts::new("t", AluaMode::Both, vec![a, b, c])
+            .unwrap()
+            .with_stpg_policy(stpg)
+    }
+
+    #[test]
+    fn stpg_to_optimized_demotes_the_other_optimized_groups_by_default() {
+        let t = both_optimized(StpgPolicy::default());
+        assert_eq!(t.stpg_policy(), StpgPolicy::DemoteOthers);
+        let g0 = t.generation();
+        // What Linux's scsi_dh_alua sends on failover: only the group it activates.
+        assert_eq!(
+            t.apply_stpg(&[(2, AluaState::ACTIVE_OPTIMIZED)]),
+            Ok(g0 + 1)
+        );
+        assert_eq!(t.port_state(2), AluaState::ACTIVE_OPTIMIZED);
+        assert_eq!(t.port_state(1), AluaState::ACTIVE_NON_OPTIMIZED);
+        // A standby group is not an optimized one: it stays as it is.
+        assert_eq!(t.port_state(3), AluaState::STANDBY);
+        let r = t.report(true);
+        assert_eq!(r.groups[0].status, AluaStatus::CHANGED_IMPLICITLY);
+        assert_eq!(r.groups[1].status, AluaStatus::CHANGED_BY_STPG);
+        // And back: failback demotes group 2 again.
+        t.apply_stpg(&[(1, AluaState::ACTIVE_OPTIMIZED)]).unwrap();
+        assert_eq!(t.port_state(1), AluaState::ACTIVE_OPTIMIZED);
+        assert_eq!(t.port_state(2), AluaState::ACTIVE_NON_OPTIMIZED);
+    }
+
+    #[test]
+    fn stpg_naming_groups_is_obeyed_and_demotion_needs_a_promotion() {
+        let t = both_optimized(StpgPolicy::DemoteOthers);
+        // Both named: both optimized, as asked.
+        t.apply_stpg(&[
+            (1, AluaState::ACTIVE_OPTIMIZED),
+            (2, AluaState::ACTIVE_OPTIMIZED),
+        ])
+        .unwrap();
+        assert_eq!(t.port_state(1), AluaState::ACTIVE_OPTIMIZED);
+        assert_eq!(t.port_state(2), AluaState::ACTIVE_OPTIMIZED);
+        // A demotion alone promotes nothing, so it demotes nothing else.
+        t.apply_stpg(&[(3, AluaState::STANDBY)]).unwrap();
+        assert_eq!(t.port_state(1), AluaState::ACTIVE_OPTIMIZED);
+        assert_eq!(t.port_state(2), AluaState::ACTIVE_OPTIMIZED);
+    }
+
+    #[test]
+    fn a_group_without_non_optimized_is_demoted_to_standby_or_left() {
+        let a = TargetPortGroup::new(1, vec![1]);
+        let mut b = TargetPortGroup::new(2, vec![2]);
+        b.supported = SUPPORTS_ACTIVE_OPTIMIZED | SUPPORTS_STANDBY;
+        let mut c = TargetPortGroup::new(3, vec![3]);
+        c.supported = SUPPORTS_ACTIVE_OPTIMIZED;
+        let t = TargetPorts::new("t", AluaMode::Both, vec![a, b, c]).unwrap();
+        t.apply_stpg(&[(1, AluaState::ACTIVE_OPTIMIZED)]).unwrap();
+        assert_eq!(t.port_state(2), AluaState::STANDBY);
+        assert_eq!(t.port_state(3), AluaState::ACTIVE_OPTIMIZED);
+    }
+
+    #[test]
+    fn stpg_as_requested_changes_only_the_named_groups() {
+        let t = both_optimized(StpgPolicy::AsRequested);
+        t.apply_stpg(&[(2, AluaState::ACTIVE_OPTIMIZED)]).unwrap();
+        assert_eq!(t.port_state(1), AluaState::ACTIVE_OPTIMIZED);
+        assert_eq!(t.port_state(2), AluaState::ACTIVE_OPTIMIZED);
+        assert_eq!(t.report(true).groups[0].status, AluaStatus::NONE);
     }
 }

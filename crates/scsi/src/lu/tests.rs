@@ -1144,6 +1144,39 @@ fn set_target_port_groups_explicit() {
     assert_eq!(s.field_pointer.map(|f| f.byte), Some(1));
 }
 
+/// Linux's scsi_dh_alua fails over by naming only the group it activates; the target
+/// demotes the group that was optimized, and both nexuses learn it from RTPG after 2a/06.
+#[test]
+fn stpg_of_one_group_demotes_the_optimized_one() {
+    let r = rig();
+    let (a, b) = (nexus(1, 1), nexus(2, 2));
+    r.login(&a);
+    r.login(&b);
+    let p = build::set_target_port_groups_params(&[(2, AluaState::ACTIVE_OPTIMIZED)]);
+    r.ok(&b, &build::set_target_port_groups(p.len() as u32), &p);
+    assert_eq!(r.ports.port_state(2), AluaState::ACTIVE_OPTIMIZED);
+    assert_eq!(r.ports.port_state(1), AluaState::ACTIVE_NON_OPTIMIZED);
+    assert!(r
+        .sense(&a, &build::test_unit_ready(), &[])
+        .is_alua_state_changed());
+    let d =
+        TargetPortGroupsData::parse(&r.ok(&a, &build::report_target_port_groups(true, 1024), &[]))
+            .unwrap();
+    assert_eq!(
+        (d.groups[0].state, d.groups[0].status),
+        (
+            AluaState::ACTIVE_NON_OPTIMIZED,
+            AluaStatus::CHANGED_IMPLICITLY
+        )
+    );
+    assert_eq!(
+        (d.groups[1].state, d.groups[1].status),
+        (AluaState::ACTIVE_OPTIMIZED, AluaStatus::CHANGED_BY_STPG)
+    );
+    // Non-optimized still serves I/O.
+    r.ok(&a, &build::read_10(0, 1, false), &[]);
+}
+
 #[test]
 fn offline_lu_is_not_ready_but_identifies() {
     let r = rig();
