@@ -179,3 +179,56 @@ lab_fio_json() {
 
 # dmesg_has TEXT: did the kernel log TEXT?
 dmesg_has() { dmesg | grep -qF "$1"; }
+
+# lio_target IQN FILE SIZE PORTAL... : a LIO target (configfs, no targetcli) serving FILE
+# (created sparse with SIZE bytes) as LUN 0 through one target portal group per portal. With
+# two or more portals each TPG is its own ALUA target port group: the first active/optimized
+# (LIO's default group, id 0), the others active/non-optimized (ids 2, 3, ...), implicit and
+# explicit ALUA, as an array with one optimized controller.
+lio_target() {
+    local iqn=$1 file=$2 size=$3 i=0 p
+    shift 3
+    lab_modules target_core_mod target_core_file iscsi_target_mod
+    lab_configfs
+    local c=/sys/kernel/config/target
+    local so=$c/core/fileio_0/lab
+    truncate -s "$size" "$file" || fatal "cannot create $file"
+    mkdir -p "$so" || fatal "LIO: cannot create the fileio backstore"
+    echo "fd_dev_name=$file,fd_dev_size=$size" > "$so/control" || fatal "LIO: backstore control"
+    # A unit serial gives the LU its NAA identifier (VPD 0x83), as targetcli sets one.
+    cat /proc/sys/kernel/random/uuid > "$so/wwn/vpd_unit_serial"
+    echo 1 > "$so/attrib/emulate_write_cache"
+    echo 1 > "$so/enable" || fatal "LIO: cannot enable the backstore"
+    echo 3 > "$so/alua/default_tg_pt_gp/alua_access_type"
+    for p in "$@"; do
+        i=$((i + 1))
+        local tpg=$c/iscsi/$iqn/tpgt_$i
+        mkdir -p "$tpg/lun/lun_0" || fatal "LIO: cannot create TPG $i"
+        ln -s "$so" "$tpg/lun/lun_0/lab" || fatal "LIO: cannot map the LUN in TPG $i"
+        mkdir "$tpg/np/$p" || fatal "LIO: cannot create portal $p"
+        echo 0 > "$tpg/attrib/authentication"
+        echo 1 > "$tpg/attrib/generate_node_acls"
+        echo 1 > "$tpg/attrib/cache_dynamic_acls"
+        echo 0 > "$tpg/attrib/demo_mode_write_protect"
+        if [ "$i" -gt 1 ]; then
+            local gp=$so/alua/tpg$i
+            mkdir "$gp" || fatal "LIO: cannot create ALUA group tpg$i"
+            echo "$i" > "$gp/tg_pt_gp_id"
+            echo 3 > "$gp/alua_access_type"
+            echo 1 > "$gp/alua_access_state"
+            echo "tpg$i" > "$tpg/lun/lun_0/alua_tg_pt_gp" || fatal "LIO: cannot put TPG $i in its ALUA group"
+        fi
+        echo 1 > "$tpg/enable" || fatal "LIO: cannot enable TPG $i"
+    done
+    lab_on_exit "lio_teardown $iqn"
+}
+
+lio_teardown() {
+    local c=/sys/kernel/config/target t
+    for t in "$c"/iscsi/"$1"/tpgt_*; do
+        echo 0 > "$t/enable"
+        rm -f "$t"/lun/lun_0/lab
+        rmdir "$t"/lun/lun_0 "$t"/np/* "$t"
+    done
+    rmdir "$c/iscsi/$1" "$c"/core/fileio_0/lab/alua/tpg* "$c"/core/fileio_0/lab "$c"/core/fileio_0
+}

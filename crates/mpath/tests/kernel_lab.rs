@@ -130,3 +130,40 @@ fn kernel_initiator_and_dm_multipath_against_mpath_target() {
         ],
     );
 }
+
+/// mpath's initiator and daemon against LIO (configfs: two portals, two TPGs, two ALUA
+/// groups, a fileio LUN): discovery, `mpath iscsi io --verify`, the map with ALUA priorities,
+/// fio verify through the NBD export while the optimized portal is blackholed and restored.
+#[test]
+fn mpath_daemon_against_lio() {
+    lab(
+        "mpath_daemon_against_lio",
+        "lio",
+        Duration::from_secs(360),
+        &[
+            "lio-discovery",
+            "lio-iscsi-io-verify",
+            "lio-map-assembles",
+            "lio-failover-under-verify",
+            "lio-path-reinstated",
+        ],
+    );
+}
+
+/// The kernel NBD client (netlink) on the daemon's export: ext4 on /dev/nbd0, fio verify on a
+/// file through a blackholed and restored path, no kernel I/O error, e2fsck clean.
+#[test]
+fn kernel_nbd_client_on_mpath_export() {
+    lab(
+        "kernel_nbd_client_on_mpath_export",
+        "kernel-nbd",
+        Duration::from_secs(300),
+        &[
+            "nbd-attached",
+            "nbd-netlink",
+            "nbd-ext4-fio-verify-through-failover",
+            "nbd-no-kernel-io-errors",
+            "nbd-e2fsck-clean",
+        ],
+    );
+}
