@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use testkit::{free_port, require, run, MpathTarget, Output, TempDir, Tgtd};
+use testkit::{free_port, require, run, Istgt, MpathTarget, Output, TempDir, Tgtd};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_mpath"))
@@ -321,6 +321,64 @@ fn blackhole_during_fio(
     );
 }
 
+/// A silent blackhole of one portal on loopback: iptables drops its packets both ways
+/// (root only). Lifted when dropped, whatever the test did.
+struct LoopbackBlackhole {
+    rules: [Vec<String>; 2],
+    active: std::cell::Cell<bool>,
+}
+
+impl LoopbackBlackhole {
+    fn new(p: SocketAddr) -> LoopbackBlackhole {
+        let rule = |addr: &str, port: &str| -> Vec<String> {
+            [
+                addr,
+                &p.ip().to_string(),
+                "-p",
+                "tcp",
+                port,
+                &p.port().to_string(),
+                "-j",
+                "DROP",
+            ]
+            .map(String::from)
+            .to_vec()
+        };
+        LoopbackBlackhole {
+            rules: [rule("-d", "--dport"), rule("-s", "--sport")],
+            active: std::cell::Cell::new(false),
+        }
+    }
+
+    fn iptables(op: &str, rule: &[String]) -> Output {
+        let mut c = Command::new("iptables");
+        c.args(["-w", op, "INPUT"]).args(rule);
+        run(&mut c, Duration::from_secs(10))
+    }
+
+    fn on(&self) {
+        for r in &self.rules {
+            let o = Self::iptables("-I", r);
+            assert!(o.success(), "iptables: {}", o.all());
+        }
+        self.active.set(true);
+    }
+
+    fn off(&self) {
+        if self.active.replace(false) {
+            for r in &self.rules {
+                let _ = Self::iptables("-D", r);
+            }
+        }
+    }
+}
+
+impl Drop for LoopbackBlackhole {
+    fn drop(&mut self) {
+        self.off();
+    }
+}
+
 #[test]
 fn blackhole_under_fio_mpath_target() {
     if !require("daemon_blackhole", &["fio"]) {
@@ -372,59 +430,8 @@ fn blackhole_under_fio_tgtd() {
     // closes its connections.
     let p = portals[0];
     if testkit::netns::is_root() && testkit::have("iptables") {
-        let rules = [
-            vec![
-                "-d".to_string(),
-                p.ip().to_string(),
-                "-p".into(),
-                "tcp".into(),
-                "--dport".into(),
-                p.port().to_string(),
-                "-j".into(),
-                "DROP".into(),
-            ],
-            vec![
-                "-s".to_string(),
-                p.ip().to_string(),
-                "-p".into(),
-                "tcp".into(),
-                "--sport".into(),
-                p.port().to_string(),
-                "-j".into(),
-                "DROP".into(),
-            ],
-        ];
-        let ipt = |op: &str, rule: &[String]| {
-            let mut c = Command::new("iptables");
-            c.args(["-w", op, "INPUT"]).args(rule);
-            run(&mut c, Duration::from_secs(10))
-        };
-        struct Unblock<F: Fn()>(F);
-        impl<F: Fn()> Drop for Unblock<F> {
-            fn drop(&mut self) {
-                (self.0)()
-            }
-        }
-        let _guard = Unblock(|| {
-            for r in &rules {
-                let _ = ipt("-D", r);
-            }
-        });
-        blackhole_during_fio(
-            &d,
-            &map,
-            || {
-                for r in &rules {
-                    let o = ipt("-I", r);
-                    assert!(o.success(), "iptables: {}", o.all());
-                }
-            },
-            || {
-                for r in &rules {
-                    let _ = ipt("-D", r);
-                }
-            },
-        );
+        let hole = LoopbackBlackhole::new(p);
+        blackhole_during_fio(&d, &map, || hole.on(), || hole.off());
         let ev = d.cli(&["show", "events"]);
         assert!(
             ev.stdout.contains("stalled"),
@@ -451,6 +458,64 @@ fn blackhole_under_fio_tgtd() {
             },
         );
     }
+}
+
+/// istgt as a third target: discovery lists both portals, `mpath iscsi io --verify`, the
+/// daemon's map over both, and (as root) fio verify through a silent blackhole of one portal.
+#[test]
+fn istgt_io_verify_and_blackhole_under_fio() {
+    if !require("daemon_istgt", &["fio", "istgt"]) {
+        return;
+    }
+    let portals: Vec<SocketAddr> = ["127.0.0.10", "127.0.0.11"]
+        .map(|ip| format!("{ip}:{}", free_port(ip)).parse().unwrap())
+        .to_vec();
+    let t = Istgt::start(&portals, 256 << 20);
+    let o = run(
+        Command::new(bin()).args(["iscsi", "discover", &portals[0].to_string()]),
+        Duration::from_secs(30),
+    );
+    assert!(o.success(), "{}", o.all());
+    for p in &portals {
+        assert!(o.stdout.contains(&p.to_string()), "{}", o.stdout);
+    }
+    let o = run(
+        Command::new(bin()).args([
+            "iscsi",
+            "io",
+            &portals[1].to_string(),
+            "--target",
+            &t.iqn,
+            "--lun",
+            "0",
+            "--verify",
+            "--size",
+            "32M",
+        ]),
+        Duration::from_secs(60),
+    );
+    assert!(
+        o.success() && o.stdout.contains("all match"),
+        "{}\n{}",
+        o.all(),
+        t.daemon.log_text()
+    );
+    // istgt lists every portal: one is enough for the daemon to find both paths.
+    let d = DaemonProc::start(&portals[..1], &[]);
+    let map = d.wait_map(2);
+    let topo = d.cli(&["show", "topology"]);
+    assert!(topo.stdout.contains("FreeBSD"), "{}", topo.stdout);
+    if !testkit::netns::is_root() || !testkit::have("iptables") {
+        let msg = "daemon_istgt: blackhole part skipped, it needs root and iptables";
+        assert!(
+            !testkit::peers_required(),
+            "{msg}; MPATH_REQUIRE_PEERS=1 forbids skipping"
+        );
+        eprintln!("{msg}");
+        return;
+    }
+    let hole = LoopbackBlackhole::new(portals[0]);
+    blackhole_during_fio(&d, &map, || hole.on(), || hole.off());
 }
 
 #[test]

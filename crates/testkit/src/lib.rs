@@ -453,6 +453,86 @@ impl Tgtd {
     }
 }
 
+/// istgt (Debian `istgt`), a third iSCSI target: one portal group holding every portal
+/// (TPGT 1: paths through it share a target port, no ALUA), LUN 0 on a sparse file. It lists
+/// every portal in SendTargets. Fragile beyond login, discovery and plain I/O (its conformance
+/// runs crash), so tests use it for exactly that.
+pub struct Istgt {
+    pub daemon: Daemon,
+    pub iqn: String,
+    pub portals: Vec<SocketAddr>,
+    _dir: TempDir,
+}
+
+impl Istgt {
+    /// Start `istgt -D` on `portals` serving `size` bytes as LUN 0; waits until every portal
+    /// accepts connections.
+    pub fn start(portals: &[SocketAddr], size: u64) -> Istgt {
+        let dir = TempDir::new("istgt");
+        let d = dir.path();
+        let img = d.join("lun0.img");
+        std::fs::File::create(&img)
+            .and_then(|f| f.set_len(size))
+            .expect("create the LUN image");
+        std::fs::write(d.join("auth.conf"), "").expect("auth.conf");
+        let portal_lines: String = portals
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("  Portal DA{} {p}\n", i + 1))
+            .collect();
+        // The unit-control portal is istgt's own management port; it must not collide.
+        let uc = free_port("127.0.0.1");
+        let conf = format!(
+            "[Global]\n  NodeBase \"iqn.2026-01.io.mpath.istgt\"\n  PidFile {pid}\n  AuthFile {auth}\n  \
+             MediaDirectory {dir}\n  Timeout 30\n  NopInInterval 20\n  DiscoveryAuthMethod None\n  \
+             MaxSessions 16\n  MaxConnections 4\n  FirstBurstLength 262144\n  MaxBurstLength 1048576\n  \
+             MaxRecvDataSegmentLength 262144\n  InitialR2T Yes\n  ImmediateData Yes\n\
+             [UnitControl]\n  AuthMethod None\n  Portal UC1 127.0.0.1:{uc}\n  Netmask 127.0.0.1\n\
+             [PortalGroup1]\n{portal_lines}\
+             [InitiatorGroup1]\n  InitiatorName \"ALL\"\n  Netmask 127.0.0.0/8\n\
+             [LogicalUnit1]\n  TargetName disk1\n  Mapping PortalGroup1 InitiatorGroup1\n  \
+             AuthMethod None\n  UseDigest Auto\n  UnitType Disk\n  QueueDepth 32\n  \
+             LUN0 Storage {img} Auto\n",
+            pid = d.join("istgt.pid").display(),
+            auth = d.join("auth.conf").display(),
+            dir = d.display(),
+            img = img.display(),
+        );
+        let conf_path = d.join("istgt.conf");
+        std::fs::write(&conf_path, conf).expect("istgt.conf");
+        let log = d.join("istgt.log");
+        let child = Command::new("istgt")
+            .arg("-D")
+            .arg("-c")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).expect("log"))
+            .stderr(std::fs::File::create(d.join("istgt.err")).expect("log"))
+            .spawn()
+            .expect("start istgt");
+        let daemon = Daemon { child, log };
+        let start = Instant::now();
+        for p in portals {
+            while std::net::TcpStream::connect_timeout(p, Duration::from_millis(200)).is_err() {
+                if start.elapsed() > Duration::from_secs(10) {
+                    panic!(
+                        "istgt does not listen on {p}: {}{}",
+                        daemon.log_text(),
+                        std::fs::read_to_string(d.join("istgt.err")).unwrap_or_default()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Istgt {
+            daemon,
+            iqn: "iqn.2026-01.io.mpath.istgt:disk1".into(),
+            portals: portals.to_vec(),
+            _dir: dir,
+        }
+    }
+}
+
 /// A free TCP port on `ip` (bound and released; good enough for tests on loopback).
 pub fn free_port(ip: &str) -> u16 {
     std::net::TcpListener::bind((ip, 0))
