@@ -232,3 +232,165 @@ lio_teardown() {
     done
     rmdir "$c/iscsi/$1" "$c"/core/fileio_0/lab/alua/tpg* "$c"/core/fileio_0/lab "$c"/core/fileio_0
 }
+
+# --- The two host stacks, for the side-by-side benchmarks -------------------------------
+
+# kstack_up IQN PORTAL...: the Linux stack with Debian's defaults — iscsid, multipathd without
+# multipath.conf, a SendTargets discovery on the first portal, a login on each PORTAL given
+# (only those), the LU's WWID added as an operator does under find_multipaths "strict". Sets
+# KSTACK_DEV to the dm device once it has one path per portal.
+kstack_up() {
+    local iqn=$1 p n=0 disk
+    shift
+    lab_modules iscsi_tcp dm_multipath dm_service_time dm_round_robin scsi_dh_alua
+    test ! -e /etc/multipath.conf || fatal "/etc/multipath.conf exists; the kernel stack runs on defaults"
+    pgrep -x iscsid >/dev/null || lab_daemon iscsid iscsid -f
+    pgrep -x multipathd >/dev/null || lab_daemon multipathd multipathd -d -s -v2
+    sleep 1
+    timeout 60 iscsiadm -m discovery -t sendtargets -p "$1" >/dev/null 2>&1 ||
+        fatal "iscsiadm: discovery through $1 failed"
+    for p in "$@"; do
+        timeout 60 iscsiadm -m node -T "$iqn" -p "$p" --login >/dev/null 2>&1 ||
+            fatal "iscsiadm: login to $iqn through $p failed"
+        n=$((n + 1))
+    done
+    udevadm settle -t 30
+    disk=$(lsblk -dno NAME,TRAN | awk '$2 == "iscsi" {print $1; exit}')
+    [ -n "$disk" ] || fatal "no iSCSI disk appeared"
+    multipath -a "/dev/$disk" >/dev/null 2>&1
+    multipathd reconfigure >/dev/null 2>&1
+    lab_wait 60 "a dm-multipath map with $n paths" kstack_paths_active "$n" ||
+        fatal "multipathd did not build a map with $n active paths: $(multipath -ll 2>&1)"
+    KSTACK_DEV=/dev/$(multipathd show maps raw format "%d" | head -1)
+    [ -b "$KSTACK_DEV" ] || fatal "no dm device for the map"
+}
+
+kstack_paths_active() {
+    [ "$(multipathd show paths raw format '%t' 2>/dev/null | grep -c active)" = "$1" ]
+}
+
+kstack_down() {
+    multipathd disablequeueing maps >/dev/null 2>&1
+    multipath -F >/dev/null 2>&1
+    iscsiadm -m node --logout >/dev/null 2>&1
+    iscsiadm -m node -o delete >/dev/null 2>&1
+    multipath -W >/dev/null 2>&1
+}
+
+# mstack_up PORTAL [NS]: mpath's stack — `mpath daemon` logged in through PORTAL (its
+# discovery finds the others), its map exported over NBD on 127.0.0.1:10809, and the kernel's
+# NBD client attached to it. Sets MSTACK_DEV=/dev/nbd0 once the map has MSTACK_PATHS paths
+# (default 2). The daemon's control socket is $MSTACK_SOCK.
+MSTACK_SOCK=/tmp/mpath-stack.sock
+mstack_up() {
+    local portal=$1 want=${MSTACK_PATHS:-2}
+    lab_modules nbd
+    cat > /tmp/mpath-stack.toml <<EOT
+control_socket = "$MSTACK_SOCK"
+
+[defaults]
+bindings_file = "/tmp/mpath-stack-bindings"
+
+[[portal]]
+address = "$portal"
+
+[exports]
+nbd = "127.0.0.1:10809"
+EOT
+    lab_daemon mstack-daemon "$MPATH" daemon --config /tmp/mpath-stack.toml
+    lab_wait 90 "the daemon's map with $want active paths" mstack_paths_active "$want" ||
+        fatal "the mpath map did not assemble: $(tail -5 "$LAB_OUT/mstack-daemon.log")"
+    MSTACK_MAP=$("$MPATH" show maps --json --socket "$MSTACK_SOCK" |
+        /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["maps"][0]["name"])')
+    timeout 60 nbd-client -N "$MSTACK_MAP" 127.0.0.1 10809 /dev/nbd0 >/dev/null 2>&1 ||
+        fatal "nbd-client could not attach /dev/nbd0 to map $MSTACK_MAP"
+    MSTACK_DEV=/dev/nbd0
+}
+
+mstack_paths_active() {
+    [ "$("$MPATH" show maps --json --socket "$MSTACK_SOCK" 2>/dev/null |
+        /usr/bin/python3 -c 'import json,sys; m=json.load(sys.stdin)["maps"]; print(m[0]["active_paths"] if m else 0)')" = "$1" ]
+}
+
+mstack_down() {
+    nbd-client -d /dev/nbd0 >/dev/null 2>&1
+    "$MPATH" shutdown --socket "$MSTACK_SOCK" >/dev/null 2>&1
+    lab_wait 20 "the daemon to stop" sh -c "! pgrep -f 'mpath-stack.toml' >/dev/null"
+}
+
+# busiest_portal [NS] ADDR...: the address that carried the most packets over one second, by
+# nft counters in the initiator's namespace — the path the stack's I/O is on now.
+busiest_portal() {
+    local nft=(nft) a
+    case "$1" in *.*) ;; *) nft=(ip netns exec "$1" nft); shift ;; esac
+    "${nft[@]}" -f - <<EOT
+table inet labcount {
+    chain in {
+        type filter hook input priority -20;
+$(for a in "$@"; do echo "        ip saddr $a counter"; done)
+    }
+}
+EOT
+    sleep 1
+    "${nft[@]}" list table inet labcount | awk '/ip saddr/ {print $6, $3}' | sort -rn | head -1 | cut -d' ' -f2
+    "${nft[@]}" delete table inet labcount
+}
+
+# lat_stats LOG: "max_ms ios" of a fio latency log (--log_avg_msec=0: one line per I/O,
+# latency in ns in the second field).
+lat_stats() {
+    /usr/bin/python3 - "$1" <<'PY'
+import sys
+m = n = 0
+for line in open(sys.argv[1]):
+    f = line.split(",")
+    if len(f) > 1:
+        n += 1
+        m = max(m, int(f[1]))
+print("%.1f %d" % (m / 1e6, n))
+PY
+}
+
+# tgtd_target NS IQN FILE SIZE PORTAL...: tgtd (foreground, in namespace NS, or the root
+# namespace when NS is "-") serving FILE (sparse, SIZE bytes) as LUN 1 on the portals.
+tgtd_target() {
+    local ns=$1 iqn=$2 file=$3 size=$4 p portals="" i
+    shift 4
+    for p in "$@"; do portals="${portals:+$portals,}portal=$p"; done
+    truncate -s "$size" "$file" || fatal "cannot create $file"
+    if [ "$ns" = - ]; then
+        lab_daemon tgtd tgtd -f --iscsi "$portals"
+    else
+        lab_daemon tgtd ip netns exec "$ns" tgtd -f --iscsi "$portals"
+    fi
+    for i in $(seq 1 50); do
+        tgtadm --lld iscsi --mode target --op new --tid 1 --targetname "$iqn" >/dev/null 2>&1 && break
+        sleep 0.2
+    done
+    tgtadm --lld iscsi --mode logicalunit --op new --tid 1 --lun 1 --backing-store "$file" ||
+        fatal "tgtadm: cannot add LUN 1"
+    tgtadm --lld iscsi --mode target --op bind --tid 1 --initiator-address ALL ||
+        fatal "tgtadm: cannot bind"
+}
+
+tgtd_stop() {
+    tgtadm --lld iscsi --mode target --op delete --force --tid 1 >/dev/null 2>&1
+    tgtadm --op delete --mode system >/dev/null 2>&1
+    sleep 1
+    pkill -x tgtd
+}
+
+# fio_rate DEV RW BS DEPTH SECS [NAME]: run fio and print "iops MBps" (reads).
+fio_rate() {
+    local dev=$1 rw=$2 bs=$3 depth=$4 secs=$5 name=${6:-rate}
+    fio --name="$name" --filename="$dev" --rw="$rw" --bs="$bs" --direct=1 --ioengine=libaio \
+        --iodepth="$depth" --runtime="$secs" --time_based --output-format=json \
+        > "$LAB_OUT/$name.json" 2>&1 || { echo "0 0"; return 1; }
+    lab_json <(lab_fio_json "$LAB_OUT/$name.json") \
+        '"%.0f %.1f" % (j["jobs"][0]["read"]["iops"], j["jobs"][0]["read"]["bw_bytes"] / 1e6)'
+}
+
+# cpu_busy_s: seconds of CPU time (all CPUs, everything but idle and iowait) since boot.
+cpu_busy_s() {
+    awk '/^cpu / {print ($2 + $3 + $4 + $7 + $8) / 100}' /proc/stat
+}
