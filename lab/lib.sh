@@ -1,4 +1,4 @@
-# Helpers for lab scenarios (lab/README.md), sourced inside the guest:
+# Helpers for lab scenarios (docs/lab.md), sourced inside the guest:
 #
 #   . "$LAB_DIR/lib.sh"
 #

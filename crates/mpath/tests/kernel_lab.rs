@@ -1,5 +1,5 @@
 //! mpath inside a real Linux kernel: each test boots the lab's Debian kernel under QEMU
-//! (`lab/run`, see `lab/README.md`) and runs one scenario script there with this build's
+//! (`lab/run`, see `docs/lab.md`) and runs one scenario script there with this build's
 //! `mpath` binary — the kernel initiator and dm-multipath against `mpath target`, the
 //! daemon against LIO, the kernel NBD client on the daemon's export.
 //!
@@ -165,5 +165,75 @@ fn kernel_nbd_client_on_mpath_export() {
             "nbd-no-kernel-io-errors",
             "nbd-e2fsck-clean",
         ],
+    );
+}
+
+/// The runner's own failures, each in one line naming the log to read: a scenario that
+/// hangs is stopped at its limit, a guest that cannot boot and a guest that dies before
+/// writing its exit status are told apart — and none of them hangs the test.
+#[test]
+fn lab_runner_reports_hangs_boot_failures_and_lost_output() {
+    if let Some(why) = missing() {
+        let msg = format!("lab_runner_reports_hangs_boot_failures_and_lost_output: skipped, {why}");
+        assert!(
+            !peers_required(),
+            "{msg}; MPATH_REQUIRE_PEERS=1 forbids skipping"
+        );
+        eprintln!("{msg}");
+        return;
+    }
+    let _one_at_a_time = serial();
+    let dir = testkit::TempDir::new("lab-runner");
+    let scenario = |name: &str, body: &str| {
+        let p = dir.path().join(format!("{name}.sh"));
+        std::fs::write(&p, body).unwrap();
+        p
+    };
+    let lab_run = |args: &[&str], script: &Path| {
+        let o = run(
+            Command::new(repo().join("lab/run"))
+                .args(args)
+                .arg("--out")
+                .arg(dir.path().join("out"))
+                .arg(script),
+            Duration::from_secs(180),
+        );
+        assert!(!o.timed_out, "lab/run itself hung: {}", o.all());
+        // The verdict: the last "lab: " line (details follow it indented).
+        let last = o
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("lab: ") && !l.starts_with("lab:  "))
+            .last()
+            .unwrap_or_default()
+            .to_string();
+        (o.status.and_then(|s| s.code()), last)
+    };
+
+    let hang = scenario("hang", "echo going to sleep; sleep 1000\n");
+    let (code, line) = lab_run(&["--timeout", "60"], &hang);
+    assert_eq!(code, Some(124), "{line}");
+    assert!(
+        line.contains("hang timed out") && line.contains("scenario.log"),
+        "{line}"
+    );
+
+    let bogus = dir.path().join("not-a-kernel");
+    std::fs::write(&bogus, "this is not a kernel image\n").unwrap();
+    let fine = scenario("fine", "exit 0\n");
+    let (code, line) = lab_run(&["--kernel", bogus.to_str().unwrap()], &fine);
+    assert_eq!(code, Some(125), "{line}");
+    assert!(
+        line.contains("did not boot") && line.contains("console.log"),
+        "{line}"
+    );
+
+    // The guest powers off in the middle of the scenario: no exit status comes back.
+    let dies = scenario("dies", "echo o > /proc/sysrq-trigger; sleep 30\n");
+    let (code, line) = lab_run(&["--timeout", "120"], &dies);
+    assert_eq!(code, Some(125), "{line}");
+    assert!(
+        line.contains("lost its output") && line.contains("console.log"),
+        "{line}"
     );
 }
