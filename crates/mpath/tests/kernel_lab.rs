@@ -203,8 +203,8 @@ fn lab_runner_reports_hangs_boot_failures_and_lost_output() {
         let last = o
             .stderr
             .lines()
-            .filter(|l| l.starts_with("lab: ") && !l.starts_with("lab:  "))
-            .last()
+            .rev()
+            .find(|l| l.starts_with("lab: ") && !l.starts_with("lab:  "))
             .unwrap_or_default()
             .to_string();
         (o.status.and_then(|s| s.code()), last)
