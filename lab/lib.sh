@@ -277,31 +277,40 @@ kstack_down() {
     multipath -W >/dev/null 2>&1
 }
 
-# mstack_up PORTAL [NS]: mpath's stack — `mpath daemon` logged in through PORTAL (its
-# discovery finds the others), its map exported over NBD on 127.0.0.1:10809, and the kernel's
-# NBD client attached to it. Sets MSTACK_DEV=/dev/nbd0 once the map has MSTACK_PATHS paths
-# (default 2). The daemon's control socket is $MSTACK_SOCK.
-MSTACK_SOCK=/tmp/mpath-stack.sock
-mstack_up() {
-    local portal=$1 want=${MSTACK_PATHS:-2}
-    lab_modules nbd
-    cat > /tmp/mpath-stack.toml <<EOT
+# mdaemon_up PORTAL NS EXPORTS: `mpath daemon` logged in through PORTAL (its discovery finds
+# the others) — in namespace NS, or the root namespace for "-" — with EXPORTS as its
+# [exports] table (TOML lines). Waits until its one map has MSTACK_PATHS active paths
+# (default 2); sets MSTACK_MAP. Its control socket is $MSTACK_SOCK, its log
+# $LAB_OUT/daemon.log.
+MSTACK_SOCK=/tmp/mpath.sock
+mdaemon_up() {
+    local portal=$1 ns=$2 exports=$3 want=${MSTACK_PATHS:-2} run=()
+    [ "$ns" = - ] || run=(ip netns exec "$ns")
+    cat > /tmp/mpath.toml <<EOT
 control_socket = "$MSTACK_SOCK"
 
 [defaults]
-bindings_file = "/tmp/mpath-stack-bindings"
+bindings_file = "/tmp/mpath-bindings"
 
 [[portal]]
 address = "$portal"
 
 [exports]
-nbd = "127.0.0.1:10809"
+$exports
 EOT
-    lab_daemon mstack-daemon "$MPATH" daemon --config /tmp/mpath-stack.toml
+    lab_daemon daemon "${run[@]}" "$MPATH" daemon --config /tmp/mpath.toml
     lab_wait 90 "the daemon's map with $want active paths" mstack_paths_active "$want" ||
-        fatal "the mpath map did not assemble: $(tail -5 "$LAB_OUT/mstack-daemon.log")"
+        fatal "the mpath map did not assemble: $(tail -5 "$LAB_OUT/daemon.log")"
     MSTACK_MAP=$("$MPATH" show maps --json --socket "$MSTACK_SOCK" |
         /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["maps"][0]["name"])')
+}
+
+# mstack_up PORTAL: mpath's host stack — the daemon (root namespace) with its map exported
+# over NBD on 127.0.0.1:10809, and the kernel's NBD client (netlink) attached to it. Sets
+# MSTACK_DEV=/dev/nbd0.
+mstack_up() {
+    lab_modules nbd
+    mdaemon_up "$1" - 'nbd = "127.0.0.1:10809"'
     timeout 60 nbd-client -N "$MSTACK_MAP" 127.0.0.1 10809 /dev/nbd0 >/dev/null 2>&1 ||
         fatal "nbd-client could not attach /dev/nbd0 to map $MSTACK_MAP"
     MSTACK_DEV=/dev/nbd0
@@ -315,7 +324,7 @@ mstack_paths_active() {
 mstack_down() {
     nbd-client -d /dev/nbd0 >/dev/null 2>&1
     "$MPATH" shutdown --socket "$MSTACK_SOCK" >/dev/null 2>&1
-    lab_wait 20 "the daemon to stop" sh -c "! pgrep -f 'mpath-stack.toml' >/dev/null"
+    lab_wait 20 "the daemon to stop" sh -c "! pgrep -f 'daemon --config /tmp/mpath.toml' >/dev/null"
 }
 
 # busiest_portal [NS] ADDR...: the address that carried the most packets over one second, by
@@ -393,4 +402,39 @@ fio_rate() {
 # cpu_busy_s: seconds of CPU time (all CPUs, everything but idle and iowait) since boot.
 cpu_busy_s() {
     awk '/^cpu / {print ($2 + $3 + $4 + $7 + $8) / 100}' /proc/stat
+}
+
+# fio_verify_start NAME SECS FIO-TARGET-ARGS...: fio writes 4 KiB blocks at random (QD16) and
+# reads each back to check its crc32c as it goes (verify_backlog), for SECS, in the
+# background, logging every I/O's latency. FIO-TARGET-ARGS say where (--filename=... or
+# --ioengine=nbd --uri=...).
+fio_verify_start() {
+    local name=$1 secs=$2
+    shift 2
+    fio --name=verify "$@" --rw=randwrite --bs=4k --size=64M --iodepth=16 \
+        --verify=crc32c --verify_backlog=512 --verify_fatal=1 --runtime="$secs" --time_based \
+        --output-format=json --write_lat_log="$LAB_OUT/$name" --log_avg_msec=0 \
+        --log_unix_epoch=1 --log_entries=1048576 \
+        > "$LAB_OUT/$name.json" 2> "$LAB_OUT/$name.err" &
+    FIO_PID=$!
+}
+
+# fio_verify_end NAME: wait for it; sets FIO_RC, FIO_ERROR (fio's error number), FIO_WRITES,
+# FIO_VERIFIED (blocks read back and checked) and FIO_STALL_MS (the longest time without a
+# completion).
+fio_verify_end() {
+    local name=$1 fj
+    wait "$FIO_PID"
+    FIO_RC=$?
+    cat "$LAB_OUT/$name.err"
+    fj=$(lab_fio_json "$LAB_OUT/$name.json")
+    FIO_ERROR=$(lab_json <(echo "$fj") 'j["jobs"][0]["error"]' 2>&1)
+    FIO_WRITES=$(lab_json <(echo "$fj") 'j["jobs"][0]["write"]["total_ios"]' 2>&1)
+    FIO_VERIFIED=$(lab_json <(echo "$fj") 'j["jobs"][0]["read"]["total_ios"]' 2>&1)
+    FIO_STALL_MS=$(/usr/bin/python3 - "$LAB_OUT/${name}_lat.1.log" <<'PY'
+import sys
+ts = sorted(int(l.split(",")[0]) for l in open(sys.argv[1]))
+print(max((b - a for a, b in zip(ts, ts[1:])), default=0))
+PY
+)
 }

@@ -65,27 +65,17 @@ grep -q 'hwhandler=.1 alua' "$LAB_OUT/multipath-ll.txt" ||
     bad alua-hardware-handler "multipath -ll does not show hwhandler='1 alua'"
 
 step "fio verify through /dev/dm-0, optimized portal blackholed"
-fio_secs=50
-fio --name=verify --filename=/dev/dm-0 --rw=randwrite --bs=4k --size=64M --direct=1 \
-    --ioengine=libaio --iodepth=16 --verify=crc32c --verify_backlog=512 --verify_fatal=1 \
-    --runtime=$fio_secs --time_based --output-format=json \
-    --write_lat_log="$LAB_OUT/k1" --log_avg_msec=0 --log_unix_epoch=1 --log_entries=1048576 \
-    > "$LAB_OUT/fio.json" 2> "$LAB_OUT/fio.err" &
-fio_pid=$!
+fio_verify_start k1 50 --filename=/dev/dm-0 --direct=1 --ioengine=libaio
 sleep 8
 ts "blackhole $P1"
 lab_blackhole on "${P1%:*}"
 sleep 25
 ts "restore $P1"
 lab_blackhole off "${P1%:*}"
-wait $fio_pid
-fio_rc=$?
-cat "$LAB_OUT/fio.err"
-errs=$(lab_json <(lab_fio_json "$LAB_OUT/fio.json") 'j["jobs"][0]["error"]' 2>&1)
-ios=$(lab_json <(lab_fio_json "$LAB_OUT/fio.json") 'j["jobs"][0]["write"]["total_ios"]' 2>&1)
-check fio-verify-through-blackhole "fio exit $fio_rc, error $errs, $ios writes verified as they went" \
-    test "$fio_rc" = 0 -a "$errs" = 0
-grep -i "verify\|bad" "$LAB_OUT/fio.err" && bad fio-no-verify-messages "fio printed verify errors"
+fio_verify_end k1
+check fio-verify-through-blackhole "fio exit $FIO_RC, error $FIO_ERROR, $FIO_WRITES writes, $FIO_VERIFIED verified as they went; longest stall ${FIO_STALL_MS} ms" \
+    test "$FIO_RC" = 0 -a "$FIO_ERROR" = 0
+grep -i "verify\|bad" "$LAB_OUT/k1.err" && bad fio-no-verify-messages "fio printed verify errors"
 
 step "explicit ALUA: the kernel's STPG demoted the old group"
 "$MPATH" target ctl --socket "$CTL" status 2>&1 | tee "$LAB_OUT/target-status.txt"
