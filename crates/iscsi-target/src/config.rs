@@ -101,6 +101,15 @@ impl AluaMode {
             _ => return None,
         })
     }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AluaMode::None => "none",
+            AluaMode::Implicit => "implicit",
+            AluaMode::Explicit => "explicit",
+            AluaMode::Both => "both",
+        }
+    }
 }
 
 /// CHAP credentials.

@@ -64,6 +64,12 @@ pub struct StatusInfo {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TargetInfo {
     pub iqn: String,
+    /// ALUA management offered: none, implicit, explicit or both.
+    #[serde(default)]
+    pub alua: String,
+    /// What SET TARGET PORT GROUPS does to the groups it does not name.
+    #[serde(default)]
+    pub stpg: String,
     pub portal_groups: Vec<PortalGroupInfo>,
     pub luns: Vec<LunInfo>,
 }

@@ -401,6 +401,8 @@ impl Control {
                 .iter()
                 .map(|t| TargetInfo {
                     iqn: t.spec.iqn.clone(),
+                    alua: t.spec.alua.as_str().to_string(),
+                    stpg: t.spec.stpg.as_str().to_string(),
                     portal_groups: t
                         .ports
                         .groups()

@@ -228,7 +228,7 @@ pub async fn target_ctl(c: CtlCmd) -> Result<()> {
         CtlResponse::Error { message } => bail!("{message}"),
         CtlResponse::Status(s) => {
             for t in s.targets {
-                println!("target {}", t.iqn);
+                println!("target {} (alua {}, stpg {})", t.iqn, t.alua, t.stpg);
                 for g in t.portal_groups {
                     let ps: Vec<String> = g.portals.iter().map(|p| p.to_string()).collect();
                     println!(
