@@ -36,6 +36,7 @@ pub mod io;
 pub mod mem;
 pub mod nbd;
 mod registry;
+pub mod ublk;
 
 pub use error::{errno, Errno};
 pub use registry::{Export, Exports, NameError};

@@ -129,6 +129,29 @@ pub fn default_initiator_name() -> String {
     format!("iqn.2026-01.io.mpath:{host}")
 }
 
+/// The ISID of the session from `initiator` to `target` through `portal`: the same in every
+/// process, on every version of this program. A daemon that restarts (after a crash, or as a
+/// new binary) then logs in with the ISID of its predecessor's session, and the target
+/// *reinstates* it (RFC 7143 §6.3.5): it ends the old session and its tasks before it admits
+/// the new one — so a write the dead process had sent cannot land after the writes of the new
+/// one. Format "random" (T = 10b); the 62 bits are FNV-1a over the three names, a hash fixed
+/// here rather than std's, whose output may change between Rust releases.
+pub fn stable_isid(initiator: &str, target: &str, portal: std::net::SocketAddr) -> Isid {
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = FNV_OFFSET;
+    for part in [initiator, target, &portal.to_string()] {
+        for b in part.bytes().chain([0u8]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(FNV_PRIME);
+        }
+    }
+    let mut b = [0u8; 6];
+    b.copy_from_slice(&h.to_be_bytes()[2..]);
+    b[0] = 0x80 | (b[0] & 0x3f);
+    Isid(b)
+}
+
 /// A "random" format ISID (RFC 7143 §11.12.5: T = 10b), different for every session.
 pub fn random_isid() -> Isid {
     let mut b = [0u8; 6];
@@ -141,4 +164,23 @@ pub fn random_isid() -> Isid {
     }
     b[0] = 0x80 | (b[0] & 0x3f);
     Isid(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stable_isids_are_stable_random_format_and_per_path() {
+        let a: std::net::SocketAddr = "198.18.1.2:3260".parse().unwrap();
+        let b: std::net::SocketAddr = "198.18.2.2:3260".parse().unwrap();
+        let i = stable_isid("iqn.2026-01.io.mpath:host1", "iqn.t:x", a);
+        assert_eq!(i, stable_isid("iqn.2026-01.io.mpath:host1", "iqn.t:x", a));
+        // Fixed across releases: a restarted or upgraded daemon must find it again.
+        assert_eq!(i.to_string(), "0x86868deee105");
+        assert_eq!(i.0[0] & 0xc0, 0x80, "T = 10b: random format");
+        assert_ne!(i, stable_isid("iqn.2026-01.io.mpath:host1", "iqn.t:x", b));
+        assert_ne!(i, stable_isid("iqn.2026-01.io.mpath:host1", "iqn.t:y", a));
+        assert_ne!(i, stable_isid("iqn.2026-01.io.mpath:host2", "iqn.t:x", a));
+    }
 }

@@ -19,7 +19,7 @@ pub mod probe;
 mod session;
 
 pub use classify::{classify, Verdict};
-pub use config::{default_initiator_name, random_isid, RetryPolicy, SessionConfig};
+pub use config::{default_initiator_name, random_isid, stable_isid, RetryPolicy, SessionConfig};
 pub use connect::LoginError;
 pub use discovery::{
     discover, parse_send_targets, DiscoveredPortal, DiscoveredTarget, DiscoveryConfig,

@@ -109,6 +109,9 @@ async fn daemon(d: DaemonCmd) -> Result<()> {
     if let Some(f) = &d.fuse {
         cfg.fuse_dir = Some(f.clone());
     }
+    if d.ublk {
+        cfg.ublk = true;
+    }
     if let Some(m) = &d.metrics {
         cfg.metrics = Some(
             m.parse()

@@ -190,6 +190,10 @@ struct DaemonCmd {
     /// Mount a FUSE directory with one file per map here.
     #[arg(long, value_name = "DIR")]
     fuse: Option<PathBuf>,
+    /// Give every map a ublk block device, /dev/ublkbN (needs the ublk_drv module, Linux
+    /// 6.0 or later). Kept across restarts of the daemon: its I/O waits for the next one.
+    #[arg(long)]
+    ublk: bool,
     /// Serve Prometheus metrics on this address.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,

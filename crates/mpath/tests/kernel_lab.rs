@@ -237,3 +237,22 @@ fn lab_runner_reports_hangs_boot_failures_and_lost_output() {
         "{line}"
     );
 }
+
+/// The ublk export: `mpath daemon --ublk` gives the map /dev/ublkbN; ext4 on it, fio verify
+/// through a path blackhole; then the daemon is killed (-9) under the same load and started
+/// again: it takes the device over and the I/O the kernel held goes on — 0 errors, e2fsck
+/// clean.
+#[test]
+fn ublk_device_survives_a_path_failure_and_a_daemon_crash() {
+    lab(
+        "ublk_device_survives_a_path_failure_and_a_daemon_crash",
+        "ublk",
+        Duration::from_secs(360),
+        &[
+            "ublk-device",
+            "ublk-fio-verify-through-failover",
+            "ublk-kill9-restart",
+            "ublk-e2fsck-clean",
+        ],
+    );
+}

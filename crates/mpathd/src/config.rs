@@ -141,6 +141,9 @@ pub struct DaemonConfig {
     pub nbd_listen: Option<SocketAddr>,
     pub nbd_unix: Option<PathBuf>,
     pub fuse_dir: Option<PathBuf>,
+    /// Give every map a ublk block device (`/dev/ublkbN`), kept across restarts of the
+    /// daemon (`export::ublk`).
+    pub ublk: bool,
     pub control_socket: PathBuf,
     pub metrics: Option<SocketAddr>,
     /// How long start-up waits for paths before building maps from those present (more
@@ -166,6 +169,7 @@ impl Default for DaemonConfig {
             nbd_listen: Some(SocketAddr::from(([127, 0, 0, 1], 10809))),
             nbd_unix: None,
             fuse_dir: None,
+            ublk: false,
             control_socket: default_control_socket(),
             metrics: None,
             settle: Duration::from_secs(3),
@@ -278,6 +282,7 @@ struct ExportsSection {
     nbd: Option<Spanned<String>>,
     nbd_unix: Option<PathBuf>,
     fuse: Option<PathBuf>,
+    ublk: Option<bool>,
 }
 
 /// Read and validate a configuration file.
@@ -425,6 +430,9 @@ pub fn parse_str(src: &str, file: Option<&Path>) -> Result<DaemonConfig, ConfigE
         }
         c.nbd_unix = e.nbd_unix;
         c.fuse_dir = e.fuse;
+        if let Some(u) = e.ublk {
+            c.ublk = u;
+        }
     }
     if let Some(s) = raw.control_socket {
         c.control_socket = s;
@@ -823,6 +831,7 @@ pub fn render(c: &DaemonConfig) -> String {
     if let Some(f) = &c.fuse_dir {
         let _ = writeln!(s, "fuse = {}", q(&f.display().to_string()));
     }
+    let _ = writeln!(s, "ublk = {}", c.ublk);
     s
 }
 

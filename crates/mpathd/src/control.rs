@@ -446,8 +446,8 @@ impl Control {
                 .collect()
         };
         let mut text = format!(
-            "{:<12} {:<36} {:>8} {:>6} {:>7} {}\n",
-            "name", "wwid", "size", "paths", "queued", "state"
+            "{:<12} {:<36} {:>8} {:>6} {:>7} {:<16} {}\n",
+            "name", "wwid", "size", "paths", "queued", "state", "device"
         );
         let mut data = Vec::new();
         for (name, wwid, size, block_size, dev) in maps {
@@ -468,17 +468,24 @@ impl Control {
                 }
                 Err(e) => (0, 0, 0, e.to_string()),
             };
+            let device = self
+                .shared
+                .ublk
+                .state(&name)
+                .map(|u| u.describe())
+                .unwrap_or_else(|| "-".into());
             let _ = writeln!(
                 text,
-                "{:<12} {:<36} {:>8} {:>6} {:>7} {}",
+                "{:<12} {:<36} {:>8} {:>6} {:>7} {:<16} {}",
                 name,
                 wwid,
                 human_size(size),
                 format!("{active}/{total}"),
                 queued,
-                state
+                state,
+                device
             );
-            data.push(json!({ "name": name, "wwid": wwid, "size": size, "block_size": block_size, "active_paths": active, "paths": total, "queued": queued, "state": state }));
+            data.push(json!({ "name": name, "wwid": wwid, "size": size, "block_size": block_size, "active_paths": active, "paths": total, "queued": queued, "state": state, "device": device }));
         }
         Response::ok(text, json!({ "maps": data }))
     }

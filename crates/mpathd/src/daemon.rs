@@ -170,6 +170,8 @@ pub(crate) struct Shared {
     pub counts: Mutex<BTreeMap<(String, String, String), u64>>,
     /// Serialises reconfigures.
     pub reconfiguring: tokio::sync::Mutex<()>,
+    /// The maps' ublk block devices (`[exports] ublk`).
+    pub ublk: crate::ublk::UblkDevices,
 }
 
 impl Shared {
@@ -359,6 +361,9 @@ impl Shared {
         let cfg = self.cfg();
         let mut sc = SessionConfig::new(addr, target).with_digests(p.header_digest, p.data_digest);
         sc.initiator_name = cfg.initiator_name.clone();
+        // The same ISID after a restart: the target reinstates the session, ending the old
+        // process's tasks before the new process's I/O starts.
+        sc.isid = iscsi_initiator::stable_isid(&cfg.initiator_name, target, addr);
         sc.chap = p
             .chap
             .as_ref()
@@ -575,6 +580,7 @@ impl Shared {
             };
             if let Some(m) = empty {
                 self.exports.remove(&map);
+                self.detach_ublk(&map);
                 m.device.shutdown();
                 info!(%map, "map removed: no path left");
                 self.record(
@@ -944,6 +950,9 @@ impl Shared {
             .insert_described(&name, Some(desc), device.clone())
         {
             warn!(map = %name, "cannot export the map: {e}");
+        }
+        if cfg.ublk {
+            self.attach_ublk(&name, wwid, device.clone());
         }
         info!(map = %name, %wwid, size = lu.blocks * bs as u64, "map created");
         self.record(

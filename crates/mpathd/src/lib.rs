@@ -17,6 +17,7 @@ pub mod control;
 mod daemon;
 pub mod metrics;
 mod probe;
+mod ublk;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -134,6 +135,7 @@ impl Daemon {
             membership: tokio::sync::Mutex::new(()),
             counts: Mutex::new(BTreeMap::new()),
             reconfiguring: tokio::sync::Mutex::new(()),
+            ublk: Default::default(),
         });
         shared.record(
             None,
@@ -238,6 +240,9 @@ impl Daemon {
                 warn!("FUSE unmount: {e}");
             }
         }
+        // Block devices first: requests already handed to a map finish, the rest stay with
+        // the kernel for the next daemon.
+        self.shared.hand_off_ublk().await;
         let (maps, sessions): (Vec<_>, Vec<_>) = {
             let st = self.shared.state();
             (
