@@ -308,12 +308,25 @@ EOT
 # mstack_up PORTAL: mpath's host stack — the daemon (root namespace) with its map exported
 # over NBD on 127.0.0.1:10809, and the kernel's NBD client (netlink) attached to it. Sets
 # MSTACK_DEV=/dev/nbd0.
+# With MSTACK_UBLK=1 the map also gets its ublk device: MSTACK_UBLK_DEV=/dev/ublkbN.
 mstack_up() {
     lab_modules nbd
-    mdaemon_up "$1" - 'nbd = "127.0.0.1:10809"'
+    local exports='nbd = "127.0.0.1:10809"'
+    if [ "${MSTACK_UBLK:-0}" = 1 ]; then
+        lab_modules ublk_drv
+        exports="$exports
+ublk = true"
+    fi
+    mdaemon_up "$1" - "$exports"
     timeout 60 nbd-client -N "$MSTACK_MAP" 127.0.0.1 10809 /dev/nbd0 >/dev/null 2>&1 ||
         fatal "nbd-client could not attach /dev/nbd0 to map $MSTACK_MAP"
     MSTACK_DEV=/dev/nbd0
+    if [ "${MSTACK_UBLK:-0}" = 1 ]; then
+        lab_wait 30 "the map's ublk device" sh -c "\"$MPATH\" show maps --socket $MSTACK_SOCK | grep -q /dev/ublkb" ||
+            fatal "no ublk device for $MSTACK_MAP: $("$MPATH" show maps --socket "$MSTACK_SOCK")"
+        MSTACK_UBLK_DEV=$("$MPATH" show maps --json --socket "$MSTACK_SOCK" |
+            /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["maps"][0]["device"])')
+    fi
 }
 
 mstack_paths_active() {
