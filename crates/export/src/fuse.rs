@@ -67,6 +67,7 @@ pub struct FuseMount {
     mountpoint: PathBuf,
     unmounter: Option<fuser::SessionUnmounter>,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    drain: Arc<Drain>,
 }
 
 /// After unmounting, how long to wait for the FUSE thread to end. When the unmount is lazy
@@ -103,6 +104,7 @@ impl FuseMount {
         } else {
             SessionACL::Owner
         };
+        let drain = Arc::new(Drain::default());
         let fs = MapFs {
             exports,
             runtime,
@@ -113,6 +115,7 @@ impl FuseMount {
             config,
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            drain: drain.clone(),
         };
         let mut session = fuser::Session::new(fs, &mountpoint, &fuse_config).map_err(|e| {
             std::io::Error::new(
@@ -129,11 +132,29 @@ impl FuseMount {
             mountpoint,
             unmounter: Some(unmounter),
             thread: Some(thread),
+            drain,
         })
     }
 
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// Start a stop: requests from now on are held unanswered (see [`FuseMount::drain`]).
+    pub fn begin_drain(&self) {
+        self.drain.draining.store(true, Ordering::Release);
+    }
+
+    /// Hold new requests and wait (at most `timeout`) until the ones running have been
+    /// answered; returns how many were still running. Then unmount: what the client handed
+    /// over was answered, and nothing was failed because the daemon stops.
+    pub fn drain(&self, timeout: Duration) -> usize {
+        self.begin_drain();
+        let end = Instant::now() + timeout;
+        while self.drain.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.drain.in_flight.load(Ordering::Acquire)
     }
 
     /// Unmount (lazily if a file is still open: the files keep working for whoever holds
@@ -191,6 +212,31 @@ struct MapFs<D> {
     /// Open files: a handle keeps its map even if it is removed from the registry meanwhile.
     handles: Mutex<HashMap<u64, Arc<Export<D>>>>,
     next_fh: AtomicU64,
+    drain: Arc<Drain>,
+}
+
+/// A stop in progress: requests already running finish; new ones are held.
+#[derive(Default)]
+struct Drain {
+    draining: std::sync::atomic::AtomicBool,
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts one request in flight while it lives.
+struct IoGuard(Arc<Drain>);
+
+impl Drop for IoGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A request that arrives while the mount drains is not answered: answering EIO would fail
+/// the client because the daemon stops. The kernel answers it (ENOTCONN) when the process
+/// exits and the FUSE connection goes; a loop device on top fails it then. (FUSE cannot
+/// carry a request over to another process; the ublk export can.)
+fn hold<R>(reply: R) {
+    std::mem::forget(reply);
 }
 
 fn fuse_errno(e: &IoError) -> FuseErrno {
@@ -435,7 +481,11 @@ impl<D: BlockDevice + 'static> Filesystem for MapFs<D> {
         }
         // Short at the end of the map, as for any file.
         let len = u64::from(size).min(dev_size - offset) as u32;
+        let Some(guard) = self.io_guard() else {
+            return hold(reply);
+        };
         self.runtime.spawn(async move {
+            let _guard = guard;
             match export.io().read(offset, len).await {
                 Ok(data) => reply.data(&data),
                 Err(e) => {
@@ -472,7 +522,11 @@ impl<D: BlockDevice + 'static> Filesystem for MapFs<D> {
         let len = (data.len() as u64).min(dev_size - offset) as usize;
         let data = Bytes::copy_from_slice(&data[..len]);
         let fua = flags.0 & (libc::O_DSYNC | libc::O_SYNC) != 0;
+        let Some(guard) = self.io_guard() else {
+            return hold(reply);
+        };
         self.runtime.spawn(async move {
+            let _guard = guard;
             match export.io().write(offset, data, fua).await {
                 Ok(()) => reply.written(len as u32),
                 Err(e) => {
@@ -547,7 +601,11 @@ impl<D: BlockDevice + 'static> Filesystem for MapFs<D> {
             // Plain preallocation: every block of a map is already there.
             return reply.ok();
         };
+        let Some(guard) = self.io_guard() else {
+            return hold(reply);
+        };
         self.runtime.spawn(async move {
+            let _guard = guard;
             match export.io().write_zeroes(offset, len, may_unmap).await {
                 Ok(()) => reply.ok(),
                 Err(e) => {
@@ -605,12 +663,26 @@ impl<D: BlockDevice + 'static> Filesystem for MapFs<D> {
 }
 
 impl<D: BlockDevice + 'static> MapFs<D> {
+    /// A request may start, unless the mount drains.
+    fn io_guard(&self) -> Option<IoGuard> {
+        self.drain.in_flight.fetch_add(1, Ordering::AcqRel);
+        let guard = IoGuard(self.drain.clone());
+        if self.drain.draining.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(guard)
+    }
+
     /// fsync and close: everything written so far is on stable storage.
     fn sync(&self, ino: INodeNo, fh: FileHandle, reply: ReplyEmpty) {
         let Some(export) = self.export(ino, Some(fh)) else {
             return reply.error(FuseErrno::ENOENT);
         };
+        let Some(guard) = self.io_guard() else {
+            return hold(reply);
+        };
         self.runtime.spawn(async move {
+            let _guard = guard;
             match export.io().flush().await {
                 Ok(()) => reply.ok(),
                 Err(e) => {

@@ -518,6 +518,145 @@ fn istgt_io_verify_and_blackhole_under_fio() {
     blackhole_during_fio(&d, &map, || hole.on(), || hole.off());
 }
 
+/// A stopping daemon fails no request it took: under 32 clients issuing NBD requests back to
+/// back, SIGTERM and `mpath shutdown` close the connections, but every request the server
+/// answered was answered with success — none with EIO because the maps or sessions went
+/// first (what this test found before stops drained the NBD server ahead of the maps).
+#[test]
+fn a_stop_under_nbd_load_fails_no_request() {
+    let t = two_portal_mpath_target();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for (round, how) in ["SIGTERM", "mpath shutdown", "SIGTERM"]
+        .into_iter()
+        .enumerate()
+    {
+        let d = DaemonProc::start(&t.portals[..1], &[]);
+        let map = d.wait_map(2);
+        let addr = d.nbd;
+        let answered: u64 = rt.block_on(async {
+            let mut ios = tokio::task::JoinSet::new();
+            for w in 0..32u64 {
+                let map = map.clone();
+                ios.spawn(async move {
+                    let nbd = workload::nbd::NbdClient::connect_tcp(addr, &map).await?;
+                    let mut n = 0u64;
+                    for i in 0u64.. {
+                        let off = ((w * 131 + i * 7) % 4096) * 4096;
+                        let r = if i % 3 == 0 {
+                            nbd.write(off, bytes::Bytes::from(vec![w as u8; 4096]), false)
+                                .await
+                                .map(|_| ())
+                        } else {
+                            nbd.read(off, 4096).await.map(|_| ())
+                        };
+                        match r {
+                            Ok(()) => n += 1,
+                            Err(workload::nbd::NbdError::Closed { .. })
+                            | Err(workload::nbd::NbdError::Io { .. }) => break,
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    Ok(n)
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            if how == "SIGTERM" {
+                let o = run(
+                    Command::new("kill").args(["-TERM", &d.child.id().to_string()]),
+                    Duration::from_secs(5),
+                );
+                assert!(o.success(), "{}", o.all());
+            } else {
+                assert!(d.cli(&["shutdown"]).success());
+            }
+            let mut total = 0;
+            while let Some(r) = ios.join_next().await {
+                match r.unwrap() {
+                    Ok(n) => total += n,
+                    Err(e) => panic!(
+                        "round {round} ({how}): a request failed because the daemon stopped: {e}\n{}",
+                        d.log_text()
+                    ),
+                }
+            }
+            total
+        });
+        assert!(answered > 0, "round {round}: the load ran");
+        let log = d.log_text();
+        assert!(
+            !log.contains("failed with EIO"),
+            "round {round} ({how}): the daemon answered EIO while stopping:\n{log}"
+        );
+    }
+}
+
+/// The same for the FUSE file: fio reads and writes it directly (4 jobs, direct I/O) when
+/// the daemon gets SIGTERM. Requests the daemon took complete; the ones that arrive while it
+/// drains are held, and the kernel fails them with ENOTCONN once the process has gone — no
+/// EIO from the daemon (before the FUSE drain: EIO, from maps stopped under the requests).
+#[test]
+fn a_stop_under_fuse_load_answers_no_eio() {
+    if !require("daemon_fuse_stop", &["fio", "fusermount3"]) {
+        return;
+    }
+    if !Path::new("/dev/fuse").exists() || !testkit::netns::is_root() {
+        let why = "needs root and /dev/fuse";
+        assert!(!testkit::peers_required(), "daemon_fuse_stop: {why}");
+        eprintln!("daemon_fuse_stop: skipped, {why}");
+        return;
+    }
+    let t = two_portal_mpath_target();
+    for round in 0..2 {
+        let dir = TempDir::new("fusestop");
+        let fuse = dir.path().join("disks");
+        let d = DaemonProc::start(&t.portals[..1], &["--fuse", fuse.to_str().unwrap()]);
+        let map = d.wait_map(2);
+        let file = fuse.join(&map);
+        let fio = Command::new("fio")
+            .args([
+                "--name=f",
+                &format!("--filename={}", file.display()),
+                "--rw=randrw",
+                "--bs=4k",
+                "--size=32M",
+                "--direct=1",
+                "--ioengine=psync",
+                "--numjobs=4",
+                "--runtime=20",
+                "--time_based",
+                "--output-format=json",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("fio");
+        std::thread::sleep(Duration::from_millis(1500));
+        let o = run(
+            Command::new("kill").args(["-TERM", &d.child.id().to_string()]),
+            Duration::from_secs(5),
+        );
+        assert!(o.success(), "{}", o.all());
+        let out = fio.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The mount is gone with the daemon; a lazily unmounted one must not linger.
+        let _ = Command::new("fusermount3").arg("-uz").arg(&fuse).status();
+        assert!(
+            !text.contains("Input/output error") && !text.contains("err= 5"),
+            "round {round}: a client was answered EIO while the daemon stopped:\n{text}\n{}",
+            d.log_text()
+        );
+        assert!(
+            !d.log_text().contains("failed: "),
+            "round {round}: the daemon failed a FUSE request while stopping:\n{}",
+            d.log_text()
+        );
+    }
+}
+
 #[test]
 fn fuse_file_loop_device_ext4() {
     if !require(

@@ -95,10 +95,16 @@ impl Listeners {
     }
 }
 
+/// How long a stop waits for the FUSE requests in flight: longer than a map's default
+/// no-path queueing (60 s), as for NBD.
+const FUSE_DRAIN_WAIT: Duration = Duration::from_secs(90);
+
 /// A running daemon.
 pub struct Daemon {
     shared: Arc<Shared>,
     tasks: tokio::task::JoinSet<()>,
+    /// The NBD server: a stop waits for it to drain before the maps go.
+    nbd: Option<tokio::task::JoinHandle<()>>,
     fuse: Option<export::fuse::FuseMount>,
     config_path: Option<PathBuf>,
 }
@@ -152,17 +158,19 @@ impl Daemon {
         if let Some(l) = listeners.control {
             tasks.spawn(control::serve(l, control.clone()));
         }
-        if !listeners.nbd.is_empty() {
+        let nbd = if listeners.nbd.is_empty() {
+            None
+        } else {
             let server = NbdServer::new(shared.exports.clone(), NbdConfig::default());
             let mut stop = shared.stop.subscribe();
-            tasks.spawn(async move {
+            Some(tokio::spawn(async move {
                 server
                     .run(listeners.nbd, async move {
                         let _ = stop.wait_for(|s| *s).await;
                     })
                     .await
-            });
-        }
+            }))
+        };
         if let Some(l) = listeners.metrics {
             tasks.spawn(metrics::serve(l, shared.clone()));
         }
@@ -180,6 +188,7 @@ impl Daemon {
         Ok(Daemon {
             shared,
             tasks,
+            nbd,
             fuse,
             config_path,
         })
@@ -231,18 +240,38 @@ impl Daemon {
         self.stop().await;
     }
 
-    /// Stop: exports first (no new I/O), then the maps, then log out every session.
+    /// Stop. Exports first, each drained: what a client already handed over completes
+    /// (never failed because the daemon stops), what arrives afterwards is not taken — the
+    /// NBD server stops reading requests and closes each connection once its in-flight
+    /// requests are answered; FUSE holds new requests unanswered until the process exits;
+    /// a ublk device is handed over, its held requests left to the kernel for the next
+    /// daemon. Then the maps stop, then every session logs out.
     pub async fn stop(&mut self) {
         info!("stopping");
         let _ = self.shared.stop.send(true);
-        if let Some(f) = self.fuse.take() {
-            if let Err(e) = f.unmount() {
-                warn!("FUSE unmount: {e}");
+        let fuse = self.fuse.take().map(|f| {
+            f.begin_drain();
+            f
+        });
+        self.shared.hand_off_ublk().await;
+        if let Some(nbd) = self.nbd.take() {
+            // Bounded by the server's own drain timeout.
+            let _ = nbd.await;
+        }
+        if let Some(f) = fuse {
+            let left = tokio::task::spawn_blocking(move || {
+                let left = f.drain(FUSE_DRAIN_WAIT);
+                if let Err(e) = f.unmount() {
+                    warn!("FUSE unmount: {e}");
+                }
+                left
+            })
+            .await
+            .unwrap_or(0);
+            if left > 0 {
+                warn!("FUSE: {left} request(s) still in flight when the maps stop");
             }
         }
-        // Block devices first: requests already handed to a map finish, the rest stay with
-        // the kernel for the next daemon.
-        self.shared.hand_off_ublk().await;
         let (maps, sessions): (Vec<_>, Vec<_>) = {
             let st = self.shared.state();
             (
