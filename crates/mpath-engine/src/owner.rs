@@ -334,7 +334,7 @@ impl Owner {
 
     fn resize(&mut self, size: u64, now: Instant) -> Result<(), MessageError> {
         let block_size = self.shared.device.block_size;
-        if size % u64::from(block_size) != 0 {
+        if !size.is_multiple_of(u64::from(block_size)) {
             return Err(MessageError::BadSize { size, block_size });
         }
         let from = self.shared.size.swap(size, Ordering::Relaxed);

@@ -77,7 +77,7 @@ fn range(
     len: u64,
 ) -> Result<(u64, u64), IoError> {
     let bs = u64::from(info.block_size);
-    if offset.0 % bs != 0 || len % bs != 0 {
+    if !offset.0.is_multiple_of(bs) || !len.is_multiple_of(bs) {
         return Err(invalid(format!(
             "offset {} length {len} not aligned to the {bs}-byte block size",
             offset.0

@@ -249,9 +249,8 @@ impl Daemon {
     pub async fn stop(&mut self) {
         info!("stopping");
         let _ = self.shared.stop.send(true);
-        let fuse = self.fuse.take().map(|f| {
+        let fuse = self.fuse.take().inspect(|f| {
             f.begin_drain();
-            f
         });
         self.shared.hand_off_ublk().await;
         if let Some(nbd) = self.nbd.take() {

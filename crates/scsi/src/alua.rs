@@ -267,7 +267,7 @@ impl SetTargetPortGroups {
     /// Only the explicitly settable states (active/optimized,
     /// active/non-optimized, standby, unavailable) are accepted.
     pub fn parse(b: &[u8]) -> Result<SetTargetPortGroups, ParamError> {
-        if b.len() < 4 || (b.len() - 4) % 4 != 0 {
+        if b.len() < 4 || !(b.len() - 4).is_multiple_of(4) {
             return Err(ParamError::LengthError);
         }
         let mut groups = Vec::with_capacity((b.len() - 4) / 4);

@@ -147,7 +147,7 @@ impl TransportId {
                     pname == name
                         && isid
                             .as_deref()
-                            .map_or(true, |i| i.eq_ignore_ascii_case(pisid))
+                            .is_none_or(|i| i.eq_ignore_ascii_case(pisid))
                 }
                 None => isid.is_none() && port == name,
             },

@@ -65,7 +65,7 @@ pub(crate) struct UaTarget {
 
 impl UaTarget {
     pub fn matches(&self, port: &str, rtp: u16) -> bool {
-        self.port.matches(port) && self.rtp.map_or(true, |r| r == rtp)
+        self.port.matches(port) && self.rtp.is_none_or(|r| r == rtp)
     }
 }
 
@@ -82,7 +82,7 @@ struct Registration {
 
 impl Registration {
     fn matches(&self, n: &ItNexus<'_>) -> bool {
-        self.port.matches(n.port) && self.rtp.map_or(true, |r| r == n.rtp)
+        self.port.matches(n.port) && self.rtp.is_none_or(|r| r == n.rtp)
     }
 
     fn ua(&self, asc: Asc) -> UaTarget {
