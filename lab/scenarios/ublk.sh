@@ -1,6 +1,8 @@
-# mpath's ublk export: `mpath target` in namespace tgt (two portals, two paths), `mpath daemon
-# --ublk` in the root namespace; /dev/ublkbN for the map, ext4 on it, fio verify through a
-# path blackhole, then the daemon killed (-9) and restarted under the same load.
+# mpath's ublk export: `mpath target` in namespace tgt (two portals, two paths), `mpath daemon`
+# with `ublk = true` in the root namespace; /dev/ublkbN for the map with its stable names,
+# ext4 on /dev/mpath/mpatha, fio verify through a path blackhole, then — under the same load
+# — the daemon killed (-9) and restarted, restarted as planned, and replaced by another
+# binary: 0 errors, e2fsck clean.
 . "$LAB_DIR/lib.sh"
 
 IQN=iqn.2026-01.io.mpath:ublk
@@ -28,11 +30,18 @@ DEV=$(dev_of)
 check ublk-device "the map's device is $DEV, $(blockdev --getsize64 "$DEV") bytes" \
     test "$(blockdev --getsize64 "$DEV")" = $((256 << 20))
 lsblk -o NAME,SIZE,LOG-SEC,PHY-SEC,MIN-IO,OPT-IO,ROTA,DISC-GRAN,DISC-MAX,WSAME "$DEV"
+lsblk -o NAME,SIZE,SERIAL,WWN "$DEV"
+WWID=$(mp show maps --json | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["maps"][0]["wwid"])')
+ls -l /dev/mpath/ "/dev/disk/by-id/mpath-$WWID"
+names_ok() { [ "$(readlink -f /dev/mpath/mpatha)" = "$DEV" ] && [ "$(readlink -f "/dev/disk/by-id/mpath-$WWID")" = "$DEV" ]; }
+check ublk-stable-names "/dev/mpath/mpatha and /dev/disk/by-id/mpath-$WWID lead to $DEV" names_ok
+udevadm trigger --action=change "$DEV" && udevadm settle -t 30
+check ublk-names-survive-udev-trigger "after udevadm trigger: $(readlink -f /dev/mpath/mpatha)" names_ok
 cat /sys/block/$(basename "$DEV")/queue/write_cache /sys/block/$(basename "$DEV")/queue/fua 2>&1
 
-step "ext4 on $DEV, fio verify, path $P1 blackholed and restored"
-mkfs.ext4 -q -F "$DEV" || fatal "mkfs.ext4 $DEV failed"
-mkdir -p /tmp/mnt-ublk && mount "$DEV" /tmp/mnt-ublk || fatal "cannot mount $DEV"
+step "ext4 on /dev/mpath/mpatha, fio verify, path $P1 blackholed and restored"
+mkfs.ext4 -q -F /dev/mpath/mpatha || fatal "mkfs.ext4 /dev/mpath/mpatha failed"
+mkdir -p /tmp/mnt-ublk && mount /dev/mpath/mpatha /tmp/mnt-ublk || fatal "cannot mount /dev/mpath/mpatha"
 lab_on_exit "umount /tmp/mnt-ublk"
 fio_verify_start ublk 30 --filename=/tmp/mnt-ublk/fio.dat --direct=1 --ioengine=libaio
 sleep 8
@@ -44,24 +53,58 @@ fio_verify_end ublk
 check ublk-fio-verify-through-failover "fio exit $FIO_RC, error $FIO_ERROR, $FIO_WRITES writes verified; longest stall ${FIO_STALL_MS} ms" \
     test "$FIO_RC" = 0 -a "$FIO_ERROR" = 0
 
-step "kill -9 the daemon under load, start it again"
-fio_verify_start crash 40 --filename=/tmp/mnt-ublk/fio.dat --direct=1 --ioengine=libaio
-sleep 8
-pid=$(pgrep -f 'daemon --config /tmp/mpath.toml')
-ts "kill -9 $pid"
-kill -9 "$pid"
-# As a service manager restarts a crashed daemon: at once.
-lab_wait 10 "the old daemon gone" sh -c "! kill -0 $pid 2>/dev/null"
-lab_daemon daemon2 "$MPATH" daemon --config /tmp/mpath.toml
-lab_wait 60 "the map's ublk device again" sh -c "\"$MPATH\" show maps --socket $SOCK 2>/dev/null | grep -q /dev/ublkb" ||
-    { tail -20 "$LAB_OUT/daemon2.log"; fatal "the restarted daemon did not take the device over"; }
-mp show maps
-mp show events | grep -E "ublk|map-created" | tail -4
-fio_verify_end crash
-check ublk-kill9-restart "fio exit $FIO_RC, error $FIO_ERROR, $FIO_WRITES writes verified; longest stall ${FIO_STALL_MS} ms" \
-    test "$FIO_RC" = 0 -a "$FIO_ERROR" = 0
-echo "RESULT ublk_kill9_stall_ms=$FIO_STALL_MS"
+# restart_under_load NAME HOW: fio verifying on the mounted filesystem for 25 s; 8 s in, the
+# daemon is replaced — HOW is "kill9" (a crash, restarted at once as a service manager
+# would), "restart" (SIGTERM, then the same binary again: systemctl restart) or "upgrade"
+# (SIGTERM, then another binary: a copy of this one at another path). 0 errors expected;
+# RESULT gives the longest stall.
+restart_under_load() {
+    local name=$1 how=$2 pid bin=$MPATH
+    if [ "$how" = upgrade ]; then
+        cp "$MPATH" /tmp/mpath-upgraded
+        bin=/tmp/mpath-upgraded
+    fi
+    fio_verify_start "$name" 25 --filename=/tmp/mnt-ublk/fio.dat --direct=1 --ioengine=libaio
+    sleep 8
+    pid=$(pgrep -f 'daemon --config /tmp/mpath.toml')
+    case "$how" in
+        kill9) ts "kill -9 $pid"; kill -9 "$pid" ;;
+        restart) ts "SIGTERM $pid, then start it again"; kill -TERM "$pid" ;;
+        upgrade)
+            ts "SIGTERM $pid, then start $bin"
+            kill -TERM "$pid"
+            ;;
+    esac
+    # Started again the moment the old one is gone, as a service manager does.
+    local end=$(($(date +%s) + 30))
+    while kill -0 "$pid" 2>/dev/null && [ "$(date +%s)" -lt "$end" ]; do sleep 0.01; done
+    kill -0 "$pid" 2>/dev/null && bad "ublk-$name" "the old daemon did not exit within 30 s"
+    ts "old daemon gone"
+    lab_daemon "daemon-$name" "$bin" daemon --config /tmp/mpath.toml
+    lab_wait 60 "the map's ublk device again" sh -c "\"$MPATH\" show maps --socket $SOCK 2>/dev/null | grep -q /dev/ublkb" ||
+        { tail -20 "$LAB_OUT/daemon-$name.log"; fatal "the new daemon did not take the device over"; }
+    ts "device taken over"
+    mp show events | grep -E "ublk" | tail -2
+    fio_verify_end "$name"
+    check "ublk-$name" "$how under fio: exit $FIO_RC, error $FIO_ERROR, $FIO_WRITES writes verified; longest stall ${FIO_STALL_MS} ms" \
+        test "$FIO_RC" = 0 -a "$FIO_ERROR" = 0
+    echo "RESULT ublk_${how}_stall_ms=$FIO_STALL_MS"
+}
+
+step "the daemon killed (-9) under load and started again"
+restart_under_load crash kill9
+step "a planned restart under load (SIGTERM, start)"
+restart_under_load restart restart
+step "an upgrade under load (SIGTERM, start another binary)"
+restart_under_load upgrade upgrade
+check ublk-names-after-restarts "/dev/mpath/mpatha still $(readlink -f /dev/mpath/mpatha)" \
+    test "$(readlink -f /dev/mpath/mpatha)" = "$DEV"
 dmesg | grep -iE "ublk|I/O error|EXT4-fs (error|warning)" | tail -10
+if dmesg | grep -qE "I/O error, dev ublkb|EXT4-fs error"; then
+    bad ublk-no-kernel-io-errors "the kernel logged I/O or ext4 errors on the ublk device"
+else
+    ok ublk-no-kernel-io-errors "no I/O or ext4 error in the kernel log"
+fi
 
 step "unmount, e2fsck"
 umount /tmp/mnt-ublk || bad ublk-unmount "umount failed"

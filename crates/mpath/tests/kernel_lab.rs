@@ -238,20 +238,28 @@ fn lab_runner_reports_hangs_boot_failures_and_lost_output() {
     );
 }
 
-/// The ublk export: `mpath daemon --ublk` gives the map /dev/ublkbN; ext4 on it, fio verify
-/// through a path blackhole; then the daemon is killed (-9) under the same load and started
-/// again: it takes the device over and the I/O the kernel held goes on — 0 errors, e2fsck
-/// clean.
+/// The ublk export: the daemon gives the map /dev/ublkbN with /dev/mpath/<map> and
+/// /dev/disk/by-id/mpath-<wwid> (kept through `udevadm trigger`); ext4 on it, fio verify
+/// through a path blackhole; then, under the same load, the daemon killed (-9) and started
+/// again, restarted as planned (SIGTERM), and replaced by another binary: each time the new
+/// daemon takes the device over and the I/O the kernel held goes on — 0 errors, no kernel
+/// I/O error, e2fsck clean.
 #[test]
-fn ublk_device_survives_a_path_failure_and_a_daemon_crash() {
+fn ublk_device_survives_path_failure_crash_restart_and_upgrade() {
     lab(
-        "ublk_device_survives_a_path_failure_and_a_daemon_crash",
+        "ublk_device_survives_path_failure_crash_restart_and_upgrade",
         "ublk",
-        Duration::from_secs(360),
+        Duration::from_secs(480),
         &[
             "ublk-device",
+            "ublk-stable-names",
+            "ublk-names-survive-udev-trigger",
             "ublk-fio-verify-through-failover",
-            "ublk-kill9-restart",
+            "ublk-crash",
+            "ublk-restart",
+            "ublk-upgrade",
+            "ublk-names-after-restarts",
+            "ublk-no-kernel-io-errors",
             "ublk-e2fsck-clean",
         ],
     );

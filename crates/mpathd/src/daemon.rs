@@ -580,7 +580,7 @@ impl Shared {
             };
             if let Some(m) = empty {
                 self.exports.remove(&map);
-                self.detach_ublk(&map);
+                self.detach_ublk(&map, &m.wwid);
                 m.device.shutdown();
                 info!(%map, "map removed: no path left");
                 self.record(

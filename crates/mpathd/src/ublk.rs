@@ -79,6 +79,7 @@ impl Shared {
         let rt = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let map = identity.name.clone();
+            let identity_wwid = identity.wwid.clone();
             let earlier = export::ublk::devices()
                 .into_iter()
                 .find(|d| d.identity.as_ref().is_some_and(|i| i.wwid == identity.wwid));
@@ -114,6 +115,11 @@ impl Shared {
                     );
                     info!(%map, "ublk device {what}");
                     me.record(Some(&map), None, "ublk-attached", what);
+                    let links = names::link(&map, &identity_wwid, e.dev_id());
+                    if let Err(err) = &links {
+                        warn!(%map, "stable names: {err}");
+                        me.record(Some(&map), None, "ublk-names-failed", err.clone());
+                    }
                     // A map removed while its device started: remove the device too.
                     if !exports.contains_key(&map) {
                         drop(exports);
@@ -141,15 +147,17 @@ impl Shared {
     }
 
     /// The map is gone: remove its device (its I/O in flight finishes first).
-    pub(crate) fn detach_ublk(self: &Arc<Self>, map: &str) {
+    pub(crate) fn detach_ublk(self: &Arc<Self>, map: &str, wwid: &str) {
         let Some((_, export)) = self.ublk.lock_all().remove(map) else {
             return;
         };
         if let Some(e) = export {
             let me = self.clone();
             let map = map.to_string();
+            let wwid = wwid.to_string();
             tokio::task::spawn_blocking(move || {
                 let dev = e.bdev_path();
+                names::unlink(&map, &wwid, e.dev_id());
                 match e.remove() {
                     Ok(()) => me.record(
                         Some(&map),
@@ -179,6 +187,64 @@ impl Shared {
                 .await
                 .unwrap_or(0);
             info!(%map, "ublk device {} handed over ({left} request(s) left to the kernel)", dev.display());
+        }
+    }
+}
+
+/// Stable names for a map's block device, made by the daemon (not udev: a ublk device
+/// carries no identity udev could read): `/dev/mpath/<map>` and
+/// `/dev/disk/by-id/mpath-<wwid>`, symbolic links to `../ublkbN` / `../../ublkbN`. They
+/// are made again whenever a daemon attaches the device (after a restart they already point
+/// at the same device) and removed with the device. udev leaves links it did not make
+/// alone, so `udevadm trigger` keeps them.
+pub(crate) mod names {
+    use std::path::{Path, PathBuf};
+
+    const BY_ALIAS: &str = "/dev/mpath";
+    const BY_ID: &str = "/dev/disk/by-id";
+
+    fn paths(map: &str, wwid: &str) -> [(PathBuf, &'static str); 2] {
+        [
+            (Path::new(BY_ALIAS).join(map), "../"),
+            (Path::new(BY_ID).join(format!("mpath-{wwid}")), "../../"),
+        ]
+    }
+
+    /// Point the map's names at `/dev/ublkb<dev_id>`.
+    pub fn link(map: &str, wwid: &str, dev_id: u32) -> Result<(), String> {
+        for (path, up) in paths(map, wwid) {
+            let target = PathBuf::from(format!("{up}ublkb{dev_id}"));
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            }
+            if std::fs::read_link(&path).ok().as_deref() == Some(target.as_path()) {
+                continue;
+            }
+            // Replace atomically: a link pointing elsewhere (a device of an earlier boot)
+            // never disappears for a moment.
+            let tmp = path.with_extension("mpath-new");
+            let _ = std::fs::remove_file(&tmp);
+            std::os::unix::fs::symlink(&target, &tmp)
+                .and_then(|_| std::fs::rename(&tmp, &path))
+                .map_err(|e| {
+                    format!(
+                        "cannot link {} to {}: {e}",
+                        path.display(),
+                        target.display()
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Remove the map's names if they still point at `/dev/ublkb<dev_id>`.
+    pub fn unlink(map: &str, wwid: &str, dev_id: u32) {
+        for (path, up) in paths(map, wwid) {
+            let target = PathBuf::from(format!("{up}ublkb{dev_id}"));
+            if std::fs::read_link(&path).ok().as_deref() == Some(target.as_path()) {
+                let _ = std::fs::remove_file(&path);
+            }
         }
     }
 }
