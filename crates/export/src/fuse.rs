@@ -76,6 +76,40 @@ pub struct FuseMount {
 const UNMOUNT_WAIT: Duration = Duration::from_secs(5);
 
 impl FuseMount {
+    /// A FUSE mount left at `dir` by a process that died (`kill -9`, a crash): every access
+    /// fails with ENOTCONN until it is unmounted. Detach it (as `umount -l`; with
+    /// `fusermount3 -uz` when not root), so that a new mount can take its place. Returns
+    /// whether there was one.
+    pub fn clear_stale(dir: impl AsRef<Path>) -> std::io::Result<bool> {
+        let dir = dir.as_ref();
+        // Opening the directory asks the filesystem itself; a stat could be answered from
+        // the kernel's attribute cache for a while after the process died.
+        match std::fs::read_dir(dir) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
+            _ => return Ok(false),
+        }
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+            .map_err(|_| std::io::Error::other("mount point with a NUL byte"))?;
+        // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+        let r = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        if r != 0 {
+            let ok = std::process::Command::new("fusermount3")
+                .arg("-uz")
+                .arg(dir)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                return Err(std::io::Error::other(format!(
+                    "{} is a FUSE mount left by a process that died, and it cannot be unmounted: {}",
+                    dir.display(),
+                    std::io::Error::last_os_error()
+                )));
+            }
+        }
+        tracing::warn!(mountpoint = %dir.display(), "detached a stale FUSE mount left by a process that died");
+        Ok(true)
+    }
+
     /// Mount `exports` at `mountpoint` (an existing directory). Must be called from within a
     /// tokio runtime: I/O runs on it.
     pub fn mount<D: BlockDevice + 'static>(

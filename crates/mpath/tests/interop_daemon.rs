@@ -657,6 +657,49 @@ fn a_stop_under_fuse_load_answers_no_eio() {
     }
 }
 
+/// A daemon killed with its FUSE directory mounted leaves a dead mount (every access
+/// ENOTCONN); the next daemon detaches it and mounts its own, instead of failing to start
+/// with "File exists".
+#[test]
+fn a_stale_fuse_mount_does_not_block_the_next_start() {
+    if !Path::new("/dev/fuse").exists() || !testkit::netns::is_root() {
+        let why = "needs root and /dev/fuse";
+        assert!(!testkit::peers_required(), "daemon_fuse_stale: {why}");
+        eprintln!("daemon_fuse_stale: skipped, {why}");
+        return;
+    }
+    let t = two_portal_mpath_target();
+    let dir = TempDir::new("fusestale");
+    let fuse = dir.path().join("disks");
+    let mut d = DaemonProc::start(&t.portals[..1], &["--fuse", fuse.to_str().unwrap()]);
+    let map = d.wait_map(2);
+    assert!(fuse.join(&map).exists());
+    // SIGKILL: no unmount.
+    let _ = d.child.kill();
+    let _ = d.child.wait();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let err = std::fs::read_dir(&fuse).expect_err(&format!(
+        "a dead FUSE mount: {}",
+        mounts
+            .lines()
+            .filter(|l| l.contains("fusestale"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    ));
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
+    let d2 = DaemonProc::start(&t.portals[..1], &["--fuse", fuse.to_str().unwrap()]);
+    let map2 = d2.wait_map(2);
+    assert_eq!(map2, map);
+    assert!(fuse.join(&map2).exists(), "{}", d2.log_text());
+    assert!(
+        d2.log_text().contains("stale FUSE mount"),
+        "{}",
+        d2.log_text()
+    );
+    drop(d2);
+    let _ = Command::new("fusermount3").arg("-uz").arg(&fuse).status();
+}
+
 #[test]
 fn fuse_file_loop_device_ext4() {
     if !require(

@@ -176,6 +176,8 @@ impl Daemon {
         }
         let fuse = match &cfg.fuse_dir {
             Some(dir) => {
+                // A daemon killed before it could unmount leaves a dead mount here.
+                export::fuse::FuseMount::clear_stale(dir)?;
                 std::fs::create_dir_all(dir)?;
                 Some(export::fuse::FuseMount::mount(
                     shared.exports.clone(),
