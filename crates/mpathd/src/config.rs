@@ -85,6 +85,8 @@ pub struct MultipathConfig {
     pub alias: Option<String>,
     pub policy: MapConfig,
     pub prioritizer: Option<PrioritizerKind>,
+    /// Overrides `[exports] ublk` for this map.
+    pub ublk: Option<bool>,
 }
 
 /// Devices the daemon leaves alone.
@@ -262,6 +264,7 @@ struct MultipathSection {
     no_path_retry: Option<Spanned<String>>,
     prioritizer: Option<Spanned<String>>,
     prio_args: Option<Spanned<Vec<(String, u32)>>>,
+    ublk: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -403,6 +406,7 @@ pub fn parse_str(src: &str, file: Option<&Path>) -> Result<DaemonConfig, ConfigE
             alias,
             policy,
             prioritizer,
+            ublk: m.ublk,
         });
     }
     if let Some(b) = raw.blacklist {
@@ -790,6 +794,9 @@ pub fn render(c: &DaemonConfig) -> String {
         if let Some(a) = &m.alias {
             let _ = writeln!(s, "alias = {}", q(a));
         }
+        if let Some(u) = m.ublk {
+            let _ = writeln!(s, "ublk = {u}");
+        }
         // Only what differs from [defaults] (a map inherits the rest).
         if m.policy.selector != p.selector {
             let _ = writeln!(s, "selector = {}", q(selector_key(&m.policy.selector)));
@@ -981,14 +988,14 @@ nbd = "127.0.0.1:10900"
     fn rendered_configuration_reads_back_the_same() {
         let src = format!(
             "{GOOD}\n[[multipath]]\nwwid = \"36026d70bbbb\"\nselector = \"queue-length\"\n\
-             grouping = \"failover\"\nfailback = \"manual\"\nprioritizer = \"const\"\n"
+             grouping = \"failover\"\nfailback = \"manual\"\nprioritizer = \"const\"\nublk = false\n"
         )
         .replace(
             "checker = \"readsector0\"",
             "checker = \"readsector0\"\nchecker_interval = \"250ms\"\nmarginal_hold = \"1.5s\"\n\
              prioritizer = \"weightedpath\"\nprio_args = [[\"127.0.0.2*\", 50]]\nstale_write_fence = \"off\"",
         )
-        .replace("[exports]", "[exports]\nnbd_unix = \"/run/x.sock\"")
+        .replace("[exports]", "[exports]\nnbd_unix = \"/run/x.sock\"\nublk = true")
             + "\n[blacklist]\nwwid = [\"3600*\"]\n";
         let src = src.replacen("[blacklist]\nvendor = [\"IET*\"]\n", "", 1);
         let c = parse_str(&src, None).unwrap();
@@ -1004,6 +1011,9 @@ nbd = "127.0.0.1:10900"
         assert_eq!(j["defaults"]["checker_interval"], "250ms", "{j}");
         assert_eq!(j["portal"][0]["address"], "127.0.0.2:3260", "{j}");
         assert_eq!(j["multipath"][1]["selector"], "queue-length", "{j}");
+        assert!(c.ublk);
+        assert_eq!(c.multipaths[1].ublk, Some(false));
+        assert_eq!(c.multipaths[0].ublk, None);
         // And the defaults alone.
         let d = DaemonConfig::default();
         assert_eq!(parse_str(&render(&d), None).unwrap(), d);

@@ -951,7 +951,7 @@ impl Shared {
         {
             warn!(map = %name, "cannot export the map: {e}");
         }
-        if cfg.ublk {
+        if entry.and_then(|m| m.ublk).unwrap_or(cfg.ublk) {
             self.attach_ublk(&name, wwid, device.clone());
         }
         info!(map = %name, %wwid, size = lu.blocks * bs as u64, "map created");
