@@ -308,10 +308,16 @@ EOT
 # mstack_up PORTAL: mpath's host stack — the daemon (root namespace) with its map exported
 # over NBD on 127.0.0.1:10809, and the kernel's NBD client (netlink) attached to it. Sets
 # MSTACK_DEV=/dev/nbd0.
-# With MSTACK_UBLK=1 the map also gets its ublk device: MSTACK_UBLK_DEV=/dev/ublkbN.
+# With MSTACK_UBLK=1 the map also gets its ublk device: MSTACK_UBLK_DEV=/dev/ublkbN; with
+# MSTACK_FUSE=1 its FUSE file behind a loop device (direct I/O): MSTACK_LOOP_DEV=/dev/loopN.
 mstack_up() {
     lab_modules nbd
     local exports='nbd = "127.0.0.1:10809"'
+    if [ "${MSTACK_FUSE:-0}" = 1 ]; then
+        lab_modules loop fuse
+        exports="$exports
+fuse = \"/tmp/mpath-fuse\""
+    fi
     if [ "${MSTACK_UBLK:-0}" = 1 ]; then
         lab_modules ublk_drv
         exports="$exports
@@ -327,6 +333,10 @@ ublk = true"
         MSTACK_UBLK_DEV=$("$MPATH" show maps --json --socket "$MSTACK_SOCK" |
             /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["maps"][0]["device"])')
     fi
+    if [ "${MSTACK_FUSE:-0}" = 1 ]; then
+        MSTACK_LOOP_DEV=$(losetup --find --show --direct-io=on "/tmp/mpath-fuse/$MSTACK_MAP") ||
+            fatal "losetup on the FUSE file failed"
+    fi
 }
 
 mstack_paths_active() {
@@ -335,6 +345,8 @@ mstack_paths_active() {
 }
 
 mstack_down() {
+    [ -n "${MSTACK_LOOP_DEV:-}" ] && losetup -d "$MSTACK_LOOP_DEV" >/dev/null 2>&1
+    MSTACK_LOOP_DEV=
     nbd-client -d /dev/nbd0 >/dev/null 2>&1
     "$MPATH" shutdown --socket "$MSTACK_SOCK" >/dev/null 2>&1
     lab_wait 20 "the daemon to stop" sh -c "! pgrep -f 'daemon --config /tmp/mpath.toml' >/dev/null"
