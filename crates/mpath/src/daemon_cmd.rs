@@ -112,6 +112,9 @@ async fn daemon(d: DaemonCmd) -> Result<()> {
     if d.ublk {
         cfg.ublk = true;
     }
+    if d.nbd_device {
+        cfg.nbd_device = true;
+    }
     if let Some(m) = &d.metrics {
         cfg.metrics = Some(
             m.parse()

@@ -194,6 +194,10 @@ struct DaemonCmd {
     /// 6.0 or later). Kept across restarts of the daemon: its I/O waits for the next one.
     #[arg(long)]
     ublk: bool,
+    /// Give every map a kernel NBD device, /dev/nbdN, attached by the daemon itself (needs
+    /// the nbd module). Kept across restarts of the daemon: its I/O waits for the next one.
+    #[arg(long)]
+    nbd_device: bool,
     /// Serve Prometheus metrics on this address.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,

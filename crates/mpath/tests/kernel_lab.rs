@@ -264,3 +264,27 @@ fn ublk_device_survives_path_failure_crash_restart_and_upgrade() {
         ],
     );
 }
+
+/// The kernel NBD device the daemon attaches itself (`[exports] nbd_device`): its stable
+/// names, ext4 and fio verify through a path failure, the daemon's crash, planned restart
+/// and upgrade under that load — 0 errors, e2fsck clean (`lab/scenarios/nbd-device.sh`).
+#[test]
+fn nbd_device_survives_path_failure_crash_restart_and_upgrade() {
+    lab(
+        "nbd_device_survives_path_failure_crash_restart_and_upgrade",
+        "nbd-device",
+        Duration::from_secs(480),
+        &[
+            "nbd-device",
+            "nbd-stable-names",
+            "nbd-names-survive-udev-trigger",
+            "nbd-fio-verify-through-failover",
+            "nbd-crash",
+            "nbd-restart",
+            "nbd-upgrade",
+            "nbd-names-after-restarts",
+            "nbd-no-kernel-io-errors",
+            "nbd-e2fsck-clean",
+        ],
+    );
+}

@@ -87,6 +87,8 @@ pub struct MultipathConfig {
     pub prioritizer: Option<PrioritizerKind>,
     /// Overrides `[exports] ublk` for this map.
     pub ublk: Option<bool>,
+    /// Overrides `[exports] nbd_device` for this map.
+    pub nbd_device: Option<bool>,
 }
 
 /// Devices the daemon leaves alone.
@@ -146,6 +148,9 @@ pub struct DaemonConfig {
     /// Give every map a ublk block device (`/dev/ublkbN`), kept across restarts of the
     /// daemon (`export::ublk`).
     pub ublk: bool,
+    /// Give every map a kernel NBD device (`/dev/nbdN`) the daemon attaches itself over
+    /// netlink, kept across restarts of the daemon (`export::nbd::kernel`).
+    pub nbd_device: bool,
     pub control_socket: PathBuf,
     pub metrics: Option<SocketAddr>,
     /// How long start-up waits for paths before building maps from those present (more
@@ -172,6 +177,7 @@ impl Default for DaemonConfig {
             nbd_unix: None,
             fuse_dir: None,
             ublk: false,
+            nbd_device: false,
             control_socket: default_control_socket(),
             metrics: None,
             settle: Duration::from_secs(3),
@@ -265,6 +271,7 @@ struct MultipathSection {
     prioritizer: Option<Spanned<String>>,
     prio_args: Option<Spanned<Vec<(String, u32)>>>,
     ublk: Option<bool>,
+    nbd_device: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -286,6 +293,7 @@ struct ExportsSection {
     nbd_unix: Option<PathBuf>,
     fuse: Option<PathBuf>,
     ublk: Option<bool>,
+    nbd_device: Option<bool>,
 }
 
 /// Read and validate a configuration file.
@@ -407,6 +415,7 @@ pub fn parse_str(src: &str, file: Option<&Path>) -> Result<DaemonConfig, ConfigE
             policy,
             prioritizer,
             ublk: m.ublk,
+            nbd_device: m.nbd_device,
         });
     }
     if let Some(b) = raw.blacklist {
@@ -436,6 +445,9 @@ pub fn parse_str(src: &str, file: Option<&Path>) -> Result<DaemonConfig, ConfigE
         c.fuse_dir = e.fuse;
         if let Some(u) = e.ublk {
             c.ublk = u;
+        }
+        if let Some(n) = e.nbd_device {
+            c.nbd_device = n;
         }
     }
     if let Some(s) = raw.control_socket {
@@ -797,6 +809,9 @@ pub fn render(c: &DaemonConfig) -> String {
         if let Some(u) = m.ublk {
             let _ = writeln!(s, "ublk = {u}");
         }
+        if let Some(n) = m.nbd_device {
+            let _ = writeln!(s, "nbd_device = {n}");
+        }
         // Only what differs from [defaults] (a map inherits the rest).
         if m.policy.selector != p.selector {
             let _ = writeln!(s, "selector = {}", q(selector_key(&m.policy.selector)));
@@ -839,6 +854,7 @@ pub fn render(c: &DaemonConfig) -> String {
         let _ = writeln!(s, "fuse = {}", q(&f.display().to_string()));
     }
     let _ = writeln!(s, "ublk = {}", c.ublk);
+    let _ = writeln!(s, "nbd_device = {}", c.nbd_device);
     s
 }
 
@@ -988,14 +1004,14 @@ nbd = "127.0.0.1:10900"
     fn rendered_configuration_reads_back_the_same() {
         let src = format!(
             "{GOOD}\n[[multipath]]\nwwid = \"36026d70bbbb\"\nselector = \"queue-length\"\n\
-             grouping = \"failover\"\nfailback = \"manual\"\nprioritizer = \"const\"\nublk = false\n"
+             grouping = \"failover\"\nfailback = \"manual\"\nprioritizer = \"const\"\nublk = false\nnbd_device = true\n"
         )
         .replace(
             "checker = \"readsector0\"",
             "checker = \"readsector0\"\nchecker_interval = \"250ms\"\nmarginal_hold = \"1.5s\"\n\
              prioritizer = \"weightedpath\"\nprio_args = [[\"127.0.0.2*\", 50]]\nstale_write_fence = \"off\"",
         )
-        .replace("[exports]", "[exports]\nnbd_unix = \"/run/x.sock\"\nublk = true")
+        .replace("[exports]", "[exports]\nnbd_unix = \"/run/x.sock\"\nublk = true\nnbd_device = true")
             + "\n[blacklist]\nwwid = [\"3600*\"]\n";
         let src = src.replacen("[blacklist]\nvendor = [\"IET*\"]\n", "", 1);
         let c = parse_str(&src, None).unwrap();
@@ -1012,6 +1028,8 @@ nbd = "127.0.0.1:10900"
         assert_eq!(j["portal"][0]["address"], "127.0.0.2:3260", "{j}");
         assert_eq!(j["multipath"][1]["selector"], "queue-length", "{j}");
         assert!(c.ublk);
+        assert!(c.nbd_device);
+        assert_eq!(c.multipaths[1].nbd_device, Some(true));
         assert_eq!(c.multipaths[1].ublk, Some(false));
         assert_eq!(c.multipaths[0].ublk, None);
         // And the defaults alone.

@@ -468,12 +468,18 @@ impl Control {
                 }
                 Err(e) => (0, 0, 0, e.to_string()),
             };
-            let device = self
-                .shared
-                .ublk
-                .state(&name)
-                .map(|u| u.describe())
-                .unwrap_or_else(|| "-".into());
+            let devices: Vec<String> = [
+                self.shared.ublk.state(&name).map(|u| u.describe()),
+                self.shared.nbd_devices.state(&name).map(|n| n.describe()),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            let device = if devices.is_empty() {
+                "-".to_string()
+            } else {
+                devices.join(",")
+            };
             let _ = writeln!(
                 text,
                 "{:<12} {:<36} {:>8} {:>6} {:>7} {:<16} {}",

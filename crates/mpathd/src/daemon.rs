@@ -172,6 +172,8 @@ pub(crate) struct Shared {
     pub reconfiguring: tokio::sync::Mutex<()>,
     /// The maps' ublk block devices (`[exports] ublk`).
     pub ublk: crate::ublk::UblkDevices,
+    /// The maps' kernel NBD devices (`[exports] nbd_device`).
+    pub nbd_devices: crate::nbd_device::NbdDevices,
 }
 
 impl Shared {
@@ -581,6 +583,7 @@ impl Shared {
             if let Some(m) = empty {
                 self.exports.remove(&map);
                 self.detach_ublk(&map, &m.wwid);
+                self.detach_nbd_device(&map, &m.wwid);
                 m.device.shutdown();
                 info!(%map, "map removed: no path left");
                 self.record(
@@ -951,8 +954,12 @@ impl Shared {
         {
             warn!(map = %name, "cannot export the map: {e}");
         }
-        if entry.and_then(|m| m.ublk).unwrap_or(cfg.ublk) {
+        let ublk = entry.and_then(|m| m.ublk).unwrap_or(cfg.ublk);
+        if ublk {
             self.attach_ublk(&name, wwid, device.clone());
+        }
+        if entry.and_then(|m| m.nbd_device).unwrap_or(cfg.nbd_device) {
+            self.attach_nbd_device(&name, wwid, !ublk);
         }
         info!(map = %name, %wwid, size = lu.blocks * bs as u64, "map created");
         self.record(

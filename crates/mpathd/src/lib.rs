@@ -16,6 +16,7 @@ pub mod config;
 pub mod control;
 mod daemon;
 pub mod metrics;
+mod nbd_device;
 mod probe;
 mod ublk;
 
@@ -142,6 +143,7 @@ impl Daemon {
             counts: Mutex::new(BTreeMap::new()),
             reconfiguring: tokio::sync::Mutex::new(()),
             ublk: Default::default(),
+            nbd_devices: Default::default(),
         });
         shared.record(
             None,
@@ -255,6 +257,7 @@ impl Daemon {
             f.begin_drain();
         });
         self.shared.hand_off_ublk().await;
+        self.shared.hand_off_nbd_devices().await;
         if let Some(nbd) = self.nbd.take() {
             // Bounded by the server's own drain timeout.
             let _ = nbd.await;

@@ -115,7 +115,7 @@ impl Shared {
                     );
                     info!(%map, "ublk device {what}");
                     me.record(Some(&map), None, "ublk-attached", what);
-                    let links = names::link(&map, &identity_wwid, e.dev_id());
+                    let links = names::link(&map, &identity_wwid, &format!("ublkb{}", e.dev_id()));
                     if let Err(err) = &links {
                         warn!(%map, "stable names: {err}");
                         me.record(Some(&map), None, "ublk-names-failed", err.clone());
@@ -157,7 +157,7 @@ impl Shared {
             let wwid = wwid.to_string();
             tokio::task::spawn_blocking(move || {
                 let dev = e.bdev_path();
-                names::unlink(&map, &wwid, e.dev_id());
+                names::unlink(&map, &wwid, &format!("ublkb{}", e.dev_id()));
                 match e.remove() {
                     Ok(()) => me.record(
                         Some(&map),
@@ -191,12 +191,12 @@ impl Shared {
     }
 }
 
-/// Stable names for a map's block device, made by the daemon (not udev: a ublk device
-/// carries no identity udev could read): `/dev/mpath/<map>` and
-/// `/dev/disk/by-id/mpath-<wwid>`, symbolic links to `../ublkbN` / `../../ublkbN`. They
-/// are made again whenever a daemon attaches the device (after a restart they already point
-/// at the same device) and removed with the device. udev leaves links it did not make
-/// alone, so `udevadm trigger` keeps them.
+/// Stable names for a map's block device, made by the daemon (not udev: a ublk or NBD
+/// device carries no identity udev could read): `/dev/mpath/<map>` and
+/// `/dev/disk/by-id/mpath-<wwid>`, symbolic links to `../ublkbN` / `../../ublkbN` (or
+/// `nbdN`). They are made again whenever a daemon attaches the device (after a restart they
+/// already point at the same device) and removed with the device. udev leaves links it did
+/// not make alone, so `udevadm trigger` keeps them.
 pub(crate) mod names {
     use std::path::{Path, PathBuf};
 
@@ -210,10 +210,10 @@ pub(crate) mod names {
         ]
     }
 
-    /// Point the map's names at `/dev/ublkb<dev_id>`.
-    pub fn link(map: &str, wwid: &str, dev_id: u32) -> Result<(), String> {
+    /// Point the map's names at `/dev/<dev>` (`ublkb3`, `nbd0`).
+    pub fn link(map: &str, wwid: &str, dev: &str) -> Result<(), String> {
         for (path, up) in paths(map, wwid) {
-            let target = PathBuf::from(format!("{up}ublkb{dev_id}"));
+            let target = PathBuf::from(format!("{up}{dev}"));
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -238,10 +238,10 @@ pub(crate) mod names {
         Ok(())
     }
 
-    /// Remove the map's names if they still point at `/dev/ublkb<dev_id>`.
-    pub fn unlink(map: &str, wwid: &str, dev_id: u32) {
+    /// Remove the map's names if they still point at `/dev/<dev>`.
+    pub fn unlink(map: &str, wwid: &str, dev: &str) {
         for (path, up) in paths(map, wwid) {
-            let target = PathBuf::from(format!("{up}ublkb{dev_id}"));
+            let target = PathBuf::from(format!("{up}{dev}"));
             if std::fs::read_link(&path).ok().as_deref() == Some(target.as_path()) {
                 let _ = std::fs::remove_file(&path);
             }

@@ -83,6 +83,24 @@ pub(super) async fn serve<D, R, W>(
         .await;
 }
 
+/// Serve a connection that starts in the transmission phase: the kernel's NBD client,
+/// which is handed a socket this process negotiated for it (`super::kernel`).
+pub(super) async fn serve_transmission<D, R, W>(
+    shared: Arc<Shared<D>>,
+    export: Arc<Export<D>>,
+    reader: R,
+    writer: W,
+    stop: watch::Receiver<bool>,
+) where
+    D: BlockDevice + 'static,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let reader = BufReader::with_capacity(READ_BUF, reader);
+    let writer = BufWriter::with_capacity(WRITE_BUF, writer);
+    transmission(&shared, export, reader, writer, stop).await;
+}
+
 /// Reads are buffered so that small request headers do not cost a syscall each; 64 KiB
 /// also takes a typical WRITE payload in one read.
 const READ_BUF: usize = 64 << 10;

@@ -26,6 +26,7 @@
 //! ```
 
 mod conn;
+pub mod kernel;
 pub mod proto;
 
 use std::future::Future;
