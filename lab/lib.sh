@@ -309,7 +309,9 @@ EOT
 # over NBD on 127.0.0.1:10809, and the kernel's NBD client (netlink) attached to it. Sets
 # MSTACK_DEV=/dev/nbd0.
 # With MSTACK_UBLK=1 the map also gets its ublk device: MSTACK_UBLK_DEV=/dev/ublkbN; with
-# MSTACK_FUSE=1 its FUSE file behind a loop device (direct I/O): MSTACK_LOOP_DEV=/dev/loopN.
+# MSTACK_NBDDEV=1 the NBD device the daemon attaches itself: MSTACK_NBDDEV_DEV=/dev/nbdN (and
+# nbd-client takes another); with MSTACK_FUSE=1 its FUSE file behind a loop device (direct
+# I/O): MSTACK_LOOP_DEV=/dev/loopN.
 mstack_up() {
     lab_modules nbd
     local exports='nbd = "127.0.0.1:10809"'
@@ -323,15 +325,24 @@ fuse = \"/tmp/mpath-fuse\""
         exports="$exports
 ublk = true"
     fi
+    if [ "${MSTACK_NBDDEV:-0}" = 1 ]; then
+        exports="$exports
+nbd_device = true"
+    fi
     mdaemon_up "$1" - "$exports"
-    timeout 60 nbd-client -N "$MSTACK_MAP" 127.0.0.1 10809 /dev/nbd0 >/dev/null 2>&1 ||
-        fatal "nbd-client could not attach /dev/nbd0 to map $MSTACK_MAP"
     MSTACK_DEV=/dev/nbd0
+    if [ "${MSTACK_NBDDEV:-0}" = 1 ]; then
+        lab_wait 30 "the map's NBD device" sh -c "\"$MPATH\" show maps --socket $MSTACK_SOCK | grep -q /dev/nbd" ||
+            fatal "no NBD device for $MSTACK_MAP: $("$MPATH" show maps --socket "$MSTACK_SOCK")"
+        MSTACK_NBDDEV_DEV=$(mstack_device /dev/nbd)
+        [ "$MSTACK_NBDDEV_DEV" = /dev/nbd0 ] && MSTACK_DEV=/dev/nbd1
+    fi
+    timeout 60 nbd-client -N "$MSTACK_MAP" 127.0.0.1 10809 "$MSTACK_DEV" >/dev/null 2>&1 ||
+        fatal "nbd-client could not attach $MSTACK_DEV to map $MSTACK_MAP"
     if [ "${MSTACK_UBLK:-0}" = 1 ]; then
         lab_wait 30 "the map's ublk device" sh -c "\"$MPATH\" show maps --socket $MSTACK_SOCK | grep -q /dev/ublkb" ||
             fatal "no ublk device for $MSTACK_MAP: $("$MPATH" show maps --socket "$MSTACK_SOCK")"
-        MSTACK_UBLK_DEV=$("$MPATH" show maps --json --socket "$MSTACK_SOCK" |
-            /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["maps"][0]["device"])')
+        MSTACK_UBLK_DEV=$(mstack_device /dev/ublkb)
     fi
     if [ "${MSTACK_FUSE:-0}" = 1 ]; then
         MSTACK_LOOP_DEV=$(losetup --find --show --direct-io=on "/tmp/mpath-fuse/$MSTACK_MAP") ||
@@ -344,12 +355,26 @@ mstack_paths_active() {
         /usr/bin/python3 -c 'import json,sys; m=json.load(sys.stdin)["maps"]; print(m[0]["active_paths"] if m else 0)')" = "$1" ]
 }
 
+# mstack_device PREFIX: the first map's device whose path starts with PREFIX.
+mstack_device() {
+    "$MPATH" show maps --json --socket "$MSTACK_SOCK" | /usr/bin/python3 -c '
+import json, sys
+devs = json.load(sys.stdin)["maps"][0]["device"].split(",")
+print(next((d for d in devs if d.startswith(sys.argv[1])), ""))' "$1"
+}
+
 mstack_down() {
     [ -n "${MSTACK_LOOP_DEV:-}" ] && losetup -d "$MSTACK_LOOP_DEV" >/dev/null 2>&1
     MSTACK_LOOP_DEV=
-    nbd-client -d /dev/nbd0 >/dev/null 2>&1
+    nbd-client -d "${MSTACK_DEV:-/dev/nbd0}" >/dev/null 2>&1
     "$MPATH" shutdown --socket "$MSTACK_SOCK" >/dev/null 2>&1
-    lab_wait 20 "the daemon to stop" sh -c "! pgrep -f 'daemon --config /tmp/mpath.toml' >/dev/null"
+    # '[d]aemon': the pattern must not match the command line of the shell that runs pgrep.
+    lab_wait 20 "the daemon to stop" sh -c "! pgrep -f '[d]aemon --config /tmp/mpath.toml' >/dev/null"
+    # The daemon leaves its own NBD device to a next daemon; this stack is gone for good.
+    if [ -n "${MSTACK_NBDDEV_DEV:-}" ]; then
+        nbd-client -d "$MSTACK_NBDDEV_DEV" >/dev/null 2>&1
+        MSTACK_NBDDEV_DEV=
+    fi
 }
 
 # busiest_portal [NS] ADDR...: the address that carried the most packets over one second, by

@@ -9,6 +9,7 @@
 #   kernel: open-iscsi + dm-multipath (Debian defaults) -> /dev/dm-N
 #   mpath:  mpath daemon, NBD export, kernel NBD client  -> /dev/nbd0
 #           the same map's ublk device                   -> /dev/ublkbN
+#           the NBD device the daemon attaches itself    -> /dev/nbdN
 #           the same map's FUSE file, loop device (dio)  -> /dev/loopN
 # Figures: 4 KiB random read QD32 IOPS, 1 MiB sequential read QD8 MB/s.
 . "$LAB_DIR/lib.sh"
@@ -18,21 +19,22 @@ SECS=${2:-10}
 A1=$LAB_NET.1.2
 export MSTACK_PATHS=1
 # mpath's map gets both block devices: /dev/nbd0 (kernel NBD) and its ublk device.
-export MSTACK_UBLK=1 MSTACK_FUSE=1
+export MSTACK_UBLK=1 MSTACK_NBDDEV=1 MSTACK_FUSE=1
 
 lab_modules nf_tables
 lab_paths target tgt 1
 
 measure() {
-    local target=$1 r kr mr ur lr
+    local target=$1 r kr mr ur nr lr
     for r in $(seq 1 "$ROUNDS"); do
         for w in "randread 4k 32" "read 1M 8"; do
             set -- $w
             kr=$(fio_rate "$KSTACK_DEV" "$1" "$2" "$3" "$SECS" "k2-$target-kernel-$1-$r")
             mr=$(fio_rate "$MSTACK_DEV" "$1" "$2" "$3" "$SECS" "k2-$target-mpath-$1-$r")
             ur=$(fio_rate "$MSTACK_UBLK_DEV" "$1" "$2" "$3" "$SECS" "k2-$target-ublk-$1-$r")
+            nr=$(fio_rate "$MSTACK_NBDDEV_DEV" "$1" "$2" "$3" "$SECS" "k2-$target-nbddev-$1-$r")
             lr=$(fio_rate "$MSTACK_LOOP_DEV" "$1" "$2" "$3" "$SECS" "k2-$target-fuse-$1-$r")
-            echo "RESULT k2 target=$target rw=$1 bs=$2 qd=$3 round=$r kernel_iops=${kr% *} kernel_MBps=${kr#* } mpath_iops=${mr% *} mpath_MBps=${mr#* } ublk_iops=${ur% *} ublk_MBps=${ur#* } fuse_iops=${lr% *} fuse_MBps=${lr#* }"
+            echo "RESULT k2 target=$target rw=$1 bs=$2 qd=$3 round=$r kernel_iops=${kr% *} kernel_MBps=${kr#* } mpath_iops=${mr% *} mpath_MBps=${mr#* } ublk_iops=${ur% *} ublk_MBps=${ur#* } nbddev_iops=${nr% *} nbddev_MBps=${nr#* } fuse_iops=${lr% *} fuse_MBps=${lr#* }"
         done
     done
 }

@@ -5,16 +5,19 @@
 //!  application ── /dev/ublkbN ── blk-mq ── ublk_drv ──┐ io_uring commands, one ring per queue
 //!                                                      │
 //!  queue thread (one per hardware queue): libublk ring + a small executor, one task per tag
-//!        │  BlockOp (the request's bytes copied out of / into the tag's buffer)
+//!        │  BlockIo → BlockDevice (the multipath engine), polled right here, in the tokio
+//!        │  runtime's context (the request's bytes copied out of / into the tag's buffer)
 //!        ▼
-//!  tokio runtime: BlockIo → BlockDevice (the multipath engine) → paths
+//!  tokio runtime: the paths' connections, timers
 //! ```
 //!
 //! Each hardware queue is one thread with its own io_uring; each tag (request slot) is a
-//! task on that thread that fetches a request, hands it to the device on the tokio runtime
-//! and commits the result, which also fetches the tag's next request. A completion on the
-//! tokio side wakes its task and rings the queue's **doorbell** — an eventfd with a read
-//! always pending in the queue's ring — so the thread, asleep in `io_uring_enter`, wakes.
+//! task on that thread that fetches a request, runs it through the device and commits the
+//! result, which also fetches the tag's next request. The device's futures are polled on
+//! the queue thread (no hand-off to another thread per request); when a path's answer
+//! arrives, the runtime's thread that read it wakes the task and rings the queue's
+//! **doorbell** — an eventfd with a read always pending in the queue's ring — so the
+//! thread, asleep in `io_uring_enter`, wakes. A burst of wake-ups rings it once.
 //!
 //! Data: the kernel copies a write's pages into the tag's buffer before handing the request
 //! over and copies a read's buffer out after the commit; in between the export makes one
@@ -471,7 +474,16 @@ fn set_params(dev: &mut UblkDev, info: &DeviceInfo, max_io: u32) {
 }
 
 /// The doorbell of one queue: an eventfd with a read always pending in the queue's ring.
-struct Doorbell(OwnedFd);
+///
+/// Rung once per wake-up, not once per completion: `rung` stays set from the first ring
+/// until the queue thread has taken the wake-up (its doorbell task clears it before
+/// re-arming the read, and the executor then polls every task woken so far), so a burst
+/// of completions costs one `write(2)` and one ring wake-up. A completion after the clear
+/// rings again; one before it is polled by the tick the clear is part of.
+struct Doorbell {
+    fd: OwnedFd,
+    rung: AtomicBool,
+}
 
 impl Doorbell {
     fn new() -> io::Result<Doorbell> {
@@ -481,14 +493,20 @@ impl Doorbell {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` is a valid descriptor nobody else owns.
-        Ok(Doorbell(unsafe { OwnedFd::from_raw_fd(fd) }))
+        Ok(Doorbell {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            rung: AtomicBool::new(false),
+        })
     }
 
     fn ring(&self) {
+        if self.rung.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let one = 1u64.to_ne_bytes();
         // SAFETY: writes 8 bytes from a live buffer to our eventfd. A full counter (EAGAIN)
         // means the queue is already woken; nothing to do.
-        unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        unsafe { libc::write(self.fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
     }
 }
 
@@ -500,6 +518,9 @@ fn serve_queue<D: BlockDevice + 'static>(
     shared: Arc<Shared>,
     rt: tokio::runtime::Handle,
 ) {
+    // The requests' futures run on this thread, inside the runtime's context (its timers
+    // and sockets); their wake-ups from the runtime's threads ring the doorbell.
+    let _runtime = rt.enter();
     let q = match UblkQueue::new(qid, dev) {
         Ok(q) => Rc::new(q),
         Err(e) => {
@@ -518,15 +539,9 @@ fn serve_queue<D: BlockDevice + 'static>(
     let buf_bytes = dev.dev_info.max_io_buf_bytes as usize;
     let mut tasks = Vec::new();
     for tag in 0..dev.dev_info.queue_depth {
-        let (q, io, shared, bell, rt) = (
-            q.clone(),
-            io.clone(),
-            shared.clone(),
-            bell.clone(),
-            rt.clone(),
-        );
+        let (q, io, shared, bell) = (q.clone(), io.clone(), shared.clone(), bell.clone());
         tasks.push(exe.spawn(async move {
-            match serve_tag(&q, tag, buf_bytes, &io, &shared, &bell, &rt).await {
+            match serve_tag(&q, tag, buf_bytes, &io, &shared, &bell).await {
                 Ok(()) | Err(UblkError::QueueIsDown) => {}
                 Err(e) => warn!(queue = qid, tag, "ublk tag stopped: {e}"),
             }
@@ -536,10 +551,15 @@ fn serve_queue<D: BlockDevice + 'static>(
     // long as this thread: they are leaked, once per queue start.
     let landing: &'static mut [u8; 8] = Box::leak(Box::new([0u8; 8]));
     let landing_ptr = landing.as_mut_ptr();
-    let bell_fd = bell.0.as_raw_fd();
+    let bell_fd = bell.fd.as_raw_fd();
     let q2 = q.clone();
+    let bell2 = bell.clone();
     let _doorbell = exe.spawn(async move {
         loop {
+            // Taken: the completions that rang so far are polled in this tick. A swap, not
+            // a store: it acquires every ring that found the bell already rung, so their
+            // woken tasks are visible to the ticks that follow.
+            bell2.rung.swap(false, Ordering::AcqRel);
             let sqe =
                 io_uring::opcode::Read::new(io_uring::types::Fd(bell_fd), landing_ptr, 8).build();
             let r = q2.ublk_submit_sqe(sqe).await;
@@ -567,7 +587,6 @@ async fn serve_tag<D: BlockDevice + 'static>(
     io: &Arc<BlockIo<D>>,
     shared: &Arc<Shared>,
     bell: &Arc<Doorbell>,
-    rt: &tokio::runtime::Handle,
 ) -> Result<(), UblkError> {
     let mut buf = IoBuf::<u8>::new(buf_bytes);
     q.submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf))
@@ -580,7 +599,7 @@ async fn serve_tag<D: BlockDevice + 'static>(
         }
         let iod = *q.get_iod(tag);
         shared.started.fetch_add(1, Ordering::AcqRel);
-        let res = serve_request(&iod, buf.as_mut_slice(), io, bell, rt).await;
+        let res = serve_request(&iod, buf.as_mut_slice(), io, bell).await;
         // Served. The commit reaches the kernel at the queue's next ring submission; a
         // process that exits in between has the kernel issue this request once more — the
         // same data, with nothing newer overlapping it (the application has no completion
@@ -621,7 +640,6 @@ async fn serve_request<D: BlockDevice + 'static>(
     buf: &mut [u8],
     io: &Arc<BlockIo<D>>,
     bell: &Arc<Doorbell>,
-    rt: &tokio::runtime::Handle,
 ) -> i32 {
     let op = iod.op_flags & 0xff;
     let flags = iod.op_flags;
@@ -650,11 +668,8 @@ async fn serve_request<D: BlockDevice + 'static>(
         },
         _ => return -libc::EOPNOTSUPP,
     };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let io = io.clone();
-    let bell = bell.clone();
-    rt.spawn(async move {
-        let r = match req {
+    let served = async {
+        match req {
             Req::Read { offset, len } => io.read(offset, len).await.map(Some),
             Req::Write { offset, data, fua } => io.write(offset, data, fua).await.map(|_| None),
             Req::Flush => io.flush().await.map(|_| None),
@@ -664,22 +679,65 @@ async fn serve_request<D: BlockDevice + 'static>(
                 len,
                 may_unmap,
             } => io.write_zeroes(offset, len, may_unmap).await.map(|_| None),
-        };
-        let _ = tx.send(r);
-        bell.ring();
-    });
-    match rx.await {
-        Ok(Ok(Some(data))) => {
+        }
+    };
+    match (Ringing {
+        fut: std::pin::pin!(served),
+        bell,
+    })
+    .await
+    {
+        Ok(Some(data)) => {
             let n = data.len().min(buf.len());
             buf[..n].copy_from_slice(&data[..n]);
             n as i32
         }
-        Ok(Ok(None)) => match op {
+        Ok(None) => match op {
             sys::UBLK_IO_OP_WRITE => len as i32,
             _ => 0,
         },
-        Ok(Err(e)) => -crate::errno(&e).0,
-        // The runtime is shutting down: the request was not served.
-        Err(_) => -libc::EIO,
+        Err(e) => -crate::errno(&e).0,
+    }
+}
+
+/// A future polled on a queue thread whose wake-ups also ring the queue's doorbell: the
+/// runtime's threads wake it (a path's answer arrived) while the queue thread may be asleep
+/// in `io_uring_enter`, which only a completion in its ring ends.
+struct Ringing<'a, F> {
+    fut: std::pin::Pin<&'a mut F>,
+    bell: &'a Arc<Doorbell>,
+}
+
+impl<F: std::future::Future> std::future::Future for Ringing<'_, F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let waker = std::task::Waker::from(Arc::new(RingingWaker {
+            inner: cx.waker().clone(),
+            bell: Arc::clone(self.bell),
+        }));
+        self.fut
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&waker))
+    }
+}
+
+struct RingingWaker {
+    inner: std::task::Waker,
+    bell: Arc<Doorbell>,
+}
+
+impl std::task::Wake for RingingWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // Scheduled first, then rung: the queue thread's tick after the ring finds it.
+        self.inner.wake_by_ref();
+        self.bell.ring();
     }
 }

@@ -408,6 +408,64 @@ mod tests {
         assert_eq!(fd, 7);
     }
 
+    /// What the kernel's side of the socket sees when the daemon hands the device over: the
+    /// request it had read is answered, then the connection closes (the kernel then holds
+    /// the device's I/O for the next daemon).
+    #[tokio::test]
+    async fn a_hand_off_answers_what_was_read_then_closes() {
+        use crate::mem::{pattern, MemDevice};
+        use crate::Exports;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        use super::super::proto::{Request, CMD_WRITE, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC};
+        use super::super::NbdConfig;
+
+        let dev = Arc::new(
+            MemDevice::builder(4 << 20, 512)
+                .delay(Duration::from_millis(50))
+                .build(),
+        );
+        let exports = Exports::new();
+        exports.insert("m", Arc::clone(&dev)).unwrap();
+        let server = NbdServer::new(exports.clone(), NbdConfig::default());
+        let (ours, mut kernel) = tokio::net::UnixStream::pair().unwrap();
+        let (r, w) = ours.into_split();
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(conn::serve_transmission(
+            Arc::clone(&server.shared),
+            exports.get("m").unwrap(),
+            r,
+            w,
+            stopped,
+        ));
+        // No negotiation: the first bytes are a request, as from the kernel.
+        let req = Request {
+            magic: REQUEST_MAGIC,
+            flags: 0,
+            kind: CMD_WRITE,
+            cookie: 7,
+            offset: 4096,
+            len: 4096,
+        };
+        kernel.write_all(&req.encode()).await.unwrap();
+        kernel.write_all(&pattern(3, 4096)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let _ = stop.send(true);
+        let mut reply = [0u8; 16];
+        kernel.read_exact(&mut reply).await.unwrap();
+        assert_eq!(reply[..4], SIMPLE_REPLY_MAGIC.to_be_bytes());
+        assert_eq!(reply[4..8], [0; 4], "no error");
+        assert_eq!(reply[8..], 7u64.to_be_bytes());
+        let mut more = [0u8; 1];
+        assert_eq!(
+            kernel.read(&mut more).await.unwrap(),
+            0,
+            "closed after the reply"
+        );
+        task.await.unwrap();
+        assert_eq!(dev.contents()[4096..8192], pattern(3, 4096)[..]);
+    }
+
     #[test]
     fn the_backend_of_an_unknown_identity_is_not_found() {
         assert_eq!(find("mpath-no-such-wwid-\u{1}"), None);
