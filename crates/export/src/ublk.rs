@@ -5,19 +5,21 @@
 //!  application ── /dev/ublkbN ── blk-mq ── ublk_drv ──┐ io_uring commands, one ring per queue
 //!                                                      │
 //!  queue thread (one per hardware queue): libublk ring + a small executor, one task per tag
-//!        │  BlockIo → BlockDevice (the multipath engine), polled right here, in the tokio
-//!        │  runtime's context (the request's bytes copied out of / into the tag's buffer)
+//!        │  BlockOp (the request's bytes copied out of / into the tag's buffer)
 //!        ▼
-//!  tokio runtime: the paths' connections, timers
+//!  tokio runtime: BlockIo → BlockDevice (the multipath engine) → paths
 //! ```
 //!
 //! Each hardware queue is one thread with its own io_uring; each tag (request slot) is a
-//! task on that thread that fetches a request, runs it through the device and commits the
-//! result, which also fetches the tag's next request. The device's futures are polled on
-//! the queue thread (no hand-off to another thread per request); when a path's answer
-//! arrives, the runtime's thread that read it wakes the task and rings the queue's
-//! **doorbell** — an eventfd with a read always pending in the queue's ring — so the
-//! thread, asleep in `io_uring_enter`, wakes. A burst of wake-ups rings it once.
+//! task on that thread that fetches a request, hands it to the device on the tokio runtime
+//! and commits the result, which also fetches the tag's next request. A completion on the
+//! tokio side wakes its task and rings the queue's **doorbell** — an eventfd with a read
+//! always pending in the queue's ring — so the thread, asleep in `io_uring_enter`, wakes;
+//! a burst of completions rings it once.
+//!
+//! (Polling the device's futures on the queue thread itself, the runtime entered there,
+//! was measured too: no better for small reads — the hop to the runtime moves to the
+//! path's connection task instead of going away — so requests stay on the runtime.)
 //!
 //! Data: the kernel copies a write's pages into the tag's buffer before handing the request
 //! over and copies a read's buffer out after the commit; in between the export makes one
@@ -135,6 +137,9 @@ pub struct Found {
     /// `UBLK_S_DEV_*`: 1 live, 2 quiesced (waiting for a process), 3 failing I/O.
     pub state: u16,
     pub size: u64,
+    /// The device it was serving, as recorded: what a later process needs to take the
+    /// device over before its map is assembled again.
+    pub info: Option<DeviceInfo>,
 }
 
 impl Found {
@@ -161,17 +166,35 @@ pub fn devices() -> Vec<Found> {
                 })
             });
             let size = c.get_target_from_json().map(|t| t.dev_size).unwrap_or(0);
+            let recorded = c
+                .get_target_data_from_json()
+                .and_then(|j| recorded_info(&j, size));
             f.lock().unwrap_or_else(|e| e.into_inner()).push(Found {
                 dev_id: id,
                 identity,
                 state: info.state,
                 size,
+                info: recorded,
             });
         }
     });
     let mut v = std::mem::take(&mut *found.lock().unwrap_or_else(|e| e.into_inner()));
     v.sort_by_key(|f| f.dev_id);
     v
+}
+
+/// The device description an export recorded with its device (see [`UblkExport::start`]).
+fn recorded_info(j: &serde_json::Value, size: u64) -> Option<DeviceInfo> {
+    let u32_of = |k: &str| j.get(k)?.as_u64().and_then(|v| u32::try_from(v).ok());
+    let bool_of = |k: &str| j.get(k)?.as_bool();
+    Some(DeviceInfo {
+        size,
+        block_size: u32_of("block_size")?,
+        max_transfer: u32_of("max_transfer")?,
+        supports_discard: bool_of("discard")?,
+        supports_write_zeroes: bool_of("write_zeroes")?,
+        volatile_write_cache: bool_of("write_cache")?,
+    })
 }
 
 /// Delete a ublk device (one this process does not serve, e.g. left by a process that
@@ -300,6 +323,11 @@ impl UblkExport {
                         dev.set_target_json(serde_json::json!({
                             "name": identity.name,
                             "wwid": identity.wwid,
+                            "block_size": info.block_size,
+                            "max_transfer": info.max_transfer,
+                            "discard": info.supports_discard,
+                            "write_zeroes": info.supports_write_zeroes,
+                            "write_cache": info.volatile_write_cache,
                         }));
                         Ok(())
                     };
@@ -518,9 +546,6 @@ fn serve_queue<D: BlockDevice + 'static>(
     shared: Arc<Shared>,
     rt: tokio::runtime::Handle,
 ) {
-    // The requests' futures run on this thread, inside the runtime's context (its timers
-    // and sockets); their wake-ups from the runtime's threads ring the doorbell.
-    let _runtime = rt.enter();
     let q = match UblkQueue::new(qid, dev) {
         Ok(q) => Rc::new(q),
         Err(e) => {
@@ -539,9 +564,15 @@ fn serve_queue<D: BlockDevice + 'static>(
     let buf_bytes = dev.dev_info.max_io_buf_bytes as usize;
     let mut tasks = Vec::new();
     for tag in 0..dev.dev_info.queue_depth {
-        let (q, io, shared, bell) = (q.clone(), io.clone(), shared.clone(), bell.clone());
+        let (q, io, shared, bell, rt) = (
+            q.clone(),
+            io.clone(),
+            shared.clone(),
+            bell.clone(),
+            rt.clone(),
+        );
         tasks.push(exe.spawn(async move {
-            match serve_tag(&q, tag, buf_bytes, &io, &shared, &bell).await {
+            match serve_tag(&q, tag, buf_bytes, &io, &shared, &bell, &rt).await {
                 Ok(()) | Err(UblkError::QueueIsDown) => {}
                 Err(e) => warn!(queue = qid, tag, "ublk tag stopped: {e}"),
             }
@@ -587,6 +618,7 @@ async fn serve_tag<D: BlockDevice + 'static>(
     io: &Arc<BlockIo<D>>,
     shared: &Arc<Shared>,
     bell: &Arc<Doorbell>,
+    rt: &tokio::runtime::Handle,
 ) -> Result<(), UblkError> {
     let mut buf = IoBuf::<u8>::new(buf_bytes);
     q.submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf))
@@ -599,7 +631,7 @@ async fn serve_tag<D: BlockDevice + 'static>(
         }
         let iod = *q.get_iod(tag);
         shared.started.fetch_add(1, Ordering::AcqRel);
-        let res = serve_request(&iod, buf.as_mut_slice(), io, bell).await;
+        let res = serve_request(&iod, buf.as_mut_slice(), io, bell, rt).await;
         // Served. The commit reaches the kernel at the queue's next ring submission; a
         // process that exits in between has the kernel issue this request once more — the
         // same data, with nothing newer overlapping it (the application has no completion
@@ -640,6 +672,7 @@ async fn serve_request<D: BlockDevice + 'static>(
     buf: &mut [u8],
     io: &Arc<BlockIo<D>>,
     bell: &Arc<Doorbell>,
+    rt: &tokio::runtime::Handle,
 ) -> i32 {
     let op = iod.op_flags & 0xff;
     let flags = iod.op_flags;
@@ -668,8 +701,11 @@ async fn serve_request<D: BlockDevice + 'static>(
         },
         _ => return -libc::EOPNOTSUPP,
     };
-    let served = async {
-        match req {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let io = io.clone();
+    let bell = bell.clone();
+    rt.spawn(async move {
+        let r = match req {
             Req::Read { offset, len } => io.read(offset, len).await.map(Some),
             Req::Write { offset, data, fua } => io.write(offset, data, fua).await.map(|_| None),
             Req::Flush => io.flush().await.map(|_| None),
@@ -679,65 +715,22 @@ async fn serve_request<D: BlockDevice + 'static>(
                 len,
                 may_unmap,
             } => io.write_zeroes(offset, len, may_unmap).await.map(|_| None),
-        }
-    };
-    match (Ringing {
-        fut: std::pin::pin!(served),
-        bell,
-    })
-    .await
-    {
-        Ok(Some(data)) => {
+        };
+        let _ = tx.send(r);
+        bell.ring();
+    });
+    match rx.await {
+        Ok(Ok(Some(data))) => {
             let n = data.len().min(buf.len());
             buf[..n].copy_from_slice(&data[..n]);
             n as i32
         }
-        Ok(None) => match op {
+        Ok(Ok(None)) => match op {
             sys::UBLK_IO_OP_WRITE => len as i32,
             _ => 0,
         },
-        Err(e) => -crate::errno(&e).0,
-    }
-}
-
-/// A future polled on a queue thread whose wake-ups also ring the queue's doorbell: the
-/// runtime's threads wake it (a path's answer arrived) while the queue thread may be asleep
-/// in `io_uring_enter`, which only a completion in its ring ends.
-struct Ringing<'a, F> {
-    fut: std::pin::Pin<&'a mut F>,
-    bell: &'a Arc<Doorbell>,
-}
-
-impl<F: std::future::Future> std::future::Future for Ringing<'_, F> {
-    type Output = F::Output;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<F::Output> {
-        let waker = std::task::Waker::from(Arc::new(RingingWaker {
-            inner: cx.waker().clone(),
-            bell: Arc::clone(self.bell),
-        }));
-        self.fut
-            .as_mut()
-            .poll(&mut std::task::Context::from_waker(&waker))
-    }
-}
-
-struct RingingWaker {
-    inner: std::task::Waker,
-    bell: Arc<Doorbell>,
-}
-
-impl std::task::Wake for RingingWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        // Scheduled first, then rung: the queue thread's tick after the ring finds it.
-        self.inner.wake_by_ref();
-        self.bell.ring();
+        Ok(Err(e)) => -crate::errno(&e).0,
+        // The runtime is shutting down: the request was not served.
+        Err(_) => -libc::EIO,
     }
 }

@@ -152,6 +152,8 @@ impl Daemon {
             format!("{} portal(s) configured", cfg.portals.len()),
         );
         let mut tasks = tokio::task::JoinSet::new();
+        // Devices an earlier daemon left are taken over now, while the paths log in.
+        shared.take_over_ublk();
         shared.start_portals(&cfg.portals);
         tasks.spawn(shared.clone().checker_loop());
         let control = Control {
@@ -286,9 +288,14 @@ impl Daemon {
         for m in maps {
             m.shutdown();
         }
+        // All at once: a restart's next daemon starts only when this one has exited.
+        let mut logouts = tokio::task::JoinSet::new();
         for s in sessions {
-            let _ = tokio::time::timeout(Duration::from_secs(2), s.logout()).await;
+            logouts.spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(2), s.logout()).await;
+            });
         }
+        while logouts.join_next().await.is_some() {}
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
             while self.tasks.join_next().await.is_some() {}
         })
