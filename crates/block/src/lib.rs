@@ -195,6 +195,10 @@ pub struct DeviceInfo {
     pub size: u64,
     /// Logical block size (512 or 4096).
     pub block_size: u32,
+    /// Physical block size: the smallest write the medium does without a read-modify-write
+    /// (READ CAPACITY(16)'s LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT); equal to
+    /// `block_size` when the LU reports nothing larger.
+    pub physical_block_size: u32,
     /// Largest single transfer the device accepts, in bytes.
     pub max_transfer: u32,
     pub supports_discard: bool,

@@ -112,6 +112,7 @@ impl MemDevice {
             info: DeviceInfo {
                 size,
                 block_size,
+                physical_block_size: block_size,
                 max_transfer: DEFAULT_MAX_TRANSFER,
                 supports_discard: true,
                 supports_write_zeroes: true,

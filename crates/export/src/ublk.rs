@@ -190,6 +190,8 @@ fn recorded_info(j: &serde_json::Value, size: u64) -> Option<DeviceInfo> {
     Some(DeviceInfo {
         size,
         block_size: u32_of("block_size")?,
+        // Recorded since the physical block size is reported; before, it was the logical one.
+        physical_block_size: u32_of("physical_block_size").or(u32_of("block_size"))?,
         max_transfer: u32_of("max_transfer")?,
         supports_discard: bool_of("discard")?,
         supports_write_zeroes: bool_of("write_zeroes")?,
@@ -324,6 +326,7 @@ impl UblkExport {
                             "name": identity.name,
                             "wwid": identity.wwid,
                             "block_size": info.block_size,
+                            "physical_block_size": info.physical_block_size,
                             "max_transfer": info.max_transfer,
                             "discard": info.supports_discard,
                             "write_zeroes": info.supports_write_zeroes,
@@ -457,6 +460,17 @@ impl Drop for UblkExport {
     }
 }
 
+/// log2 of the physical block size, at least the logical one's.
+fn physical_shift(info: &DeviceInfo) -> u8 {
+    let logical = info.block_size.max(512);
+    let physical = info.physical_block_size.max(logical);
+    if physical.is_power_of_two() {
+        physical.trailing_zeros() as u8
+    } else {
+        logical.trailing_zeros() as u8
+    }
+}
+
 /// The request size the device is set up for: `want` rounded down to the device's maximum
 /// transfer and block size, at least one block.
 fn io_bytes(info: &DeviceInfo, want: u32) -> u32 {
@@ -489,7 +503,7 @@ fn set_params(dev: &mut UblkDev, info: &DeviceInfo, max_io: u32) {
         basic: sys::ublk_param_basic {
             attrs,
             logical_bs_shift: bs_shift,
-            physical_bs_shift: bs_shift,
+            physical_bs_shift: physical_shift(info),
             io_opt_shift: bs_shift.max(12),
             io_min_shift: bs_shift,
             max_sectors: max_io >> 9,
@@ -732,5 +746,53 @@ async fn serve_request<D: BlockDevice + 'static>(
         Ok(Err(e)) => -crate::errno(&e).0,
         // The runtime is shutting down: the request was not served.
         Err(_) => -libc::EIO,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(block_size: u32, physical_block_size: u32) -> DeviceInfo {
+        DeviceInfo {
+            size: 1 << 30,
+            block_size,
+            physical_block_size,
+            max_transfer: 1 << 20,
+            supports_discard: false,
+            supports_write_zeroes: false,
+            volatile_write_cache: true,
+        }
+    }
+
+    #[test]
+    fn the_physical_block_size_reaches_the_kernel() {
+        assert_eq!(physical_shift(&info(512, 4096)), 12);
+        assert_eq!(physical_shift(&info(512, 512)), 9);
+        assert_eq!(physical_shift(&info(4096, 4096)), 12);
+        // Never below the logical size, never a size that is not a power of two.
+        assert_eq!(physical_shift(&info(4096, 512)), 12);
+        assert_eq!(physical_shift(&info(512, 3000)), 9);
+    }
+
+    #[test]
+    fn what_an_export_records_is_read_back() {
+        let j = serde_json::json!({
+            "name": "mpatha", "wwid": "36001", "block_size": 512, "physical_block_size": 4096,
+            "max_transfer": 1048576, "discard": true, "write_zeroes": true, "write_cache": false,
+        });
+        let got = recorded_info(&j, 1 << 30).unwrap();
+        assert_eq!(got.physical_block_size, 4096);
+        assert_eq!(got.max_transfer, 1 << 20);
+        assert!(got.supports_discard && !got.volatile_write_cache);
+        // Recorded by an earlier version: no physical size, the logical one stands in.
+        let mut old = j.clone();
+        old.as_object_mut().unwrap().remove("physical_block_size");
+        assert_eq!(
+            recorded_info(&old, 1 << 30).unwrap().physical_block_size,
+            512
+        );
+        // Not recorded at all: nothing to take a device over with.
+        assert_eq!(recorded_info(&serde_json::json!({"name": "x"}), 0), None);
     }
 }

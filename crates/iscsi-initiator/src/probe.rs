@@ -26,6 +26,9 @@ pub struct LuInfo {
     /// transitioning) refuses READ CAPACITY; a port that serves the LU tells.
     pub block_size: u32,
     pub blocks: u64,
+    /// READ CAPACITY(16) LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT: a physical block is
+    /// 2^n logical blocks ([`LuInfo::physical_block_size`]).
+    pub physical_block_exponent: u8,
     /// `3` + the NAA identifier in hex (as Linux multipath prints WWIDs); else the serial.
     pub wwid: Option<String>,
     pub serial: Option<String>,
@@ -49,6 +52,18 @@ pub struct LuInfo {
     /// The caching mode page could not be read: `write_cache` is assumed on (safe: FUA and
     /// FLUSH then go to the LU).
     pub write_cache_unknown: bool,
+}
+
+impl LuInfo {
+    /// The physical block size in bytes: the logical one times 2^exponent, the logical one
+    /// when the exponent is absurd (a physical block of more than 64 KiB, or an overflow).
+    pub fn physical_block_size(&self) -> u32 {
+        let bs = self.block_size;
+        match bs.checked_shl(u32::from(self.physical_block_exponent)) {
+            Some(p) if p <= 64 << 10 && p >= bs => p,
+            _ => bs,
+        }
+    }
 }
 
 fn req(cdb: scsi::cdb::build::Cdb, len: u32) -> ScsiRequest {
@@ -118,6 +133,7 @@ pub async fn probe_lu(path: &IscsiPath) -> Result<LuInfo, IoError> {
         device_type: inq.device_type.0,
         block_size: cap.block_len,
         blocks: cap.last_lba.wrapping_add(1),
+        physical_block_exponent: cap.lbppbe,
         wwid: None,
         serial: None,
         tpgs: inq.tpgs,
@@ -265,5 +281,49 @@ pub fn alua_name(s: AluaState) -> &'static str {
         AluaState::OFFLINE => "offline",
         AluaState::LBA_DEPENDENT => "lba-dependent",
         _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lu(block_size: u32, exponent: u8) -> LuInfo {
+        LuInfo {
+            lun: 0,
+            vendor: String::new(),
+            product: String::new(),
+            revision: String::new(),
+            device_type: 0,
+            block_size,
+            blocks: 1,
+            physical_block_exponent: exponent,
+            wwid: None,
+            serial: None,
+            tpgs: 0,
+            relative_target_port: None,
+            target_port_group: None,
+            alua: None,
+            thin: false,
+            max_transfer_blocks: 0,
+            max_unmap_blocks: 0,
+            max_write_same_blocks: 0,
+            write_cache: true,
+            fua: false,
+            write_cache_unknown: false,
+        }
+    }
+
+    #[test]
+    fn the_physical_block_is_two_to_the_exponent_logical_blocks() {
+        assert_eq!(lu(512, 0).physical_block_size(), 512);
+        // 512e: 4 KiB physical sectors behind 512-byte logical ones.
+        assert_eq!(lu(512, 3).physical_block_size(), 4096);
+        assert_eq!(lu(4096, 0).physical_block_size(), 4096);
+        // Absurd exponents fall back to the logical size.
+        assert_eq!(lu(512, 15).physical_block_size(), 512);
+        assert_eq!(lu(4096, 15).physical_block_size(), 4096);
+        // A port that does not know the capacity.
+        assert_eq!(lu(0, 3).physical_block_size(), 0);
     }
 }

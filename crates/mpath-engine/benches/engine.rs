@@ -56,6 +56,7 @@ fn device() -> DeviceInfo {
     DeviceInfo {
         size: 1 << 40,
         block_size: 512,
+        physical_block_size: 512,
         max_transfer: 1 << 20,
         supports_discard: true,
         supports_write_zeroes: true,

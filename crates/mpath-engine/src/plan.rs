@@ -281,6 +281,7 @@ mod tests {
         DeviceInfo {
             size: 1 << 20,
             block_size: 512,
+            physical_block_size: 512,
             max_transfer: 4096,
             supports_discard: true,
             supports_write_zeroes: true,

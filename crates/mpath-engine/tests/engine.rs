@@ -34,6 +34,7 @@ fn info(max_transfer: u32, wce: bool) -> DeviceInfo {
     DeviceInfo {
         size: BLOCKS * u64::from(BS),
         block_size: BS,
+        physical_block_size: BS,
         max_transfer,
         supports_discard: true,
         supports_write_zeroes: true,

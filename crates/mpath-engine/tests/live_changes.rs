@@ -30,6 +30,7 @@ fn info(blocks: u64) -> DeviceInfo {
     DeviceInfo {
         size: blocks * u64::from(BS),
         block_size: BS,
+        physical_block_size: BS,
         max_transfer: 64 * 1024,
         supports_discard: true,
         supports_write_zeroes: true,

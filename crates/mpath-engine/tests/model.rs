@@ -249,6 +249,7 @@ async fn run(
     let device = DeviceInfo {
         size: BLOCKS * u64::from(BS),
         block_size: BS,
+        physical_block_size: BS,
         max_transfer: 65536,
         supports_discard: true,
         supports_write_zeroes: true,

@@ -530,6 +530,7 @@ async fn engine(seconds: u64, depth: usize) -> Result<Value> {
     let device = block::DeviceInfo {
         size: lu.blocks * u64::from(lu.block_size),
         block_size: lu.block_size,
+        physical_block_size: lu.block_size,
         max_transfer: 1 << 20,
         supports_discard: lu.thin,
         supports_write_zeroes: true,

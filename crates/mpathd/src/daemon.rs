@@ -896,6 +896,7 @@ impl Shared {
         let device = DeviceInfo {
             size: lu.blocks * bs as u64,
             block_size: bs,
+            physical_block_size: lu.physical_block_size(),
             max_transfer,
             supports_discard: lu.thin,
             supports_write_zeroes: true,

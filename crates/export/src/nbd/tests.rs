@@ -296,6 +296,7 @@ fn block_size_limits() {
     let info = |bs, max| block::DeviceInfo {
         size: 1 << 30,
         block_size: bs,
+        physical_block_size: bs,
         max_transfer: max,
         supports_discard: false,
         supports_write_zeroes: false,
