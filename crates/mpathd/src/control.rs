@@ -469,7 +469,7 @@ impl Control {
                 Err(e) => (0, 0, 0, e.to_string()),
             };
             let devices: Vec<String> = [
-                self.shared.ublk.state(&name).map(|u| u.describe()),
+                self.shared.ublk.state(&wwid).map(|u| u.describe()),
                 self.shared.nbd_devices.state(&name).map(|n| n.describe()),
             ]
             .into_iter()

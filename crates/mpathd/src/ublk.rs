@@ -119,11 +119,9 @@ impl UblkDevices {
         self.by_wwid.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn state(&self, map: &str) -> Option<UblkState> {
-        self.lock_all()
-            .values()
-            .find(|e| e.map == map)
-            .map(|e| e.state.clone())
+    /// The device of the map whose LU is `wwid`.
+    pub fn state(&self, wwid: &str) -> Option<UblkState> {
+        self.lock_all().get(wwid).map(|e| e.state.clone())
     }
 }
 
