@@ -1,7 +1,9 @@
 # The kernel's NBD client on mpath's export: `mpath target` in namespace `tgt` (two portals,
 # two veth paths), `mpath daemon` in the root namespace exporting its map over NBD, and
 # `nbd-client` (netlink) attaching /dev/nbd0 to it. ext4 on /dev/nbd0, fio writes and
-# verifies a file on it while one path is blackholed and restored, then e2fsck.
+# verifies a file on it while one path is blackholed and restored, then e2fsck. The daemon
+# also mounts its FUSE directory: udev, with mpath's rules, names a loop device over the
+# map's file /dev/mpath/<map> and /dev/disk/by-id/mpath-<wwid>.
 . "$LAB_DIR/lib.sh"
 
 IQN=iqn.2026-01.io.mpath:knbd
@@ -17,8 +19,10 @@ lab_daemon target ip netns exec tgt "$MPATH" target --iqn "$IQN" --portal "$P1" 
     --lun mem:256M --control-socket /tmp/mpath-target.sock
 lab_wait 60 "the target's portals" lab_listening tgt "$P2" || fatal "mpath target did not listen"
 
-step "mpath daemon, NBD export on 127.0.0.1:10809; nbd-client (netlink) attaches /dev/nbd0"
-mstack_up "$P1"
+step "mpath daemon, NBD export on 127.0.0.1:10809; nbd-client (netlink) attaches /dev/nbd0; a loop device over the FUSE file"
+"$MPATH" udev rules >/etc/udev/rules.d/69-mpath-loop.rules && udevadm control --reload ||
+    fatal "cannot install mpath's udev rules"
+MSTACK_FUSE=1 mstack_up "$P1"
 lab_on_exit "mstack_down"
 mp show topology 2>&1
 size=$(blockdev --getsize64 /dev/nbd0 2>/dev/null)
@@ -30,6 +34,21 @@ if pgrep -x nbd-client >/dev/null; then
 else
     ok nbd-netlink "nbd-client set up /dev/nbd0 over netlink and exited"
 fi
+
+step "udev names $MSTACK_LOOP_DEV, the loop device over /tmp/mpath-fuse/$MSTACK_MAP"
+udevadm settle -t 30
+WWID=$(mp show maps --json | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["maps"][0]["wwid"])')
+"$MPATH" udev loop "$MSTACK_LOOP_DEV"
+loop_names() {
+    [ "$(readlink -f "/dev/mpath/$MSTACK_MAP")" = "$1" ] && [ "$(readlink -f "/dev/disk/by-id/mpath-$WWID")" = "$1" ]
+}
+ls -l /dev/mpath/ "/dev/disk/by-id/mpath-$WWID" 2>&1
+check loop-stable-names "/dev/mpath/$MSTACK_MAP and /dev/disk/by-id/mpath-$WWID lead to $MSTACK_LOOP_DEV" loop_names "$MSTACK_LOOP_DEV"
+udevadm trigger --action=change "$MSTACK_LOOP_DEV" && udevadm settle -t 30
+check loop-names-survive-udev-trigger "after udevadm trigger: $(readlink -f "/dev/mpath/$MSTACK_MAP")" loop_names "$MSTACK_LOOP_DEV"
+losetup -d "$MSTACK_LOOP_DEV" && MSTACK_LOOP_DEV= && udevadm settle -t 30
+check loop-names-removed-on-detach "after losetup -d: $(ls /dev/mpath/ 2>&1 | tr '\n' ' ')" \
+    test ! -e "/dev/mpath/$MSTACK_MAP" -a ! -e "/dev/disk/by-id/mpath-$WWID"
 
 step "ext4 on /dev/nbd0, fio verify on a file, path $P1 blackholed and restored"
 mkfs.ext4 -q -F /dev/nbd0 || fatal "mkfs.ext4 /dev/nbd0 failed"

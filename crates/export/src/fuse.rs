@@ -29,9 +29,9 @@ use block::{BlockDevice, IoError};
 use bytes::Bytes;
 use fuser::{
     Errno as FuseErrno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo,
-    KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
-    SessionACL, TimeOrNow, WriteFlags,
+    IoctlFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyWrite,
+    Request, SessionACL, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
@@ -273,6 +273,43 @@ fn hold<R>(reply: R) {
     std::mem::forget(reply);
 }
 
+/// Size of the buffer [`IOC_WWID`] fills: the WWID, NUL-terminated.
+pub const WWID_BUF: usize = 256;
+
+/// `_IOR('m', 1, [u8; 256])` on a map's file: its LU's WWID, NUL-terminated — what
+/// `mpath udev loop` asks to give a loop device over the file the map's stable names. An
+/// ioctl rather than an extended attribute: a FUSE filesystem that answers `getxattr` is
+/// asked for `security.capability` before every buffered write, one more round trip each;
+/// an ioctl costs nothing until someone asks.
+pub const IOC_WWID: u32 = (2 << 30) | ((WWID_BUF as u32) << 16) | ((b'm' as u32) << 8) | 1;
+
+/// The WWID of the map behind `path` when it is a map's file in an mpath FUSE directory
+/// (asked with [`IOC_WWID`]); `None` for any other file.
+pub fn file_wwid(path: &Path) -> std::io::Result<Option<String>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let mut buf = [0u8; WWID_BUF];
+    // SAFETY: IOC_WWID writes at most WWID_BUF bytes (its encoded size) into `buf`, which
+    // outlives the call; the descriptor is ours.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), IOC_WWID as _, buf.as_mut_ptr()) };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            // Not an mpath file, or a map without a WWID.
+            Some(libc::ENOTTY | libc::EINVAL | libc::ENOSYS | libc::ENODATA | libc::EOPNOTSUPP) => {
+                Ok(None)
+            }
+            _ => Err(e),
+        };
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(WWID_BUF);
+    Ok(Some(String::from_utf8_lossy(&buf[..len]).into_owned()).filter(|w| !w.is_empty()))
+}
+
 fn fuse_errno(e: &IoError) -> FuseErrno {
     FuseErrno::from_i32(errno(e).0)
 }
@@ -364,6 +401,34 @@ impl<D: BlockDevice + 'static> Filesystem for MapFs<D> {
         match self.export(ino, fh) {
             Some(e) => reply.attr(&self.config.attr_ttl, &self.file_attr(&e)),
             None => reply.error(FuseErrno::ENOENT),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)] // fuser's signature
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        if cmd != IOC_WWID || (out_size as usize) < WWID_BUF {
+            return reply.error(FuseErrno::from_i32(libc::ENOTTY));
+        }
+        let Some(e) = self.export(ino, Some(fh)) else {
+            return reply.error(FuseErrno::ENOENT);
+        };
+        match e.wwid() {
+            Some(w) if w.len() < WWID_BUF => {
+                let mut buf = [0u8; WWID_BUF];
+                buf[..w.len()].copy_from_slice(w.as_bytes());
+                reply.ioctl(0, &buf)
+            }
+            _ => reply.error(FuseErrno::from_i32(libc::ENODATA)),
         }
     }
 

@@ -28,6 +28,8 @@ pub enum NameError {
 pub struct Export<D> {
     name: String,
     description: Option<String>,
+    /// The exported LU's WWID, when the device is a map (the FUSE file's `user.mpath.wwid`).
+    wwid: Option<String>,
     /// The FUSE inode number: unique for the registry's lifetime, so a removed and re-added
     /// map is a new file to the kernel.
     ino: u64,
@@ -41,6 +43,11 @@ impl<D: BlockDevice> Export<D> {
 
     pub fn description(&self) -> Option<&str> {
         self.description.as_deref()
+    }
+
+    /// The exported LU's WWID, if the device has one.
+    pub fn wwid(&self) -> Option<&str> {
+        self.wwid.as_deref()
     }
 
     pub fn device(&self) -> &Arc<D> {
@@ -110,6 +117,19 @@ impl<D: BlockDevice> Exports<D> {
         description: Option<String>,
         device: Arc<D>,
     ) -> Result<Arc<Export<D>>, NameError> {
+        self.insert_identified(name, description, None, device)
+    }
+
+    /// As [`insert_described`](Self::insert_described), for a device with a WWID: the FUSE
+    /// file carries it (`user.mpath.wwid`) so that a loop device over the file can be named
+    /// by it (`mpath udev loop`).
+    pub fn insert_identified(
+        &self,
+        name: &str,
+        description: Option<String>,
+        wwid: Option<String>,
+        device: Arc<D>,
+    ) -> Result<Arc<Export<D>>, NameError> {
         check_name(name)?;
         let mut r = self.write();
         if r.by_name.contains_key(name) {
@@ -118,6 +138,7 @@ impl<D: BlockDevice> Exports<D> {
         let export = Arc::new(Export {
             name: name.to_string(),
             description,
+            wwid,
             ino: r.next_ino,
             io: BlockIo::new(device),
         });

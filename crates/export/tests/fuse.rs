@@ -97,7 +97,14 @@ fn file_semantics(direct_io: bool) {
     let size = 8 * MIB;
     let dev = Arc::new(MemDevice::new(size, 512));
     let exports = Exports::new();
-    exports.insert("disk", Arc::clone(&dev)).expect("export");
+    exports
+        .insert_identified(
+            "disk",
+            None,
+            Some("36001405feedface".into()),
+            Arc::clone(&dev),
+        )
+        .expect("export");
     let at = dir.path().join("maps");
     let config = FuseConfig {
         direct_io,
@@ -117,6 +124,15 @@ fn file_semantics(direct_io: bool) {
     assert_eq!(meta.len(), size);
     assert_eq!(meta.mode() & 0o7777, 0o600);
     assert_eq!(meta.uid(), 0);
+    // The map's identity, asked of the file (what `mpath udev loop` does for a loop device
+    // over it); other files have none.
+    assert_eq!(
+        export::fuse::file_wwid(&path).expect("ioctl"),
+        Some("36001405feedface".to_string())
+    );
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, b"x").expect("plain file");
+    assert_eq!(export::fuse::file_wwid(&plain).expect("ioctl"), None);
 
     let f = OpenOptions::new()
         .read(true)

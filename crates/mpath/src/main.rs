@@ -12,6 +12,7 @@ mod demo;
 mod iscsi_cmd;
 mod stack;
 mod target_cmd;
+mod udev_cmd;
 
 #[derive(Parser)]
 #[command(name = "mpath", version, about = "Multipath block storage in user space", long_about = None)]
@@ -79,6 +80,29 @@ enum Command {
     Shutdown {
         #[command(flatten)]
         client: ClientOpts,
+    },
+    /// udev helpers: stable names (/dev/mpath/<map>, /dev/disk/by-id/mpath-<wwid>) for a
+    /// loop device over a map's FUSE file.
+    Udev {
+        #[command(subcommand)]
+        what: UdevWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum UdevWhat {
+    /// Print MPATH_MAP=… and MPATH_WWID=… for a loop device attached to a map's FUSE file
+    /// (udev's IMPORT{program}); nothing for any other loop device, or when the map has a
+    /// ublk or NBD device of the daemon's holding its names.
+    Loop {
+        /// loopN or /dev/loopN.
+        device: String,
+    },
+    /// Print the udev rules that run `mpath udev loop`, for /etc/udev/rules.d/.
+    Rules {
+        /// The mpath binary the rules run (default: this one).
+        #[arg(long, value_name = "PATH")]
+        mpath: Option<PathBuf>,
     },
 }
 
@@ -419,6 +443,10 @@ enum CtlOp {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // A helper udev runs on every loop event: no runtime, no log set-up.
+    if let Command::Udev { what } = cli.command {
+        return udev_cmd::run(what);
+    }
     let default_level = match cli.command {
         Command::Iscsi(_) => "warn",
         // Their own output tells the story (the timeline has every failure).

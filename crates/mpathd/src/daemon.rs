@@ -949,10 +949,12 @@ impl Shared {
             }
         }
         let desc = format!("{} {} {}", wwid, lu.vendor, lu.product);
-        if let Err(e) = self
-            .exports
-            .insert_described(&name, Some(desc), device.clone())
-        {
+        if let Err(e) = self.exports.insert_identified(
+            &name,
+            Some(desc),
+            Some(wwid.to_string()),
+            device.clone(),
+        ) {
             warn!(map = %name, "cannot export the map: {e}");
         }
         let ublk = entry.and_then(|m| m.ublk).unwrap_or(cfg.ublk);
