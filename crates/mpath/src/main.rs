@@ -81,7 +81,7 @@ enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
-    /// udev helpers: stable names (/dev/mpath/<map>, /dev/disk/by-id/mpath-<wwid>) for a
+    /// udev helpers: stable names (/dev/mpath/MAP, /dev/disk/by-id/mpath-WWID) for a
     /// loop device over a map's FUSE file.
     Udev {
         #[command(subcommand)]
