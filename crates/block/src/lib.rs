@@ -11,6 +11,7 @@
 //! | `NoPath` | no usable path is left | queue or fail per policy |
 //! | `Invalid` | the request itself is wrong (out of range, misaligned) | fail it up |
 
+mod outcome;
 mod path;
 
 use std::fmt;
@@ -18,6 +19,7 @@ use std::future::Future;
 
 use bytes::Bytes;
 
+pub use outcome::{busy_delay, status, Condition, ConditionClass};
 pub use path::{
     DataPhase, EventSink, LuChange, PathEvent, PathFailKind, PathFailReason, PathTransport,
     ScsiFailure, ScsiRequest, SubmitFuture,
@@ -146,14 +148,41 @@ impl IoError {
         }
     }
 
-    /// An error the target reported with this status and sense.
-    pub fn scsi(kind: IoErrorKind, detail: impl Into<String>, status: u8, sense: Bytes) -> IoError {
+    /// An error the target reported with this status and sense: decoded here, once, into
+    /// its [`Condition`], which also gives the error's kind.
+    pub fn scsi(detail: impl Into<String>, status: u8, sense: Bytes) -> IoError {
+        let condition = Condition::decode(status, &sense);
         IoError {
-            kind,
+            kind: condition.kind(),
             detail: detail.into(),
-            scsi: Some(ScsiFailure { status, sense }),
+            scsi: Some(ScsiFailure {
+                status,
+                sense,
+                condition,
+            }),
             path_fail: None,
         }
+    }
+
+    /// The error of a command the target answered with this status (not GOOD) and sense:
+    /// decoded once into its [`Condition`] and kind, described as the standard names it.
+    pub fn from_scsi_status(status: u8, sense: Bytes) -> IoError {
+        let (condition, detail) = Condition::decode_described(status, &sense);
+        IoError {
+            kind: condition.kind(),
+            detail,
+            scsi: Some(ScsiFailure {
+                status,
+                sense,
+                condition,
+            }),
+            path_fail: None,
+        }
+    }
+
+    /// What the target's answer meant, when the error came from the target.
+    pub fn condition(&self) -> Option<Condition> {
+        self.scsi.as_ref().map(|s| s.condition)
     }
 
     /// A `Path` error because the path failed in this way (connection reset, keepalive
@@ -232,10 +261,7 @@ mod tests {
             "path error: connection reset by 127.0.0.2:3260"
         );
         assert_eq!(e.path_fail, None);
-        assert_eq!(
-            IoError::scsi(IoErrorKind::Target, "x", 2, Bytes::new()).path_fail,
-            None
-        );
+        assert_eq!(IoError::scsi("x", 2, Bytes::new()).path_fail, None);
     }
 
     #[test]

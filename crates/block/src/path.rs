@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::IoError;
+use crate::{Condition, IoError};
 
 /// The data phase of a SCSI command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,13 +37,15 @@ pub struct ScsiRequest {
     pub data: DataPhase,
 }
 
-/// The SCSI outcome carried by an [`IoError`] that came from the target: the status byte
-/// and sense data, for callers that judge them themselves (checkers, prioritizers).
+/// The SCSI outcome carried by an [`IoError`] that came from the target: what it means,
+/// decoded once ([`Condition`]), and the status byte and sense data as received, for
+/// display.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScsiFailure {
     pub status: u8,
     /// Sense data as received (fixed or descriptor format); empty if none.
     pub sense: Bytes,
+    pub condition: Condition,
 }
 
 /// Why a path failed: kept with the path and shown to operators. The variants are what the
@@ -127,8 +129,14 @@ pub enum PathEvent {
     /// The path stopped working; every command in flight on it has already been (or is
     /// being) completed with a `Path` error.
     Failed { reason: PathFailReason },
-    /// Re-login attempt `attempt` failed or is scheduled; the next one is in `next_try_in`.
-    Recovering { attempt: u32, next_try_in: Duration },
+    /// Re-login attempt `attempt` is scheduled in `next_try_in`; `last_failure`: why the
+    /// previous connection or login failed (a wrong CHAP secret, a refused connection…),
+    /// when known.
+    Recovering {
+        attempt: u32,
+        next_try_in: Duration,
+        last_failure: Option<PathFailReason>,
+    },
     /// Logged in again after a failure.
     Recovered,
     /// Recovery stopped (configured attempt limit reached, or the target refuses for good).

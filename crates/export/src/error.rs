@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use block::{IoError, IoErrorKind};
+use block::{Condition, IoError, IoErrorKind};
 
 /// A POSIX error number as both protocols send it. The values the NBD protocol allows
 /// (EPERM, EIO, ENOMEM, EINVAL, ENOSPC, EOVERFLOW, ESHUTDOWN) are Linux's numbers, so one type
@@ -36,15 +36,6 @@ impl fmt::Display for Errno {
     }
 }
 
-/// SPC sense keys and additional sense codes that change the errno (SPC-4 §4.5.6, annex D).
-const SENSE_KEY_ILLEGAL_REQUEST: u8 = 0x05;
-const SENSE_KEY_DATA_PROTECT: u8 = 0x07;
-/// ASC 0x21: LOGICAL BLOCK ADDRESS OUT OF RANGE.
-const ASC_LBA_OUT_OF_RANGE: u8 = 0x21;
-/// ASC/ASCQ 0x27/0x07: SPACE ALLOCATION FAILED WRITE PROTECT (a thin LU out of space).
-const ASC_WRITE_PROTECTED: u8 = 0x27;
-const ASCQ_SPACE_ALLOCATION_FAILED: u8 = 0x07;
-
 /// The errno a host sees for a failed block operation.
 ///
 /// | kind | errno | why |
@@ -57,23 +48,16 @@ pub fn errno(e: &IoError) -> Errno {
     match e.kind {
         IoErrorKind::Invalid => Errno::EINVAL,
         IoErrorKind::NoPath | IoErrorKind::Path => Errno::EIO,
-        IoErrorKind::Target => match e.scsi.as_ref().and_then(|s| sense_key_asc(&s.sense)) {
-            Some((SENSE_KEY_DATA_PROTECT, ASC_WRITE_PROTECTED, ASCQ_SPACE_ALLOCATION_FAILED)) => {
-                Errno::ENOSPC
-            }
-            Some((SENSE_KEY_DATA_PROTECT, _, _)) => Errno::EPERM,
-            Some((SENSE_KEY_ILLEGAL_REQUEST, ASC_LBA_OUT_OF_RANGE, _)) => Errno::EINVAL,
+        IoErrorKind::Target => match e.condition() {
+            Some(Condition::DataProtect {
+                space_allocation_failed: true,
+            }) => Errno::ENOSPC,
+            Some(Condition::DataProtect { .. }) => Errno::EPERM,
+            Some(Condition::IllegalRequest {
+                lba_out_of_range: true,
+            }) => Errno::EINVAL,
             _ => Errno::EIO,
         },
-    }
-}
-
-/// Sense key, ASC and ASCQ of fixed (0x70/0x71) or descriptor (0x72/0x73) format sense data.
-fn sense_key_asc(sense: &[u8]) -> Option<(u8, u8, u8)> {
-    match sense.first().map(|b| b & 0x7f)? {
-        0x70 | 0x71 => Some((sense.get(2)? & 0x0f, *sense.get(12)?, *sense.get(13)?)),
-        0x72 | 0x73 => Some((sense.get(1)? & 0x0f, *sense.get(2)?, *sense.get(3)?)),
-        _ => None,
     }
 }
 
@@ -105,7 +89,7 @@ mod tests {
 
     #[test]
     fn sense_refines_target_errors() {
-        let t = |sense| errno(&IoError::scsi(IoErrorKind::Target, "x", 0x02, sense));
+        let t = |sense| errno(&IoError::from_scsi_status(0x02, sense));
         assert_eq!(t(fixed(0x07, 0x27, 0x07)), Errno::ENOSPC);
         assert_eq!(t(fixed(0x07, 0x27, 0x00)), Errno::EPERM);
         assert_eq!(t(fixed(0x05, 0x21, 0x00)), Errno::EINVAL);

@@ -1,22 +1,16 @@
-//! What a command's outcome means for the layer above (DESIGN §4), and what to retry here.
+//! The initiator's reading of a command's outcome (DESIGN §4): a transport failure becomes
+//! a `Path` error that says how the path failed; a SCSI status is decoded, once, into a
+//! [`Condition`] (`IoError::from_scsi_status`). The only retry owned here is the
+//! transport's: a command the target did not execute (UNIT ATTENTION, TASK ABORTED) is sent
+//! again at once. BUSY, TASK SET FULL and ALUA transitioning go up as they are: the
+//! multipath engine owns their back-off (`IscsiPath::command` does, for callers without an
+//! engine).
 
-use std::time::Duration;
-
-use block::{IoError, IoErrorKind, LuChange};
+use block::{Condition, IoError, IoErrorKind, LuChange};
 use bytes::Bytes;
 use iscsi_session::initiator::{CommandError, CommandResponse};
-use scsi::{Sense, SenseKey};
 
 use crate::session::SessionError;
-
-/// SCSI status codes (SAM-5).
-const GOOD: u8 = 0x00;
-const CHECK_CONDITION: u8 = 0x02;
-const CONDITION_MET: u8 = 0x04;
-const BUSY: u8 = 0x08;
-const RESERVATION_CONFLICT: u8 = 0x18;
-const TASK_SET_FULL: u8 = 0x28;
-const TASK_ABORTED: u8 = 0x40;
 
 /// What to do with an outcome.
 #[derive(Debug)]
@@ -28,21 +22,18 @@ pub enum Verdict {
     /// The command was not executed (UNIT ATTENTION, or aborted by another initiator):
     /// send it again now. `change`: what the UNIT ATTENTION said changed about the LU,
     /// when it is something its users keep (capacity, ALUA states, the LUN inventory).
+    /// `error`: what to report if the retries run out.
     RetryNow {
-        why: String,
+        error: IoError,
         change: Option<LuChange>,
     },
-    /// The target is busy: send it again after a short delay.
-    RetryBusy { why: String },
-    /// ALUA transitioning or the LU becoming ready: retry after a delay, for a while.
-    RetryTransition { why: String },
 }
 
 pub fn classify(r: Result<CommandResponse, SessionError>) -> Verdict {
     let resp = match r {
         Ok(resp) => resp,
         Err(SessionError::PathDown(reason)) => {
-            return Verdict::Fail(IoError::new(IoErrorKind::Path, reason.to_string()))
+            return Verdict::Fail(IoError::path_failed(reason.kind, reason.detail))
         }
         Err(SessionError::Closed) => {
             return Verdict::Fail(IoError::new(IoErrorKind::Path, "session closed"))
@@ -59,89 +50,31 @@ pub fn classify(r: Result<CommandResponse, SessionError>) -> Verdict {
             return Verdict::Fail(IoError::new(kind, e.to_string()));
         }
     };
-    match resp.status {
-        GOOD | CONDITION_MET => Verdict::Done(resp.data),
-        BUSY => Verdict::RetryBusy { why: "BUSY".into() },
-        TASK_SET_FULL => Verdict::RetryBusy {
-            why: "TASK SET FULL".into(),
-        },
-        TASK_ABORTED => Verdict::RetryNow {
-            why: "TASK ABORTED (by another initiator)".into(),
+    if matches!(
+        resp.status,
+        block::status::GOOD | block::status::CONDITION_MET
+    ) {
+        return Verdict::Done(resp.data);
+    }
+    let error = IoError::from_scsi_status(resp.status, resp.sense);
+    match error.condition() {
+        Some(Condition::UnitAttention { change }) => Verdict::RetryNow { error, change },
+        Some(Condition::TaskAborted) => Verdict::RetryNow {
+            error,
             change: None,
         },
-        RESERVATION_CONFLICT => Verdict::Fail(IoError::scsi(
-            IoErrorKind::Target,
-            "RESERVATION CONFLICT",
-            resp.status,
-            resp.sense,
-        )),
-        CHECK_CONDITION => classify_sense(resp.status, resp.sense),
-        other => Verdict::Fail(IoError::scsi(
-            IoErrorKind::Target,
-            format!("SCSI status {other:#04x}"),
-            other,
-            resp.sense,
-        )),
+        _ => Verdict::Fail(error),
     }
-}
-
-fn classify_sense(status: u8, raw: Bytes) -> Verdict {
-    let Ok(s) = Sense::decode(&raw) else {
-        return Verdict::Fail(IoError::scsi(
-            IoErrorKind::Target,
-            "CHECK CONDITION with undecodable sense",
-            status,
-            raw,
-        ));
-    };
-    let text = format!("{:?} {}", s.key, s.asc);
-    if s.is_unit_attention() {
-        let change = if s.is_capacity_changed() {
-            Some(LuChange::Capacity)
-        } else if s.is_alua_state_changed() {
-            Some(LuChange::AccessStates)
-        } else if s.asc == scsi::sense::REPORTED_LUNS_DATA_HAS_CHANGED {
-            Some(LuChange::Inventory)
-        } else {
-            None
-        };
-        return Verdict::RetryNow { why: text, change };
-    }
-    if s.is_alua_transitioning() {
-        return Verdict::RetryTransition { why: text };
-    }
-    if s.is_alua_inaccessible() {
-        return Verdict::Fail(IoError::scsi(
-            IoErrorKind::Path,
-            format!("ALUA: {text}"),
-            status,
-            raw,
-        ));
-    }
-    if s.key == SenseKey::NOT_READY {
-        if s.asc == scsi::sense::LOGICAL_UNIT_IS_IN_PROCESS_OF_BECOMING_READY {
-            return Verdict::RetryTransition { why: text };
-        }
-        // Not ready through this path (offline LU, no medium...): another path may serve.
-        return Verdict::Fail(IoError::scsi(IoErrorKind::Path, text, status, raw));
-    }
-    if s.key == SenseKey::ABORTED_COMMAND {
-        return Verdict::RetryBusy { why: text };
-    }
-    Verdict::Fail(IoError::scsi(IoErrorKind::Target, text, status, raw))
-}
-
-/// How long to wait before the next busy retry (linear: a busy target is usually busy
-/// for milliseconds).
-pub fn busy_delay(base: Duration, attempt: u32) -> Duration {
-    base * attempt.clamp(1, 10)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use block::{PathFailKind, PathFailReason};
-    use scsi::SenseFormat;
+    use scsi::{Sense, SenseFormat, SenseKey};
+    use std::time::Duration;
+
+    const CHECK_CONDITION: u8 = 0x02;
 
     fn check(s: Sense) -> Result<CommandResponse, SessionError> {
         Ok(CommandResponse {
@@ -152,36 +85,36 @@ mod tests {
         })
     }
 
-    fn kind(v: Verdict) -> Option<IoErrorKind> {
+    fn failed(v: Verdict) -> IoError {
         match v {
-            Verdict::Fail(e) => Some(e.kind),
-            _ => None,
+            Verdict::Fail(e) => e,
+            other => panic!("not a failure: {other:?}"),
         }
     }
 
     #[test]
     fn design_section_4() {
         use scsi::sense as s;
-        let path = |asc| kind(classify(check(Sense::new(SenseKey::NOT_READY, asc))));
+        let nr = |asc| failed(classify(check(Sense::new(SenseKey::NOT_READY, asc))));
+        let e = nr(s::TARGET_PORT_IN_STANDBY_STATE);
         assert_eq!(
-            path(s::TARGET_PORT_IN_STANDBY_STATE),
-            Some(IoErrorKind::Path)
+            (e.kind, e.condition()),
+            (IoErrorKind::Path, Some(Condition::AluaStandby))
+        );
+        assert_eq!(e.detail, "NOT READY 04/0b");
+        assert_eq!(
+            nr(s::TARGET_PORT_IN_UNAVAILABLE_STATE).kind,
+            IoErrorKind::Path
         );
         assert_eq!(
-            path(s::TARGET_PORT_IN_UNAVAILABLE_STATE),
-            Some(IoErrorKind::Path)
+            nr(s::LOGICAL_UNIT_NOT_READY_MANUAL_INTERVENTION_REQUIRED).kind,
+            IoErrorKind::Path
         );
+        // Transitioning goes up as it is: the engine owns its retries.
         assert_eq!(
-            path(s::LOGICAL_UNIT_NOT_READY_MANUAL_INTERVENTION_REQUIRED),
-            Some(IoErrorKind::Path)
+            nr(s::ASYMMETRIC_ACCESS_STATE_TRANSITION).condition(),
+            Some(Condition::AluaTransitioning)
         );
-        assert!(matches!(
-            classify(check(Sense::new(
-                SenseKey::NOT_READY,
-                s::ASYMMETRIC_ACCESS_STATE_TRANSITION
-            ))),
-            Verdict::RetryTransition { .. }
-        ));
         for (key, asc) in [
             (SenseKey::MEDIUM_ERROR, s::UNRECOVERED_READ_ERROR),
             (
@@ -192,8 +125,8 @@ mod tests {
             (SenseKey::MISCOMPARE, s::MISCOMPARE_DURING_VERIFY_OPERATION),
         ] {
             assert_eq!(
-                kind(classify(check(Sense::new(key, asc)))),
-                Some(IoErrorKind::Target),
+                failed(classify(check(Sense::new(key, asc)))).kind,
+                IoErrorKind::Target,
                 "{key:?}"
             );
         }
@@ -219,22 +152,28 @@ mod tests {
                 residual: 0,
             }))
         };
-        assert!(matches!(status(BUSY), Verdict::RetryBusy { .. }));
-        assert!(matches!(status(TASK_SET_FULL), Verdict::RetryBusy { .. }));
-        assert_eq!(
-            kind(status(RESERVATION_CONFLICT)),
-            Some(IoErrorKind::Target)
-        );
-        let down = classify(Err(SessionError::PathDown(PathFailReason::new(
+        // BUSY and TASK SET FULL: the target's condition, not the path's.
+        for (st, c) in [(0x08, Condition::Busy), (0x28, Condition::TaskSetFull)] {
+            let e = failed(status(st));
+            assert_eq!((e.kind, e.condition()), (IoErrorKind::Target, Some(c)));
+        }
+        assert!(matches!(status(0x40), Verdict::RetryNow { .. }));
+        assert_eq!(failed(status(0x18)).kind, IoErrorKind::Target);
+        // A transport failure says how the path failed: no guessing above.
+        let down = failed(classify(Err(SessionError::PathDown(PathFailReason::new(
             PathFailKind::Stalled,
             "x",
-        ))));
-        assert_eq!(kind(down), Some(IoErrorKind::Path));
+        )))));
         assert_eq!(
-            kind(classify(Err(SessionError::Command(
+            (down.kind, down.path_fail),
+            (IoErrorKind::Path, Some(PathFailKind::Stalled))
+        );
+        assert_eq!(
+            failed(classify(Err(SessionError::Command(
                 CommandError::TimedOut(Duration::from_secs(30))
-            )))),
-            Some(IoErrorKind::Path)
+            ))))
+            .kind,
+            IoErrorKind::Path
         );
     }
 }

@@ -39,35 +39,38 @@ pub struct SessionConfig {
     /// error. Zero fails at once: what a multipath engine above wants, since it routes
     /// around a failed path itself.
     pub replacement_timeout: Duration,
-    /// Retries of a command the target answered BUSY, TASK SET FULL, UNIT ATTENTION or ALUA
-    /// transitioning before it counts as a path error.
+    /// Retries of a command the target did not execute (UNIT ATTENTION), and for
+    /// `IscsiPath::command`, of BUSY and ALUA transitioning.
     pub retry: RetryPolicy,
 }
 
 /// How commands the target could not take right now are retried on the same path.
+///
+/// Through the multipath engine only `unit_attention_attempts` applies: the engine owns
+/// BUSY and transitioning (its `busy_timeout`, `alua_transition_timeout`). The rest is for
+/// [`IscsiPath::command`](crate::IscsiPath::command), whose callers have no engine.
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
-    /// BUSY / TASK SET FULL: delay between attempts and how many.
-    pub busy_delay: Duration,
-    pub busy_attempts: u32,
+    /// UNIT ATTENTION, TASK ABORTED: the command was not executed; resend at once, this many
+    /// times (a nexus can have several attentions queued).
+    pub unit_attention_attempts: u32,
+    /// BUSY / TASK SET FULL / ABORTED COMMAND: retried with a back-off of 10 ms doubling to
+    /// 100 ms for this long.
+    pub busy_timeout: Duration,
     /// ALUA transitioning or "becoming ready": delay and how long in total. SPC-4 lets a
     /// transition take as long as the target's IMPLICIT TRANSITION TIME; 10 s covers the
     /// arrays we know.
     pub transition_delay: Duration,
-    pub transition_max: Duration,
-    /// UNIT ATTENTION: the command was not executed; resend at once, this many times (a
-    /// nexus can have several attentions queued).
-    pub unit_attention_attempts: u32,
+    pub transition_timeout: Duration,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            busy_delay: Duration::from_millis(10),
-            busy_attempts: 50,
-            transition_delay: Duration::from_millis(100),
-            transition_max: Duration::from_secs(10),
             unit_attention_attempts: 8,
+            busy_timeout: Duration::from_secs(30),
+            transition_delay: Duration::from_millis(100),
+            transition_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -14,6 +14,7 @@ mod classify;
 mod config;
 mod connect;
 mod discovery;
+mod lag;
 mod path;
 pub mod probe;
 mod session;

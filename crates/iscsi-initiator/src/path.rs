@@ -2,19 +2,19 @@
 
 use std::time::Instant;
 
-use block::{
-    DataPhase, EventSink, IoError, IoErrorKind, PathEvent, PathTransport, ScsiRequest, SubmitFuture,
-};
+use block::{DataPhase, EventSink, IoError, PathEvent, PathTransport, ScsiRequest, SubmitFuture};
 use iscsi_pdu::{Lun, TaskAttr};
 use iscsi_session::initiator::{Command, DataDir};
 
-use crate::classify::{busy_delay, classify, Verdict};
+use crate::classify::{classify, Verdict};
 use crate::config::RetryPolicy;
 use crate::session::Session;
 
-/// A path to one LU: commands go to `lun` through `session`; BUSY, TASK SET FULL, UNIT
-/// ATTENTION and ALUA transitioning are retried here, so the engine above only sees
-/// outcomes it must act on.
+/// A path to one LU: commands go to `lun` through `session`. What the target did not
+/// execute (UNIT ATTENTION, TASK ABORTED) is sent again here; everything else goes up as
+/// decoded. Through [`PathTransport::submit`] — the multipath engine — BUSY, TASK SET FULL
+/// and ALUA transitioning are the engine's to retry; [`IscsiPath::command`], for callers
+/// without an engine (probe, diagnostics), retries them itself within the policy's budgets.
 #[derive(Clone, Debug)]
 pub struct IscsiPath {
     session: Session,
@@ -39,16 +39,54 @@ impl IscsiPath {
         self.lun.number().unwrap_or(0)
     }
 
-    /// Execute a command with the retry policy, returning its Data-In.
+    /// Execute a command, retrying BUSY, TASK SET FULL (for up to the policy's
+    /// `busy_timeout`) and ALUA transitioning (`transition_timeout`) here; returns its
+    /// Data-In. For callers that have no multipath engine to own those retries.
     pub async fn command(&self, req: ScsiRequest) -> Result<bytes::Bytes, IoError> {
-        run(self.session.clone(), self.lun, self.retry.clone(), req).await
+        let started = Instant::now();
+        let mut busy = 0u32;
+        loop {
+            let e = match self.command_once(req.clone()).await {
+                Ok(d) => return Ok(d),
+                Err(e) => e,
+            };
+            let (budget, delay) = match e.condition() {
+                Some(c) if c.is_busy() => {
+                    busy += 1;
+                    (self.retry.busy_timeout, block::busy_delay(busy))
+                }
+                Some(c) if c.is_transitioning() => {
+                    (self.retry.transition_timeout, self.retry.transition_delay)
+                }
+                _ => return Err(e),
+            };
+            if started.elapsed() + delay > budget {
+                return Err(IoError {
+                    detail: format!("{}, still after {:?}", e.detail, started.elapsed()),
+                    ..e
+                });
+            }
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Execute a command once (UNIT ATTENTIONs aside): what the engine gets, for callers
+    /// that judge BUSY or transitioning themselves (the checker: a busy target answers).
+    pub async fn command_once(&self, req: ScsiRequest) -> Result<bytes::Bytes, IoError> {
+        run(
+            self.session.clone(),
+            self.lun,
+            self.retry.unit_attention_attempts,
+            req,
+        )
+        .await
     }
 }
 
 async fn run(
     session: Session,
     lun: Lun,
-    retry: RetryPolicy,
+    unit_attention_attempts: u32,
     req: ScsiRequest,
 ) -> Result<bytes::Bytes, IoError> {
     let data = match req.data {
@@ -62,13 +100,12 @@ async fn run(
         data,
         attr: TaskAttr::SIMPLE,
     };
-    let (mut ua, mut busy) = (0u32, 0u32);
-    let mut transition_since: Option<Instant> = None;
+    let mut ua = 0u32;
     loop {
         match classify(session.execute(cmd.clone()).await) {
             Verdict::Done(d) => return Ok(d),
             Verdict::Fail(e) => return Err(e),
-            Verdict::RetryNow { why, change } => {
+            Verdict::RetryNow { error, change } => {
                 if let (Some(change), Some(lun)) = (change, lun.number()) {
                     // Whoever keeps the LU's facts reads them again now.
                     session.notify(PathEvent::LuChanged {
@@ -77,33 +114,13 @@ async fn run(
                     });
                 }
                 ua += 1;
-                if ua > retry.unit_attention_attempts {
-                    return Err(IoError::new(
-                        IoErrorKind::Path,
-                        format!("still {why} after {ua} attempts"),
-                    ));
+                if ua > unit_attention_attempts {
+                    return Err(IoError {
+                        detail: format!("{}, still after {ua} attempts", error.detail),
+                        ..error
+                    });
                 }
-                tracing::debug!(%why, "retrying at once");
-            }
-            Verdict::RetryBusy { why } => {
-                busy += 1;
-                if busy > retry.busy_attempts {
-                    return Err(IoError::new(
-                        IoErrorKind::Path,
-                        format!("target {why} after {busy} attempts"),
-                    ));
-                }
-                tokio::time::sleep(busy_delay(retry.busy_delay, busy)).await;
-            }
-            Verdict::RetryTransition { why } => {
-                let since = *transition_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > retry.transition_max {
-                    return Err(IoError::new(
-                        IoErrorKind::Path,
-                        format!("{why} for more than {:?}", retry.transition_max),
-                    ));
-                }
-                tokio::time::sleep(retry.transition_delay).await;
+                tracing::debug!(why = %error.detail, "not executed, sending again");
             }
         }
     }
@@ -111,7 +128,12 @@ async fn run(
 
 impl PathTransport for IscsiPath {
     fn submit(&self, req: ScsiRequest) -> SubmitFuture {
-        Box::pin(run(self.session.clone(), self.lun, self.retry.clone(), req))
+        Box::pin(run(
+            self.session.clone(),
+            self.lun,
+            self.retry.unit_attention_attempts,
+            req,
+        ))
     }
 
     fn subscribe(&self, sink: EventSink) {

@@ -89,10 +89,14 @@ pub async fn report_luns(path: &IscsiPath) -> Result<Vec<u16>, IoError> {
 /// The command was refused because this path's ALUA group is standby, unavailable or
 /// transitioning (NOT READY 04/0a-0c): the LU is there, this port does not serve it now.
 pub fn alua_inaccessible(e: &IoError) -> bool {
-    e.scsi
-        .as_ref()
-        .and_then(|s| scsi::Sense::decode(&s.sense).ok())
-        .is_some_and(|s| s.is_alua_inaccessible())
+    matches!(
+        e.condition(),
+        Some(
+            block::Condition::AluaStandby
+                | block::Condition::AluaUnavailable
+                | block::Condition::AluaTransitioning
+        )
+    )
 }
 
 /// INQUIRY, VPD 0x80/0x83, READ CAPACITY(16) and, with ALUA, REPORT TARGET PORT GROUPS.

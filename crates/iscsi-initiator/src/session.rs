@@ -72,6 +72,8 @@ pub struct SessionStats {
     pub logins: AtomicU64,
     /// Smoothed round trip in microseconds (0 until measured).
     pub srtt_us: AtomicU64,
+    /// Stall pings given a second timeout because this process was starved for CPU.
+    pub starved: AtomicU64,
 }
 
 enum Msg {
@@ -86,6 +88,9 @@ enum Msg {
 
 struct Shared {
     tx: mpsc::UnboundedSender<Msg>,
+    /// Wakes a re-login back-off (`Session::hurry`); shared with the supervisor without
+    /// keeping `Shared` (and so the command channel) alive.
+    hurry: Arc<tokio::sync::Notify>,
     state: watch::Sender<SessionState>,
     sinks: Mutex<Vec<EventSink>>,
     stats: SessionStats,
@@ -142,8 +147,10 @@ impl Session {
 
     fn start(cfg: SessionConfig, first: Option<Established>) -> Session {
         let (tx, rx) = mpsc::unbounded_channel();
+        let hurry = Arc::new(tokio::sync::Notify::new());
         let shared = Arc::new(Shared {
             tx,
+            hurry: Arc::clone(&hurry),
             state: watch::Sender::new(SessionState::Connecting),
             sinks: Mutex::new(Vec::new()),
             stats: SessionStats::default(),
@@ -158,7 +165,10 @@ impl Session {
             rx,
             queued: VecDeque::new(),
             last_failure: None,
+            hurry,
+            hurried: false,
         };
+        crate::lag::ensure_running();
         tokio::spawn(sup.run(first).instrument(span));
         Session { shared }
     }
@@ -179,6 +189,15 @@ impl Session {
         if self.shared.tx.send(Msg::Logout { done }).is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// While the session is waiting to log in again, try now, and start the back-off over
+    /// from its first step. A multipath daemon calls this while a map has no usable path:
+    /// the outage then ends within a back-off step (200 ms) of the target's return, not
+    /// up to `backoff_max` after it. Nothing happens when the session is up or a login is
+    /// already under way.
+    pub fn hurry(&self) {
+        self.shared.hurry.notify_waiters();
     }
 
     /// Receive this session's events from now on (called from the session task; must not
@@ -257,6 +276,9 @@ struct Supervisor {
     rx: mpsc::UnboundedReceiver<Msg>,
     queued: VecDeque<Queued>,
     last_failure: Option<PathFailReason>,
+    hurry: Arc<tokio::sync::Notify>,
+    /// A back-off wait was cut short by `Session::hurry`: the next one starts over.
+    hurried: bool,
 }
 
 /// How a connection ended.
@@ -345,10 +367,14 @@ impl Supervisor {
                     shared.emit(PathEvent::Recovering {
                         attempt: *attempt,
                         next_try_in: wait,
+                        last_failure: self.last_failure.clone(),
                     });
                 }
                 if !self.idle_for(wait).await {
                     return None;
+                }
+                if std::mem::take(&mut self.hurried) {
+                    backoff = self.cfg.backoff_initial;
                 }
             }
             let connect = establish(
@@ -404,12 +430,18 @@ impl Supervisor {
         }
     }
 
-    /// Wait `d` while serving the channel. False when the session is over.
+    /// Wait `d` while serving the channel; cut short by `Session::hurry` (then `hurried`).
+    /// False when the session is over.
     async fn idle_for(&mut self, d: Duration) -> bool {
         let until = Instant::now() + d;
+        let hurry = Arc::clone(&self.hurry);
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => return true,
+                _ = hurry.notified() => {
+                    self.hurried = true;
+                    return true;
+                }
                 msg = self.rx.recv() => match msg {
                     Some(m) => { if !self.queue(m) { return false; } }
                     None => return false,
@@ -573,8 +605,8 @@ impl Supervisor {
                     }
                 }
             }
-            let deadline = conn
-                .poll_timeout()
+            let due = conn.poll_timeout();
+            let deadline = due
                 .map(|t| Instant::now() + t.saturating_duration_since(std::time::Instant::now()));
             tokio::select! {
                 biased;
@@ -646,7 +678,22 @@ impl Supervisor {
                         conn.logout(std::time::Instant::now());
                     }
                 },
-                _ = sleep_until_opt(deadline) => conn.handle_timeout(std::time::Instant::now()),
+                _ = sleep_until_opt(deadline) => {
+                    let now = std::time::Instant::now();
+                    // Before blaming the target for silence: was it this process that did
+                    // not run (this timer late, or any other)?
+                    if let Some(sent) = conn.ping_sent() {
+                        let own = due.map(|d| now.saturating_duration_since(d)).unwrap_or_default();
+                        let lag = crate::lag::max_since(sent).max(own);
+                        if conn.starved(lag, now) {
+                            warn!(lag_ms = lag.as_millis() as u64, "this process was starved for CPU while a stall ping was out: the ping gets one more timeout");
+                            if let Some(s) = shared.upgrade() {
+                                s.stats.starved.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    conn.handle_timeout(now)
+                }
             }
         };
 

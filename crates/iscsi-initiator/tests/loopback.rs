@@ -189,7 +189,8 @@ async fn blackhole_with_commands_outstanding_fails_them_all_within_1s() {
     for f in futs {
         let e = f.await.unwrap_err();
         assert_eq!(e.kind, IoErrorKind::Path, "{e}");
-        assert!(e.detail.contains("stalled"), "{e}");
+        // The transport says how the path failed: nobody above has to guess.
+        assert_eq!(e.path_fail, Some(PathFailKind::Stalled), "{e}");
     }
     let took = start.elapsed();
     assert!(took < Duration::from_secs(1), "took {took:?}");
@@ -435,5 +436,45 @@ async fn detection_stays_fast_after_a_recovery_login_that_waited_on_a_blackhole(
     let took = start.elapsed();
     assert!(took < Duration::from_secs(1), "detected after {took:?}");
     t.control.set_fault(t.portals[0], Fault::None).unwrap();
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hurry_cuts_a_grown_back_off_short() {
+    let t = Target::start(&["127.0.0.1:0"]).await;
+    let portal = t.portals[0];
+    let mut c = cfg(portal);
+    c.backoff_initial = Duration::from_millis(200);
+    c.backoff_max = Duration::from_secs(5);
+    let s = Session::open(c).await.unwrap();
+    let mut state = s.watch_state();
+    t.stop().await;
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        state.wait_for(|st| *st != SessionState::Up),
+    )
+    .await
+    .expect("the session noticed its target stop")
+    .unwrap();
+    // Logins are refused at once; the back-off doubles: attempts at 0, 0.2, 0.6, 1.4, 3.0
+    // and then 6.2 s after the failure.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert!(!s.is_up());
+    let t = Target::start(&[&portal.to_string()]).await;
+    // The next attempt is due about 2.7 s from now; hurried, it comes at once.
+    let hurried = Instant::now();
+    s.hurry();
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        state.wait_for(|st| *st == SessionState::Up),
+    )
+    .await
+    .expect("logged in again within 2 s of the hurry")
+    .unwrap();
+    let took = hurried.elapsed();
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    let p = IscsiPath::new(s.clone(), 1, RetryPolicy::default());
+    p.command(read(0, 1)).await.unwrap();
+    s.logout().await;
     t.stop().await;
 }

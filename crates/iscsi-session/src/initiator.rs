@@ -201,6 +201,9 @@ struct Ping {
     deadline: Instant,
     /// True: a stall ping (commands outstanding); false: an idle keepalive.
     stall: bool,
+    /// Its timeout was started over once because this process was starved while it was
+    /// out ([`InitiatorConnection::starved`]); a second starvation does not extend it.
+    extended: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -448,6 +451,31 @@ impl InitiatorConnection {
     }
 
     /// Let time pass: pings, command timeouts, failure.
+    /// When the outstanding ping (if any) was sent: the caller asks its scheduling-lag
+    /// monitor whether this process was starved since then (see [`starved`](Self::starved)).
+    pub fn ping_sent(&self) -> Option<Instant> {
+        self.ping.as_ref().map(|p| p.sent)
+    }
+
+    /// This process did not get the CPU for `lag` since the outstanding stall ping was sent
+    /// (the caller measured its own scheduling lag). The silence may then be ours, not the
+    /// peer's — our reader or writer did not run, or a target on this host did not: when
+    /// `lag` is at least a quarter of the ping's timeout, the ping gets its whole timeout
+    /// again from `now`, once. A real stall is still declared, one ping timeout later; a
+    /// starved machine no longer fails a healthy path. Returns whether it was extended.
+    pub fn starved(&mut self, lag: Duration, now: Instant) -> bool {
+        let Some(p) = self.ping.as_mut().filter(|p| p.stall && !p.extended) else {
+            return false;
+        };
+        let timeout = p.deadline.saturating_duration_since(p.sent);
+        if lag < timeout / 4 {
+            return false;
+        }
+        p.deadline = p.deadline.max(now + timeout);
+        p.extended = true;
+        true
+    }
+
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.state == State::Done {
             return;
@@ -459,10 +487,15 @@ impl InitiatorConnection {
                     (
                         FailureKind::Stalled,
                         format!(
-                            "{} commands outstanding, nothing received for {}, NOP-Out unanswered for {}",
+                            "{} commands outstanding, nothing received for {}, NOP-Out unanswered for {}{}",
                             self.sent_count(),
                             ms(now - self.last_rx),
-                            ms(now - p.sent)
+                            ms(now - p.sent),
+                            if p.extended {
+                                " (given a second timeout: this process was starved for CPU)"
+                            } else {
+                                ""
+                            }
                         ),
                     )
                 } else {
@@ -1074,6 +1107,7 @@ impl InitiatorConnection {
             sent: now,
             deadline: now + timeout,
             stall,
+            extended: false,
         });
         self.rtt_probe = Some((itt, now));
         let h = NopOut {

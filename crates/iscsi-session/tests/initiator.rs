@@ -329,6 +329,34 @@ fn silent_blackhole_with_commands_outstanding_fails_within_350ms() {
 }
 
 #[test]
+fn a_starved_process_gives_the_stall_ping_one_more_timeout() {
+    let mut l = lone();
+    l.read(4096);
+    l.sent();
+    l.at(100);
+    let _ping = l.sent();
+    assert_eq!(l.i.ping_sent(), Some(l.t0 + Duration::from_millis(100)));
+    // The process did not run for 40 ms: under a quarter of the 250 ms timeout, no change.
+    assert!(!l.i.starved(Duration::from_millis(40), l.now));
+    // It did not run for 200 ms: the silence may be ours; the ping starts over, once.
+    l.at(340);
+    assert!(l.i.starved(Duration::from_millis(200), l.now));
+    assert!(
+        !l.i.starved(Duration::from_millis(200), l.now),
+        "only once per ping"
+    );
+    l.at(350);
+    assert!(l.failure().is_none(), "not failed at the first deadline");
+    // Still silent a whole timeout later: a real stall, and the reason says what happened.
+    l.at(589);
+    assert!(l.failure().is_none());
+    l.at(590);
+    let f = l.failure().expect("declared dead");
+    assert_eq!(f.kind, FailureKind::Stalled);
+    assert!(f.detail.contains("starved"), "{}", f.detail);
+}
+
+#[test]
 fn a_slow_but_alive_target_is_never_failed() {
     let mut l = lone();
     let itt = l.read(512 * 8);

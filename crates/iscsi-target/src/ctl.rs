@@ -36,6 +36,8 @@ pub enum CtlRequest {
     /// Make every READ of a LUN fail with MEDIUM ERROR while TEST UNIT READY passes (or
     /// stop).
     SetLunReadErrors { target: String, lun: u16, on: bool },
+    /// Answer every command to a LUN with status BUSY (or stop).
+    SetLunBusy { target: String, lun: u16, on: bool },
     /// Read the LUN's backing store's size again (after an operator grew or shrank the
     /// file); a changed capacity is announced to every initiator (UNIT ATTENTION 2A/09).
     RescanLun { target: String, lun: u16 },

@@ -379,6 +379,7 @@ impl Control {
                 lun,
                 online,
             } => self.set_lun_online(&target, lun, online),
+            CtlRequest::SetLunBusy { target, lun, on } => self.set_lun_busy(&target, lun, on),
             CtlRequest::SetLunReadErrors { target, lun, on } => {
                 self.set_lun_read_errors(&target, lun, on)
             }
@@ -488,6 +489,11 @@ impl Control {
     /// READY still passes.
     pub fn set_lun_read_errors(&self, target: &str, lun: u16, on: bool) -> Result<(), String> {
         self.with_lu(target, lun, |lu| lu.set_read_errors(on))
+    }
+
+    /// Every command to the LUN is answered BUSY while `on`.
+    pub fn set_lun_busy(&self, target: &str, lun: u16, on: bool) -> Result<(), String> {
+        self.with_lu(target, lun, |lu| lu.set_busy(on))
     }
 
     /// Read LUN `lun`'s backing store's size again (an operator grew or shrank the file):

@@ -81,6 +81,7 @@ pub struct IoCounters {
     bytes: AtomicU64,
     errors: AtomicU64,
     requeues: AtomicU64,
+    busy: AtomicU64,
     latency: LatencyHistogram,
 }
 
@@ -99,6 +100,10 @@ impl IoCounters {
         self.requeues.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn busy(&self) {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> IoStats {
         let latency = self.latency.snapshot();
         IoStats {
@@ -106,6 +111,7 @@ impl IoCounters {
             bytes: self.bytes.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             requeues: self.requeues.load(Ordering::Relaxed),
+            busy: self.busy.load(Ordering::Relaxed),
             latency,
         }
     }
@@ -115,7 +121,8 @@ impl IoCounters {
 ///
 /// For a path: `ios`/`bytes` count commands that completed on it (success or target
 /// error), `errors` its failed commands (path and target errors), `requeues` the commands
-/// that left it to be issued elsewhere. For the map: the callers' requests — completed,
+/// that left it to be issued elsewhere, `busy` the answers BUSY, TASK SET FULL or ABORTED
+/// COMMAND it got (each retried after a back-off). For the map: the callers' requests — completed,
 /// failed (the error reached the caller), and re-issued attempts in total.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IoStats {
@@ -123,6 +130,7 @@ pub struct IoStats {
     pub bytes: u64,
     pub errors: u64,
     pub requeues: u64,
+    pub busy: u64,
     pub latency: Histogram,
 }
 

@@ -151,6 +151,8 @@ pub(crate) struct Shared {
     /// stores new ones on `SetConfig`).
     pub transition_retry_ns: AtomicU64,
     pub transition_timeout_ns: AtomicU64,
+    /// How long a busy target's commands are retried, in ns (`MapConfig::busy_timeout`).
+    pub busy_timeout_ns: AtomicU64,
     /// Time zero of the no-path clock (tokio time: paused in tests, like the timers).
     pub epoch: Instant,
     /// The fast path's clock (selectors, latencies), read twice per timed I/O.
@@ -244,6 +246,25 @@ impl Shared {
         let i = r.selector.select(n, |i| &r.paths[i].load, bytes, now_ns)?;
         Some(Picked {
             path: r.paths[i].clone(),
+            candidates: n,
+        })
+    }
+
+    /// As [`pick`](Self::pick), but another path than `avoid` when there is one: a retry
+    /// after BUSY goes where the target may have room.
+    fn pick_avoiding(&self, bytes: u64, now_ns: u64, avoid: PathId) -> Option<Picked> {
+        let r = self.routing.read().unwrap_or_else(|e| e.into_inner());
+        let n = r.paths.len();
+        let Some(skip) = r.paths.iter().position(|p| p.id == avoid).filter(|_| n > 1) else {
+            drop(r);
+            return self.pick(bytes, now_ns);
+        };
+        let index = |i: usize| if i < skip { i } else { i + 1 };
+        let i = r
+            .selector
+            .select(n - 1, |i| &r.paths[index(i)].load, bytes, now_ns)?;
+        Some(Picked {
+            path: r.paths[index(i)].clone(),
             candidates: n,
         })
     }
@@ -348,6 +369,11 @@ impl Shared {
         mut tried: Option<Tried>,
     ) -> Result<(Bytes, u64), IoError> {
         let mut transitioning_since: Option<Instant> = None;
+        // BUSY answers so far: when the first came, how many, and the path that gave the
+        // last (the next attempt prefers another).
+        let mut busy_since: Option<Instant> = None;
+        let mut busy_answers = 0u32;
+        let mut avoid: Option<PathId> = None;
         if tried.is_none() {
             if let (Some(fence), Some(range)) = (&self.fence, cmd.modifies) {
                 if fence.wait(range).await {
@@ -367,7 +393,11 @@ impl Shared {
                 None => {
                     // Read once per attempt: the selector may change meanwhile (`SetConfig`).
                     let needs_time = self.selector_needs_time.load(Ordering::Relaxed);
-                    let picked = self.pick(cmd.bytes, if needs_time { start } else { 0 });
+                    let now = if needs_time { start } else { 0 };
+                    let picked = match avoid.take() {
+                        Some(busy) => self.pick_avoiding(cmd.bytes, now, busy),
+                        None => self.pick(cmd.bytes, now),
+                    };
                     let Some(picked) = picked else {
                         match self.ask(Ask::NoPath).await {
                             Verdict::Retry => {
@@ -416,6 +446,32 @@ impl Shared {
                         path.counters.completed(cmd.bytes, latency);
                     }
                     return Err(err);
+                }
+                ErrorClass::Busy(condition) => {
+                    // The target's condition, not the path's: back off and try again —
+                    // elsewhere if the map has another path — until the budget is spent.
+                    path.counters.busy();
+                    busy_answers += 1;
+                    let now = Instant::now();
+                    let since = *busy_since.get_or_insert(now);
+                    let budget = Duration::from_nanos(self.busy_timeout_ns.load(Ordering::Relaxed));
+                    let delay = block::busy_delay(busy_answers);
+                    let waited = now.saturating_duration_since(since);
+                    if waited + delay <= budget {
+                        avoid = Some(path.id);
+                        tokio::time::sleep(delay).await;
+                        start = self.now_ns();
+                        continue;
+                    }
+                    if self.io_stats {
+                        path.counters.completed(cmd.bytes, latency);
+                    }
+                    return Err(IoError {
+                        detail: format!(
+                            "target answered {condition} {busy_answers} times over {waited:?} (busy_timeout {budget:?})"
+                        ),
+                        ..err
+                    });
                 }
                 ErrorClass::Transitioning => {
                     let now = Instant::now();
@@ -470,7 +526,9 @@ impl Shared {
             }
         }
     }
+}
 
+impl Shared {
     /// Run a plan other than one command alone (nothing, chunks, or a command and a
     /// SYNCHRONIZE CACHE after it): its data and when it was complete.
     async fn run(&self, planned: Planned, is_read: bool, t0: u64) -> Result<(Bytes, u64), IoError> {
@@ -688,6 +746,7 @@ impl MultipathDevice {
             limits: config.limits.clone(),
             transition_retry_ns: AtomicU64::new(nanos(config.policy.alua_transition_retry)),
             transition_timeout_ns: AtomicU64::new(nanos(config.policy.alua_transition_timeout)),
+            busy_timeout_ns: AtomicU64::new(nanos(config.policy.busy_timeout)),
             epoch,
             clock: crate::clock::shared(),
             selector_needs_time: AtomicBool::new(config.policy.selector.needs_time()),

@@ -264,6 +264,7 @@ impl Owner {
             PathEvent::Recovering {
                 attempt,
                 next_try_in,
+                ..
             } => {
                 tracing::debug!(
                     map = %self.shared.name,
@@ -364,6 +365,8 @@ impl Owner {
             .store(nanos(config.alua_transition_retry), Ordering::Relaxed);
         s.transition_timeout_ns
             .store(nanos(config.alua_transition_timeout), Ordering::Relaxed);
+        s.busy_timeout_ns
+            .store(nanos(config.busy_timeout), Ordering::Relaxed);
         let changed = self.policy.set_config(config, now.into_std());
         if changed.contains(&"selector") {
             // A fresh selector even if nothing else moved the generation.

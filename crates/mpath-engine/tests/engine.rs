@@ -18,7 +18,7 @@ use scsi::sense::{
     ASYMMETRIC_ACCESS_STATE_TRANSITION, TARGET_PORT_IN_STANDBY_STATE, UNRECOVERED_READ_ERROR,
 };
 use scsi::SenseKey;
-use testkit::fake_path::{path_error, sense_error, FakeLu, FakePath};
+use testkit::fake_path::{path_error, sense_error, status_error, FakeLu, FakePath};
 use tokio::task::JoinHandle;
 
 const BS: u32 = 512;
@@ -200,11 +200,7 @@ async fn path_error_fails_the_path_and_reissues_the_same_request() {
 #[tokio::test]
 async fn target_error_completes_to_caller_and_fails_no_path() {
     let r = rig_primary(2, quiet_policy());
-    r.paths[0].inject(sense_error(
-        IoErrorKind::Target,
-        SenseKey::MEDIUM_ERROR,
-        UNRECOVERED_READ_ERROR,
-    ));
+    r.paths[0].inject(sense_error(SenseKey::MEDIUM_ERROR, UNRECOVERED_READ_ERROR));
     let err = r.dev.submit(read(0, 1)).await.unwrap_err();
     assert_eq!(err.kind, IoErrorKind::Target);
     assert!(err.scsi.is_some());
@@ -551,13 +547,7 @@ async fn a_held_back_path_whose_transport_fails_again_is_not_reinstated() {
 #[tokio::test(start_paused = true)]
 async fn alua_transitioning_retries_in_the_same_group_without_failing_the_path() {
     let r = rig_primary(2, quiet_policy());
-    let transitioning = || {
-        sense_error(
-            IoErrorKind::Path,
-            SenseKey::NOT_READY,
-            ASYMMETRIC_ACCESS_STATE_TRANSITION,
-        )
-    };
+    let transitioning = || sense_error(SenseKey::NOT_READY, ASYMMETRIC_ACCESS_STATE_TRANSITION);
     r.paths[0].inject(transitioning());
     r.paths[0].inject(transitioning());
     let h = spawn(&r.dev, write(1, 9));
@@ -584,7 +574,6 @@ async fn alua_transition_that_never_ends_fails_the_path() {
     );
     for _ in 0..20 {
         r.paths[0].inject(sense_error(
-            IoErrorKind::Path,
             SenseKey::NOT_READY,
             ASYMMETRIC_ACCESS_STATE_TRANSITION,
         ));
@@ -599,12 +588,96 @@ async fn alua_transition_that_never_ends_fails_the_path() {
     assert_eq!(r.paths[1].commands(), 1);
 }
 
+const BUSY: u8 = 0x08;
+const TASK_SET_FULL: u8 = 0x28;
+
+#[tokio::test(start_paused = true)]
+async fn busy_goes_to_another_path_and_fails_none() {
+    // Round-robin over both, from path 0, which answers BUSY; a plain selector would send
+    // the retry to path 0 again.
+    let r = rig_with(
+        &[None, None],
+        config(MapConfig {
+            selector: SelectorKind::RoundRobin { repeat_count: 2 },
+            ..quiet_policy()
+        }),
+    );
+    r.paths[0].inject(status_error(BUSY));
+    let h = spawn(&r.dev, write(1, 7));
+    settle().await;
+    tokio::time::advance(Duration::from_millis(10)).await;
+    settle().await;
+    assert_eq!(h.await.unwrap(), Ok(Outcome::Done));
+    // One BUSY, then the other path: 2 commands, one busy answer, nothing failed.
+    let busy: u64 = r.dev.counters().paths.iter().map(|(_, s)| s.busy).sum();
+    assert_eq!(busy, 1);
+    assert_eq!(r.paths[0].commands(), 1);
+    assert_eq!(r.paths[1].commands(), 1, "the retry went to the other path");
+    for p in 0..2 {
+        assert_eq!(path_dm(&r.dev, p).await, DmState::Active);
+    }
+    assert_eq!(r.lu.read(u64::from(BS), BS as usize), vec![7; BS as usize]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_busy_storm_shorter_than_the_budget_is_waited_out() {
+    let r = rig(1);
+    // 60 answers BUSY / TASK SET FULL: 10, 20, 40, 80 ms, then 100 ms apart — about 5.7 s,
+    // longer than the 4.6 s that once failed a path.
+    for i in 0..60 {
+        r.paths[0].inject(status_error(if i % 2 == 0 { BUSY } else { TASK_SET_FULL }));
+    }
+    let mut ev = r.dev.events();
+    let h = spawn(&r.dev, read(0, 1));
+    for _ in 0..70 {
+        tokio::time::advance(Duration::from_millis(100)).await;
+        settle().await;
+    }
+    assert!(matches!(h.await.unwrap(), Ok(Outcome::Data(_))));
+    assert_eq!(r.dev.counters().paths[0].1.busy, 60);
+    assert_eq!(path_dm(&r.dev, 0).await, DmState::Active);
+    let kinds = events_of(&mut ev);
+    assert!(
+        !kinds
+            .iter()
+            .any(|k| matches!(k, EventKind::PathFailed { .. })),
+        "a busy target failed a path: {kinds:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_busy_storm_longer_than_the_budget_fails_the_command_not_the_path() {
+    let r = rig_with(
+        &[None],
+        config(MapConfig {
+            busy_timeout: Duration::from_secs(2),
+            ..quiet_policy()
+        }),
+    );
+    for _ in 0..100 {
+        r.paths[0].inject(status_error(BUSY));
+    }
+    let h = spawn(&r.dev, write(3, 1));
+    for _ in 0..30 {
+        tokio::time::advance(Duration::from_millis(100)).await;
+        settle().await;
+    }
+    let err = h.await.unwrap().unwrap_err();
+    assert_eq!(err.kind, IoErrorKind::Target);
+    assert_eq!(err.condition(), Some(block::Condition::Busy));
+    assert!(err.detail.contains("busy_timeout"), "{}", err.detail);
+    assert_eq!(path_dm(&r.dev, 0).await, DmState::Active);
+    // The next command finds the path usable.
+    r.paths[0].release_all();
+    let left = r.paths[0].commands();
+    assert!(left < 100, "retries stopped at the budget: {left} commands");
+}
+
 #[tokio::test]
 async fn alua_standby_fails_the_path_and_regroups() {
     let r = rig_with(&[None, None, None], config(quiet_policy()));
     // Multibus by priority: all three in one group; path 0 answers standby.
     r.paths[0].inject(sense_error(
-        IoErrorKind::Path,
         SenseKey::NOT_READY,
         TARGET_PORT_IN_STANDBY_STATE,
     ));

@@ -387,11 +387,7 @@ async fn run(
                     // Nothing would ever consume it.
                     continue;
                 }
-                paths[path].inject(sense_error(
-                    IoErrorKind::Target,
-                    SenseKey::MEDIUM_ERROR,
-                    UNRECOVERED_READ_ERROR,
-                ));
+                paths[path].inject(sense_error(SenseKey::MEDIUM_ERROR, UNRECOVERED_READ_ERROR));
                 injected += 1;
             }
             Op::Advance { secs } => {

@@ -40,6 +40,10 @@ pub const DEFAULT_ALUA_TRANSITION_RETRY: Duration = Duration::from_millis(100);
 /// Linux ALUA handler's default transition timeout.
 pub const DEFAULT_ALUA_TRANSITION_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Default [`MapConfig::busy_timeout`]: Linux's default SCSI command timeout, within which
+/// its midlayer retries BUSY and TASK SET FULL.
+pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Events kept for a consumer that does not poll: older ones are dropped, so a map that
 /// nobody watches does not grow without bound. A flapping map makes a few events per
 /// second; this holds minutes of them.
@@ -120,6 +124,10 @@ pub struct MapConfig {
     pub flap: Option<FlapDamping>,
     pub alua_transition_retry: Duration,
     pub alua_transition_timeout: Duration,
+    /// How long a command the target answers BUSY, TASK SET FULL or ABORTED COMMAND is
+    /// retried (with a back-off of 10 ms doubling to 100 ms, on another path when there is
+    /// one) before the caller gets the target's error. A busy target never fails a path.
+    pub busy_timeout: Duration,
 }
 
 impl Default for MapConfig {
@@ -132,6 +140,7 @@ impl Default for MapConfig {
             flap: Some(FlapDamping::default()),
             alua_transition_retry: DEFAULT_ALUA_TRANSITION_RETRY,
             alua_transition_timeout: DEFAULT_ALUA_TRANSITION_TIMEOUT,
+            busy_timeout: DEFAULT_BUSY_TIMEOUT,
         }
     }
 }
@@ -913,6 +922,14 @@ impl Multipath {
                     "retry {:?}, timeout {:?}",
                     new.alua_transition_retry, new.alua_transition_timeout
                 ),
+            );
+        }
+        if old.busy_timeout != new.busy_timeout {
+            note(
+                self,
+                "busy_timeout",
+                format!("{:?}", old.busy_timeout),
+                format!("{:?}", new.busy_timeout),
             );
         }
         if changed.is_empty() {

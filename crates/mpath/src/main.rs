@@ -423,12 +423,13 @@ enum CtlOp {
     },
     /// Take a LUN offline (I/O and TEST UNIT READY fail with NOT READY) or bring it back;
     /// or make its READs fail with MEDIUM ERROR while TEST UNIT READY passes (read-errors,
-    /// undone by no-read-errors); or read its backing file's size again after growing or
-    /// shrinking it (`truncate -s`), telling initiators CAPACITY DATA HAS CHANGED (rescan).
+    /// undone by no-read-errors); or answer every command BUSY (busy, undone by not-busy);
+    /// or read its backing file's size again after growing or shrinking it (`truncate -s`),
+    /// telling initiators CAPACITY DATA HAS CHANGED (rescan).
     Lun {
         target: String,
         lun: u16,
-        #[arg(value_parser = ["online", "offline", "read-errors", "no-read-errors", "rescan"])]
+        #[arg(value_parser = ["online", "offline", "read-errors", "no-read-errors", "busy", "not-busy", "rescan"])]
         state: String,
     },
     /// Inject a fault on a portal: blackhole, reset, delay MS, drop-after N, clear.

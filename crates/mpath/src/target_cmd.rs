@@ -173,6 +173,13 @@ pub async fn target_ctl(c: CtlCmd) -> Result<()> {
                 on: state == "read-errors",
             }
         }
+        CtlOp::Lun { target, lun, state } if state == "busy" || state == "not-busy" => {
+            CtlRequest::SetLunBusy {
+                target: target.clone(),
+                lun: *lun,
+                on: state == "busy",
+            }
+        }
         CtlOp::Lun { target, lun, state } if state == "rescan" => CtlRequest::RescanLun {
             target: target.clone(),
             lun: *lun,

@@ -242,7 +242,8 @@ async fn check(
             why: "session down".into(),
         };
     }
-    let (state, why) = verdict(kind, path.command(req).await.map(|_| ()));
+    // Once: the checker judges BUSY and transitioning itself (below) rather than wait.
+    let (state, why) = verdict(kind, path.command_once(req).await.map(|_| ()));
     let latency = t0.elapsed();
     let mut alua_now = None;
     // REPORT TARGET PORT GROUPS alone: it answers in every ALUA state (a full probe fails
@@ -264,13 +265,15 @@ fn verdict(kind: CheckerKind, r: Result<(), block::IoError>) -> (CheckerState, S
     match r {
         Ok(()) => (CheckerState::Up, "ok".to_string()),
         Err(e) => {
-            // ALUA standby answers but serves nothing: a ghost (usable last).
-            let standby = e
-                .scsi
-                .as_ref()
-                .and_then(|s| scsi::Sense::decode(&s.sense).ok())
-                .is_some_and(|s| s.is_alua_standby());
-            if standby {
+            // ALUA standby answers but serves nothing: a ghost (usable last); so does a
+            // port in transition, until it settles (the engine owns I/O's transition
+            // budget). A busy target answers: the path works.
+            let condition = e.condition();
+            if condition.is_some_and(|c| c.is_busy()) {
+                (CheckerState::Up, e.to_string())
+            } else if matches!(condition, Some(block::Condition::AluaStandby))
+                || condition.is_some_and(|c| c.is_transitioning())
+            {
                 (CheckerState::Ghost, e.to_string())
             } else if e.kind == IoErrorKind::Target && kind == CheckerKind::Tur {
                 // TUR refused for a reason that is not the path's (e.g. reservation conflict):
@@ -313,11 +316,9 @@ mod tests {
     use scsi::sense::{self, SenseKey};
     use scsi::{Sense, SenseFormat};
 
-    fn failed(kind: IoErrorKind, key: SenseKey, asc: scsi::sense::Asc) -> Result<(), IoError> {
+    fn failed(key: SenseKey, asc: scsi::sense::Asc) -> Result<(), IoError> {
         let raw = Sense::new(key, asc).encode(SenseFormat::Fixed);
-        Err(IoError::scsi(
-            kind,
-            format!("{key:?} {asc}"),
+        Err(IoError::from_scsi_status(
             0x02,
             Bytes::copy_from_slice(raw.as_bytes()),
         ))
@@ -327,13 +328,7 @@ mod tests {
     // that case is decided here from the answers such a LU gives.
     #[test]
     fn a_read_error_is_down_for_the_read_checkers_only() {
-        let medium = || {
-            failed(
-                IoErrorKind::Target,
-                SenseKey::MEDIUM_ERROR,
-                sense::UNRECOVERED_READ_ERROR,
-            )
-        };
+        let medium = || failed(SenseKey::MEDIUM_ERROR, sense::UNRECOVERED_READ_ERROR);
         assert_eq!(
             verdict(CheckerKind::Directio, medium()).0,
             CheckerState::Down
@@ -347,24 +342,26 @@ mod tests {
     }
 
     #[test]
-    fn standby_is_a_ghost_and_not_ready_is_down() {
+    fn standby_and_transitioning_are_ghosts_busy_is_up_not_ready_is_down() {
         for k in [
             CheckerKind::Tur,
             CheckerKind::Readsector0,
             CheckerKind::Directio,
         ] {
-            let standby = failed(
-                IoErrorKind::Path,
-                SenseKey::NOT_READY,
-                sense::TARGET_PORT_IN_STANDBY_STATE,
-            );
+            let standby = failed(SenseKey::NOT_READY, sense::TARGET_PORT_IN_STANDBY_STATE);
             assert_eq!(verdict(k, standby).0, CheckerState::Ghost, "{k:?}");
-            let offline = failed(
-                IoErrorKind::Path,
-                SenseKey::NOT_READY,
-                sense::TARGET_PORT_IN_UNAVAILABLE_STATE,
-            );
+            let offline = failed(SenseKey::NOT_READY, sense::TARGET_PORT_IN_UNAVAILABLE_STATE);
             assert_eq!(verdict(k, offline).0, CheckerState::Down, "{k:?}");
+            let transitioning = failed(
+                SenseKey::NOT_READY,
+                sense::ASYMMETRIC_ACCESS_STATE_TRANSITION,
+            );
+            assert_eq!(verdict(k, transitioning).0, CheckerState::Ghost, "{k:?}");
+            // A busy target answers: the path works.
+            for status in [0x08, 0x28] {
+                let busy = Err(IoError::from_scsi_status(status, Bytes::new()));
+                assert_eq!(verdict(k, busy).0, CheckerState::Up, "{k:?}");
+            }
             assert_eq!(verdict(k, Ok(())).0, CheckerState::Up, "{k:?}");
         }
     }

@@ -12,6 +12,9 @@
 //! prioritizer = "alua"             # const | alua | weightedpath | path_latency
 //! user_friendly_names = true
 //! bindings_file = "/var/lib/mpath/bindings"
+//! busy_timeout = "30s"             # how long BUSY / TASK SET FULL are retried (never a path failure)
+//! alua_transition_timeout = "60s"  # how long ALUA transitioning is retried before the path fails
+//! stall_ping_floor = "250ms"       # iSCSI failure detection: see docs/daemon.md
 //!
 //! [[portal]]
 //! address = "127.0.0.2:3260"
@@ -156,6 +159,51 @@ pub struct DaemonConfig {
     /// How long start-up waits for paths before building maps from those present (more
     /// arrive later).
     pub settle: Duration,
+    /// The iSCSI sessions' failure-detection timers.
+    pub timers: SessionTimers,
+}
+
+/// The failure-detection timers of the daemon's iSCSI sessions (`iscsi_session`'s
+/// `InitiatorConfig`, whose docs explain each rule). They apply to sessions logged in
+/// after a change: `reconfigure` keeps existing sessions as they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionTimers {
+    /// With commands outstanding, this much silence makes the session ping.
+    pub stall_silence: Duration,
+    /// The least time a stall ping is given to be answered: raise it on a host whose CPU
+    /// can be starved for longer than this (a loaded VM) to trade detection time for
+    /// tolerance.
+    pub stall_ping_floor: Duration,
+    /// An idle session pings after this much silence…
+    pub keepalive_interval: Duration,
+    /// …and is failed when the ping is not answered in this time.
+    pub keepalive_timeout: Duration,
+    /// A command older than this is aborted.
+    pub command_timeout: Duration,
+}
+
+impl Default for SessionTimers {
+    fn default() -> Self {
+        let t = iscsi_initiator::InitiatorConfig::default();
+        SessionTimers {
+            stall_silence: t.stall_silence,
+            stall_ping_floor: t.stall_ping_floor,
+            keepalive_interval: t.keepalive_interval,
+            keepalive_timeout: t.keepalive_timeout,
+            command_timeout: t.command_timeout,
+        }
+    }
+}
+
+impl SessionTimers {
+    /// These timers over `base` (the session's other settings).
+    pub fn apply(&self, base: &mut iscsi_initiator::InitiatorConfig) {
+        base.stall_silence = self.stall_silence;
+        base.stall_ping_floor = self.stall_ping_floor;
+        base.keepalive_interval = self.keepalive_interval;
+        base.keepalive_timeout = self.keepalive_timeout;
+        base.command_timeout = self.command_timeout;
+    }
 }
 
 impl Default for DaemonConfig {
@@ -181,6 +229,7 @@ impl Default for DaemonConfig {
             control_socket: default_control_socket(),
             metrics: None,
             settle: Duration::from_secs(3),
+            timers: SessionTimers::default(),
         }
     }
 }
@@ -236,6 +285,13 @@ struct Defaults {
     marginal_window: Option<Spanned<String>>,
     marginal_hold: Option<Spanned<String>>,
     settle: Option<Spanned<String>>,
+    busy_timeout: Option<Spanned<String>>,
+    alua_transition_timeout: Option<Spanned<String>>,
+    stall_silence: Option<Spanned<String>>,
+    stall_ping_floor: Option<Spanned<String>>,
+    keepalive_interval: Option<Spanned<String>>,
+    keepalive_timeout: Option<Spanned<String>>,
+    command_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -556,6 +612,48 @@ fn apply_defaults(ctx: &Ctx, d: Defaults, c: &mut DaemonConfig) -> Result<(), Co
     if let Some(v) = &d.settle {
         c.settle = duration(ctx, v, "defaults.settle")?;
     }
+    if let Some(v) = &d.busy_timeout {
+        c.policy.busy_timeout = duration(ctx, v, "defaults.busy_timeout")?;
+    }
+    if let Some(v) = &d.alua_transition_timeout {
+        c.policy.alua_transition_timeout = duration(ctx, v, "defaults.alua_transition_timeout")?;
+    }
+    let t = &mut c.timers;
+    for (v, key, field) in [
+        (
+            &d.stall_silence,
+            "defaults.stall_silence",
+            &mut t.stall_silence,
+        ),
+        (
+            &d.stall_ping_floor,
+            "defaults.stall_ping_floor",
+            &mut t.stall_ping_floor,
+        ),
+        (
+            &d.keepalive_interval,
+            "defaults.keepalive_interval",
+            &mut t.keepalive_interval,
+        ),
+        (
+            &d.keepalive_timeout,
+            "defaults.keepalive_timeout",
+            &mut t.keepalive_timeout,
+        ),
+        (
+            &d.command_timeout,
+            "defaults.command_timeout",
+            &mut t.command_timeout,
+        ),
+    ] {
+        if let Some(v) = v {
+            let d = duration(ctx, v, key)?;
+            if d.is_zero() {
+                return Err(ctx.err(Some(v.span()), key, "must be more than 0"));
+            }
+            *field = d;
+        }
+    }
     Ok(())
 }
 
@@ -778,6 +876,22 @@ pub fn render(c: &DaemonConfig) -> String {
         }
     }
     let _ = writeln!(s, "settle = {}", q(&fmt_duration(c.settle)));
+    let _ = writeln!(s, "busy_timeout = {}", q(&fmt_duration(p.busy_timeout)));
+    let _ = writeln!(
+        s,
+        "alua_transition_timeout = {}",
+        q(&fmt_duration(p.alua_transition_timeout))
+    );
+    let t = &c.timers;
+    for (key, d) in [
+        ("stall_silence", t.stall_silence),
+        ("stall_ping_floor", t.stall_ping_floor),
+        ("keepalive_interval", t.keepalive_interval),
+        ("keepalive_timeout", t.keepalive_timeout),
+        ("command_timeout", t.command_timeout),
+    ] {
+        let _ = writeln!(s, "{key} = {}", q(&fmt_duration(d)));
+    }
     for pc in &c.portals {
         let _ = writeln!(s, "\n[[portal]]\naddress = {}", q(&pc.address.to_string()));
         if let Some((u, _)) = &pc.chap {
@@ -1035,6 +1149,40 @@ nbd = "127.0.0.1:10900"
         // And the defaults alone.
         let d = DaemonConfig::default();
         assert_eq!(parse_str(&render(&d), None).unwrap(), d);
+    }
+
+    #[test]
+    fn busy_transition_and_session_timers() {
+        let c = parse_str(
+            "[defaults]\nbusy_timeout = \"10s\"\nalua_transition_timeout = \"2m\"\n\
+             stall_ping_floor = \"1s\"\nstall_silence = \"200ms\"\ncommand_timeout = \"45s\"\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.policy.busy_timeout, Duration::from_secs(10));
+        assert_eq!(c.policy.alua_transition_timeout, Duration::from_secs(120));
+        assert_eq!(c.timers.stall_ping_floor, Duration::from_secs(1));
+        assert_eq!(c.timers.stall_silence, Duration::from_millis(200));
+        assert_eq!(c.timers.command_timeout, Duration::from_secs(45));
+        assert_eq!(
+            c.timers.keepalive_interval,
+            SessionTimers::default().keepalive_interval
+        );
+        let mut base = iscsi_initiator::InitiatorConfig::default();
+        c.timers.apply(&mut base);
+        assert_eq!(base.stall_ping_floor, Duration::from_secs(1));
+        // Read back from the rendered configuration.
+        assert_eq!(parse_str(&render(&c), None).unwrap(), c);
+        let e = parse_str(
+            "[defaults]\nstall_ping_floor = \"0s\"\n",
+            Some(Path::new("m.toml")),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("defaults.stall_ping_floor") && e.contains("m.toml:2"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -560,15 +560,16 @@ impl Control {
                     .unwrap_or_else(|| id.to_string());
                 let _ = writeln!(
                     text,
-                    "  {pn}: ios {} bytes {} errors {} requeues {} p50 {} p99 {}",
+                    "  {pn}: ios {} bytes {} errors {} requeues {} busy {} p50 {} p99 {}",
                     s.ios,
                     s.bytes,
                     s.errors,
                     s.requeues,
+                    s.busy,
                     lat(&s.latency, 0.5),
                     lat(&s.latency, 0.99)
                 );
-                pj.push(json!({ "path": pn, "ios": s.ios, "bytes": s.bytes, "errors": s.errors, "requeues": s.requeues }));
+                pj.push(json!({ "path": pn, "ios": s.ios, "bytes": s.bytes, "errors": s.errors, "requeues": s.requeues, "busy": s.busy }));
             }
             data.push(json!({
                 "map": name, "ios": c.map.ios, "bytes": c.map.bytes, "errors": c.map.errors, "requeues": c.map.requeues,

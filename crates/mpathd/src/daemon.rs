@@ -363,6 +363,7 @@ impl Shared {
         let cfg = self.cfg();
         let mut sc = SessionConfig::new(addr, target).with_digests(p.header_digest, p.data_digest);
         sc.initiator_name = cfg.initiator_name.clone();
+        cfg.timers.apply(&mut sc.timers);
         // The same ISID after a restart: the target reinstates the session, ending the old
         // process's tasks before the new process's I/O starts.
         sc.isid = iscsi_initiator::stable_isid(&cfg.initiator_name, target, addr);
@@ -400,9 +401,16 @@ impl Shared {
                     PathEvent::Recovering {
                         attempt,
                         next_try_in,
+                        last_failure,
                     } => (
                         "session-recovering",
-                        format!("attempt {attempt}, in {} ms", next_try_in.as_millis()),
+                        match last_failure {
+                            Some(why) => format!(
+                                "attempt {attempt}, in {} ms; last: {why}",
+                                next_try_in.as_millis()
+                            ),
+                            None => format!("attempt {attempt}, in {} ms", next_try_in.as_millis()),
+                        },
                     ),
                     PathEvent::Recovered => ("session-recovered", format!("{tgt} logged in again")),
                     PathEvent::GaveUp { reason } => ("session-gave-up", reason.to_string()),
@@ -1050,6 +1058,40 @@ pub fn latency_priority(latency: Option<Duration>) -> u32 {
 /// summed up in a follow-up entry, so the timeline keeps the events around them.
 const COALESCE: Duration = Duration::from_secs(1);
 
+/// While a map has no usable path, how often its down sessions are told to try logging
+/// in now (`Session::hurry`): the outage ends within this of the target's return.
+const HURRY_EVERY: Duration = Duration::from_millis(200);
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Hurry the re-login of every down session of `map`'s paths, every [`HURRY_EVERY`], until
+/// aborted (a path is usable again, or the map is gone).
+async fn hurry_logins(me: std::sync::Weak<Shared>, map: String) {
+    let mut tick = tokio::time::interval(HURRY_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(me) = me.upgrade() else { return };
+        let sessions: Vec<Session> = me
+            .state()
+            .paths
+            .values()
+            .filter(|p| p.map.as_ref().is_some_and(|(m, _)| *m == map))
+            .map(|p| p.path.session().clone())
+            .collect();
+        for s in sessions.iter().filter(|s| !s.is_up()) {
+            s.hurry();
+        }
+    }
+}
+
 #[derive(Default)]
 struct Coalesced {
     /// When the last entry of this kind was recorded.
@@ -1065,6 +1107,8 @@ async fn forward_map_events(
     mut rx: broadcast::Receiver<mpath_policy::Event>,
 ) {
     let mut floods: BTreeMap<&'static str, Coalesced> = BTreeMap::new();
+    // While the map has no usable path: its sessions' re-logins, hurried (aborted on drop).
+    let mut _hurrying: Option<AbortOnDrop> = None;
     loop {
         let flush_at = floods
             .values()
@@ -1080,6 +1124,16 @@ async fn forward_map_events(
         tokio::select! {
             r = rx.recv() => match r {
                 Ok(ev) => {
+                    match ev.kind {
+                        EventKind::QueueingStarted { .. } => {
+                            _hurrying = Some(AbortOnDrop(tokio::spawn(hurry_logins(
+                                me.clone(),
+                                map.clone(),
+                            ))));
+                        }
+                        EventKind::QueueingEnded { .. } => _hurrying = None,
+                        _ => {}
+                    }
                     let Some(me) = me.upgrade() else { return };
                     let Some((kind, path, detail)) = describe(&me, &map, &ev.kind) else {
                         continue;

@@ -85,6 +85,11 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "I/Os taken off the path and issued again on another",
     ),
     (
+        "mpath_path_busy_total",
+        "counter",
+        "Answers BUSY, TASK SET FULL or ABORTED COMMAND through the path (retried; never a path failure)",
+    ),
+    (
         "mpath_path_failures_total",
         "counter",
         "Times the map failed the path",
@@ -249,6 +254,7 @@ pub(crate) async fn render(shared: &Shared) -> String {
                     bytes: 0,
                     errors: 0,
                     requeues: 0,
+                    busy: 0,
                     latency: mpath_engine::Histogram {
                         buckets: [0; mpath_engine::LATENCY_BUCKETS],
                     },
@@ -257,6 +263,7 @@ pub(crate) async fn render(shared: &Shared) -> String {
             o.sample("mpath_path_bytes_total", &l, s.bytes);
             o.sample("mpath_path_errors_total", &l, s.errors);
             o.sample("mpath_path_requeues_total", &l, s.requeues);
+            o.sample("mpath_path_busy_total", &l, s.busy);
             o.sample(
                 "mpath_path_failures_total",
                 &l,

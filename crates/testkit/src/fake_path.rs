@@ -40,15 +40,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// An error as a path reports it for a CHECK CONDITION with this sense.
-pub fn sense_error(kind: IoErrorKind, key: SenseKey, asc: Asc) -> IoError {
+/// An error as a path reports it for a CHECK CONDITION with this sense (its kind follows
+/// from the sense, as on a real path).
+pub fn sense_error(key: SenseKey, asc: Asc) -> IoError {
     let sense = Sense::new(key, asc).encode(SenseFormat::Fixed);
-    IoError::scsi(
-        kind,
-        format!("CHECK CONDITION {key} {asc}"),
-        CHECK_CONDITION,
-        Bytes::copy_from_slice(&sense),
-    )
+    IoError::from_scsi_status(CHECK_CONDITION, Bytes::copy_from_slice(&sense))
+}
+
+/// An error as a path reports it for a status without sense (BUSY 0x08, TASK SET FULL
+/// 0x28, RESERVATION CONFLICT 0x18).
+pub fn status_error(status: u8) -> IoError {
+    IoError::from_scsi_status(status, Bytes::new())
 }
 
 /// A transport-level path error (no SCSI status).
@@ -185,7 +187,7 @@ impl FakeLu {
 }
 
 fn check(key: SenseKey, asc: Asc) -> IoError {
-    sense_error(IoErrorKind::Target, key, asc)
+    sense_error(key, asc)
 }
 
 /// A command a held path has not completed yet.

@@ -690,6 +690,7 @@ async fn device_errors_map_to_errno() {
         let mut s = vec![0u8; 18];
         s[0] = 0x70;
         s[2] = key;
+        s[7] = 10; // additional sense length: ASC and ASCQ are present
         s[12] = asc;
         s[13] = ascq;
         Bytes::from(s)
@@ -700,12 +701,9 @@ async fn device_errors_map_to_errno() {
             libc::EIO,
         ),
         (IoError::new(IoErrorKind::Target, "MEDIUM ERROR"), libc::EIO),
+        (IoError::from_scsi_status(2, sense(7, 0x27, 0)), libc::EPERM),
         (
-            IoError::scsi(IoErrorKind::Target, "write protected", 2, sense(7, 0x27, 0)),
-            libc::EPERM,
-        ),
-        (
-            IoError::scsi(IoErrorKind::Target, "thin pool full", 2, sense(7, 0x27, 7)),
+            IoError::from_scsi_status(2, sense(7, 0x27, 7)),
             libc::ENOSPC,
         ),
         (

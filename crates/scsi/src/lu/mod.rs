@@ -326,6 +326,7 @@ pub struct LogicalUnit {
     online: AtomicBool,
     /// Fault injection: every READ fails with MEDIUM ERROR while TEST UNIT READY passes.
     read_errors: AtomicBool,
+    busy: AtomicBool,
     // Mirrors of `ModeState` for lock-free reads on the I/O path; written
     // only under the state mutex.
     d_sense: AtomicBool,
@@ -381,6 +382,7 @@ impl LogicalUnit {
             block_size,
             online: AtomicBool::new(true),
             read_errors: AtomicBool::new(false),
+            busy: AtomicBool::new(false),
             d_sense: AtomicBool::new(mode.d_sense),
             swp: AtomicBool::new(mode.swp),
             wce: AtomicBool::new(mode.wce),
@@ -436,6 +438,16 @@ impl LogicalUnit {
 
     pub fn read_errors(&self) -> bool {
         self.read_errors.load(Ordering::Acquire)
+    }
+
+    /// Answer every command with status BUSY while `on` (fault injection: a target that
+    /// cannot take commands for a while).
+    pub fn set_busy(&self, on: bool) {
+        self.busy.store(on, Ordering::Release);
+    }
+
+    pub fn busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
     }
 
     /// LOGICAL UNIT RESET (also used for target resets): SPC-2 reservations
@@ -543,6 +555,9 @@ impl LogicalUnit {
     /// but their data, and the checks before them pop a unit attention only by answering
     /// with it, so an abandoned attempt leaves nothing behind.
     fn execute_as(&self, req: &Request<'_>, nowait: bool) -> Option<Response> {
+        if self.busy() {
+            return Some(Response::with_status(Status::BUSY));
+        }
         let classified = CommandType::classify(req.cdb);
         let parsed = classified.and_then(|t| Command::parse_as(t, req.cdb).map(|c| (t, c)));
         let n = req.nexus.it();
