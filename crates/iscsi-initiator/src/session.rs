@@ -398,7 +398,13 @@ impl Supervisor {
                 Ok(e) => return Some(e),
                 Err(e) => {
                     let reason = e.as_reason();
-                    debug!(attempt = *attempt, "login failed: {e}");
+                    // A new reason is worth a warning; the same one again, retried with
+                    // back-off, only a debug line.
+                    if self.last_failure.as_ref() != Some(&reason) {
+                        warn!(attempt = *attempt, "login failed: {e}");
+                    } else {
+                        debug!(attempt = *attempt, "login failed: {e}");
+                    }
                     self.last_failure = Some(reason.clone());
                     if self.cfg.max_attempts.is_some_and(|m| *attempt >= m) {
                         warn!(attempts = *attempt, "giving up: {e}");

@@ -363,6 +363,33 @@ async fn chap_right_and_wrong() {
     wrong.chap = Some(ChapCredentials::new("alice", "not-it"));
     let e = Session::open(wrong).await.unwrap_err();
     assert!(e.to_string().contains("0x0201"), "{e}");
+    // A session retried in the background (a daemon's) says why at its first retry: the
+    // Recovering event carries the login failure.
+    let mut wrong_bg = good.clone();
+    wrong_bg.chap = Some(ChapCredentials::new("alice", "not-it"));
+    let bg = Session::spawn(wrong_bg);
+    let events = record(&IscsiPath::new(bg.clone(), 1, RetryPolicy::default()));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let why = loop {
+        let found = events.lock().unwrap().iter().find_map(|(_, e)| match e {
+            PathEvent::Recovering {
+                last_failure: Some(r),
+                ..
+            } => Some(r.clone()),
+            _ => None,
+        });
+        if let Some(r) = found {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Recovering event with the login's reason"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(why.kind, PathFailKind::LoginFailed, "{why}");
+    assert!(why.to_string().contains("0x0201"), "{why}");
+    drop(bg);
     let mut bad_mutual = good;
     bad_mutual.mutual_chap = Some(ChapCredentials::new("array", "wrong-expectation"));
     let e = Session::open(bad_mutual).await.unwrap_err();

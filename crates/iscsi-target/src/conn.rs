@@ -528,7 +528,14 @@ impl<'a> FullFeature<'a> {
         let mut end = None;
         while let Some(ev) = self.session.conn.poll_event() {
             match ev {
-                TargetEvent::Execute(task) => self.dispatch(task),
+                TargetEvent::Execute(task) => match cf.refused_status() {
+                    // Fault injection: the portal answers BUSY / TASK SET FULL.
+                    Some(status) => self.session.conn.complete(
+                        task.itt,
+                        outcome(scsi::Response::with_status(scsi::lu::Status(status)), None),
+                    ),
+                    None => self.dispatch(task),
+                },
                 TargetEvent::Aborted { itts } => debug!(?itts, "tasks aborted"),
                 TargetEvent::Reset { itt, function, lun } => {
                     let r = self.reset(function, lun);

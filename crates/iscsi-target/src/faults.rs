@@ -29,6 +29,10 @@ pub enum Fault {
     DropAfter {
         pdus: u64,
     },
+    /// Answer every SCSI command through the portal with status BUSY, executing nothing.
+    Busy,
+    /// Answer every SCSI command through the portal with status TASK SET FULL.
+    TaskSetFull,
 }
 
 impl fmt::Display for Fault {
@@ -38,6 +42,8 @@ impl fmt::Display for Fault {
             Fault::Blackhole => write!(f, "blackhole"),
             Fault::Delay { ms } => write!(f, "delay {ms} ms"),
             Fault::DropAfter { pdus } => write!(f, "drop after {pdus} PDUs"),
+            Fault::Busy => write!(f, "busy"),
+            Fault::TaskSetFull => write!(f, "task set full"),
         }
     }
 }
@@ -129,6 +135,16 @@ impl ConnFaults {
     /// Count one received PDU.
     pub fn on_pdu(&mut self) {
         self.pdus_since = self.pdus_since.saturating_add(1);
+    }
+
+    /// The status every SCSI command gets instead of being executed, under a `busy` or
+    /// `task-set-full` fault.
+    pub fn refused_status(&self) -> Option<u8> {
+        match self.rx.borrow().fault {
+            Fault::Busy => Some(0x08),
+            Fault::TaskSetFull => Some(0x28),
+            _ => None,
+        }
     }
 
     pub fn verdict(&mut self) -> Verdict {

@@ -59,7 +59,13 @@ pub(crate) struct PathShared {
     /// about the old connection and must not fail the path again.
     pub incarnation: AtomicU64,
     pub counters: IoCounters,
+    /// Until when (ns of the map's epoch) new I/O avoids this path because the target
+    /// answered BUSY or TASK SET FULL through it; 0: never did.
+    pub busy_until_ns: AtomicU64,
 }
+
+/// How long new I/O avoids a path after a BUSY answer through it, when the map has another.
+const BUSY_STEER: Duration = Duration::from_millis(100);
 
 impl PathShared {
     /// Subscribe the owner to the path's events under `id`, then read whether it is up:
@@ -83,6 +89,7 @@ impl PathShared {
             inflight: InflightTable::default(),
             incarnation: AtomicU64::new(0),
             counters: IoCounters::default(),
+            busy_until_ns: AtomicU64::new(0),
         };
         (path, up)
     }
@@ -244,8 +251,17 @@ impl Shared {
         let r = self.routing.read().unwrap_or_else(|e| e.into_inner());
         let n = r.paths.len();
         let i = r.selector.select(n, |i| &r.paths[i].load, bytes, now_ns)?;
+        let path = &r.paths[i];
+        // A path the target said BUSY through a moment ago: another one, if there is one
+        // (the clock is read only then).
+        let busy_until = path.busy_until_ns.load(Ordering::Relaxed);
+        if busy_until != 0 && n > 1 && self.ns(Instant::now()) < busy_until {
+            let avoid = path.id;
+            drop(r);
+            return self.pick_avoiding(bytes, now_ns, avoid);
+        }
         Some(Picked {
-            path: r.paths[i].clone(),
+            path: path.clone(),
             candidates: n,
         })
     }
@@ -256,8 +272,11 @@ impl Shared {
         let r = self.routing.read().unwrap_or_else(|e| e.into_inner());
         let n = r.paths.len();
         let Some(skip) = r.paths.iter().position(|p| p.id == avoid).filter(|_| n > 1) else {
-            drop(r);
-            return self.pick(bytes, now_ns);
+            let i = r.selector.select(n, |i| &r.paths[i].load, bytes, now_ns)?;
+            return Some(Picked {
+                path: r.paths[i].clone(),
+                candidates: n,
+            });
         };
         let index = |i: usize| if i < skip { i } else { i + 1 };
         let i = r
@@ -453,6 +472,8 @@ impl Shared {
                     path.counters.busy();
                     busy_answers += 1;
                     let now = Instant::now();
+                    path.busy_until_ns
+                        .store(self.ns(now + BUSY_STEER), Ordering::Relaxed);
                     let since = *busy_since.get_or_insert(now);
                     let budget = Duration::from_nanos(self.busy_timeout_ns.load(Ordering::Relaxed));
                     let delay = block::busy_delay(busy_answers);

@@ -593,12 +593,11 @@ const TASK_SET_FULL: u8 = 0x28;
 
 #[tokio::test(start_paused = true)]
 async fn busy_goes_to_another_path_and_fails_none() {
-    // Round-robin over both, from path 0, which answers BUSY; a plain selector would send
-    // the retry to path 0 again.
+    // Round-robin over both, from path 0, which answers BUSY; the retry goes to path 1.
     let r = rig_with(
         &[None, None],
         config(MapConfig {
-            selector: SelectorKind::RoundRobin { repeat_count: 2 },
+            selector: SelectorKind::RoundRobin { repeat_count: 1 },
             ..quiet_policy()
         }),
     );
@@ -617,6 +616,20 @@ async fn busy_goes_to_another_path_and_fails_none() {
         assert_eq!(path_dm(&r.dev, p).await, DmState::Active);
     }
     assert_eq!(r.lu.read(u64::from(BS), BS as usize), vec![7; BS as usize]);
+    // Round-robin's turn is path 0 again, but the target said BUSY through it a moment
+    // ago: new I/O goes to the other path for a while.
+    assert_eq!(r.dev.submit(write(2, 8)).await, Ok(Outcome::Done));
+    assert_eq!(r.paths[0].commands(), 1, "steered off the busy path");
+    assert_eq!(r.paths[1].commands(), 2);
+    // Later, path 0 takes its turns again.
+    tokio::time::advance(Duration::from_millis(200)).await;
+    for b in 3..7 {
+        assert_eq!(r.dev.submit(write(b, 9)).await, Ok(Outcome::Done));
+    }
+    assert!(
+        r.paths[0].commands() > 1,
+        "path 0 used again after the steer"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -39,6 +39,12 @@ pub async fn run(b: BenchCmd) -> Result<()> {
             depth,
             plot,
         } => failover(*trials, fault, *depth, plot.as_deref()).await?,
+        BenchWhat::Starved {
+            minutes,
+            depth,
+            burn,
+            trials,
+        } => starved(*minutes, *depth, *burn, *trials).await?,
         BenchWhat::Paths { seconds, depth } => paths(*seconds, *depth).await?,
         BenchWhat::Seqread { seconds, depth } => seqread(*seconds, *depth).await?,
         BenchWhat::Engine { seconds, depth } => engine(*seconds, *depth).await?,
@@ -198,6 +204,164 @@ async fn failover(trials: usize, fault: &str, depth: usize, plot: Option<&str>) 
     Ok(json!({
         "machine": machine(), "depth": depth, "baseline_no_fault_max_ms": base_max,
         "faults": results, "verify_clean": check.clean(),
+    }))
+}
+
+/// Threads that spin until dropped: a machine whose CPUs are all taken, as `stress-ng
+/// --cpu N` would make it, without the package.
+struct Burners {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Burners {
+    fn start(n: usize) -> Burners {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..n)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        for i in 0..100_000u64 {
+                            x = std::hint::black_box(
+                                x.wrapping_mul(6364136223846793005).wrapping_add(i),
+                            );
+                        }
+                    }
+                })
+            })
+            .collect();
+        Burners { stop, threads }
+    }
+}
+
+impl Drop for Burners {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// How many `path-failed` events the timeline holds.
+async fn path_failures(stack: &Stack) -> usize {
+    let evs = stack
+        .control
+        .handle(Request::ShowEvents {
+            follow: false,
+            last: None,
+        })
+        .await;
+    evs.data["events"].as_array().map_or(0, |a| {
+        a.iter().filter(|e| e["kind"] == "path-failed").count()
+    })
+}
+
+/// R3: false failovers on a starved machine, and blackhole detection on it.
+async fn starved(minutes: f64, depth: usize, burn: Option<usize>, trials: usize) -> Result<Value> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let burn = burn.unwrap_or(2 * cpus);
+    if minutes.is_nan() || minutes <= 0.0 || trials == 0 {
+        bail!("--minutes and --trials must be more than 0");
+    }
+    let stack = Stack::start(LUN_SIZE, 2, |c| c.policy.flap = None).await?;
+    let client = NbdClient::connect_tcp(stack.nbd, &stack.map)
+        .await
+        .context("NBD client")?;
+    println!("# mpath bench starved — {}", machine());
+    println!(
+        "# verifying 4 KiB 50/50 load at depth {depth} through NBD, 2 paths; {burn} busy threads"
+    );
+    let trial_cfg = WorkloadConfig {
+        duration: Duration::from_millis(2500),
+        depth,
+        drain_timeout: Duration::from_secs(90),
+        ..WorkloadConfig::for_region(0, client.size())
+    };
+    let trial_load = Workload::new(client.clone(), trial_cfg)?;
+    // Blackhole trials: how long after the fault the path is failed.
+    let detect = |label: &'static str| {
+        let stack = &stack;
+        let w = &trial_load;
+        async move {
+            let mut detect = Vec::new();
+            let mut errors = 0;
+            for t in 0..trials {
+                let portal = stack.portals[t % 2];
+                let inject = async {
+                    tokio::time::sleep(Duration::from_millis(700)).await;
+                    let at = Instant::now();
+                    stack
+                        .target
+                        .set_fault(portal, Fault::Blackhole)
+                        .map_err(anyhow::Error::msg)?;
+                    Ok::<Instant, anyhow::Error>(at)
+                };
+                let (report, at) = tokio::join!(w.run(), inject);
+                let at = at?;
+                stack
+                    .target
+                    .set_fault(portal, Fault::None)
+                    .map_err(anyhow::Error::msg)?;
+                errors += report.errors + report.corrupt + report.stale + report.misplaced;
+                if let Some(ms) = first_event_after(stack, at, "path-failed").await {
+                    detect.push(ms);
+                }
+                stack
+                    .wait_for_paths(2, Duration::from_secs(30))
+                    .await
+                    .with_context(|| format!("{label} trial {t}: the path did not come back"))?;
+            }
+            detect.sort_by(f64::total_cmp);
+            println!(
+                "{label}: blackhole found after p50 {:.1} ms, p99 {:.1} ms ({} of {trials} trials), {errors} errors",
+                quantile(&detect, 0.5),
+                quantile(&detect, 0.99),
+                detect.len()
+            );
+            Ok::<Value, anyhow::Error>(json!({
+                "p50_ms": quantile(&detect, 0.5), "p99_ms": quantile(&detect, 0.99),
+                "found": detect.len(), "trials": trials, "errors": errors,
+            }))
+        }
+    };
+    let baseline = detect("not starved").await?;
+
+    let burners = Burners::start(burn);
+    let long = Workload::new(
+        client.clone(),
+        WorkloadConfig {
+            duration: Duration::from_secs_f64(minutes * 60.0),
+            depth,
+            drain_timeout: Duration::from_secs(90),
+            seed: 7,
+            ..WorkloadConfig::for_region(0, client.size())
+        },
+    )?;
+    let before = path_failures(&stack).await;
+    let report = long.run().await;
+    let false_failovers = path_failures(&stack).await - before;
+    let ops_per_s = report.ops as f64 / report.seconds.max(0.001);
+    println!(
+        "starved, no fault: {:.1} min, {} ops ({ops_per_s:.0}/s), {} errors, {} bad blocks, max latency {:.0} ms: {false_failovers} paths failed",
+        report.seconds / 60.0,
+        report.ops,
+        report.errors,
+        report.corrupt + report.stale + report.misplaced,
+        report.latency_max_ms
+    );
+    let under = detect("starved").await?;
+    drop(burners);
+    let _ = client.disconnect().await;
+    stack.stop().await;
+    Ok(json!({
+        "machine": machine(), "depth": depth, "burn_threads": burn,
+        "no_fault": { "minutes": report.seconds / 60.0, "ops": report.ops, "errors": report.errors,
+            "bad_blocks": report.corrupt + report.stale + report.misplaced,
+            "max_latency_ms": report.latency_max_ms, "false_failovers": false_failovers },
+        "blackhole_not_starved": baseline, "blackhole_starved": under,
     }))
 }
 

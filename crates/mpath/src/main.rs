@@ -154,6 +154,24 @@ enum BenchWhat {
         #[arg(long, value_name = "FILE.svg")]
         plot: Option<String>,
     },
+    /// False failovers on a starved machine: a saturating verifying load on two paths while
+    /// busy threads take the CPUs, counting paths failed with no fault; then blackhole
+    /// trials under the same starvation, for detection time. Baseline: the same trials
+    /// without the busy threads.
+    Starved {
+        /// Minutes of load with no fault.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Requests the load keeps outstanding.
+        #[arg(long, default_value_t = 128)]
+        depth: usize,
+        /// Busy threads beside the stack (default: twice the CPUs, as `stress-ng --cpu`).
+        #[arg(long)]
+        burn: Option<usize>,
+        /// Blackhole trials, with and without the busy threads.
+        #[arg(long, default_value_t = 20)]
+        trials: usize,
+    },
     /// 4 KiB random reads through NBD: a map with two paths against one with one path.
     Paths {
         #[arg(long, default_value_t = 5)]
@@ -432,10 +450,11 @@ enum CtlOp {
         #[arg(value_parser = ["online", "offline", "read-errors", "no-read-errors", "busy", "not-busy", "rescan"])]
         state: String,
     },
-    /// Inject a fault on a portal: blackhole, reset, delay MS, drop-after N, clear.
+    /// Inject a fault on a portal: blackhole, reset, delay MS, drop-after N, busy (every
+    /// SCSI command answered BUSY), task-set-full, clear.
     Fault {
         portal: SocketAddr,
-        #[arg(value_parser = ["blackhole", "reset", "delay", "drop-after", "clear"])]
+        #[arg(value_parser = ["blackhole", "reset", "delay", "drop-after", "busy", "task-set-full", "clear"])]
         fault: String,
         /// Milliseconds for delay, PDUs for drop-after.
         value: Option<u64>,

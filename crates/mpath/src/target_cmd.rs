@@ -208,6 +208,14 @@ pub async fn target_ctl(c: CtlCmd) -> Result<()> {
                         ms: need("milliseconds")?,
                     },
                 },
+                "busy" => CtlRequest::SetFault {
+                    portal: *portal,
+                    fault: Fault::Busy,
+                },
+                "task-set-full" => CtlRequest::SetFault {
+                    portal: *portal,
+                    fault: Fault::TaskSetFull,
+                },
                 "drop-after" => CtlRequest::SetFault {
                     portal: *portal,
                     fault: Fault::DropAfter {

@@ -704,12 +704,24 @@ fn target_restart_within_no_path_window() {
     };
     let mut l = s.load(12.0, Duration::from_secs(40));
     std::thread::sleep(Duration::from_secs(3));
+    let killed = Instant::now();
     s.target.kill();
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(3));
     let during = l.w.progress();
     s.target.restart();
+    let down = killed.elapsed();
     let r = s.finish(&mut l);
     s.assert_clean(&r, "target restart");
+    // Every path down, I/O queued: the daemon hurries the re-logins (every 200 ms), so the
+    // application waits for the target's downtime and not much more — not for a re-login
+    // back-off step that has grown to seconds.
+    let stall = Duration::from_secs_f64(r.longest_gap_ms() / 1000.0);
+    eprintln!("{name}: target down {down:?}, longest I/O stall {stall:?}");
+    assert!(
+        stall <= down + Duration::from_millis(500),
+        "{name}: the stall ({stall:?}) outlasted the target's downtime ({down:?}) by more than 500 ms\n{}",
+        s.context()
+    );
     let v = s.verify(&l);
     s.assert_verified(&v);
     s.record(&r, &v);

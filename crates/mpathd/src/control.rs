@@ -518,12 +518,29 @@ impl Control {
         for (p, e) in &st.portal_errors {
             let _ = writeln!(text, "portal {p} unreachable: {e}");
         }
+        // Every session that is not up, and why: a wrong CHAP secret shows here before any
+        // path exists.
+        let mut down = Vec::new();
+        for ((portal, target), s) in &st.sessions {
+            let why = match s.state() {
+                iscsi_initiator::SessionState::Up => continue,
+                iscsi_initiator::SessionState::Connecting => "logging in".to_string(),
+                iscsi_initiator::SessionState::Recovering { attempt, reason } => {
+                    format!("retrying (attempt {attempt}): {reason}")
+                }
+                iscsi_initiator::SessionState::GaveUp(reason) => format!("gave up: {reason}"),
+                iscsi_initiator::SessionState::Closed => "closed".to_string(),
+            };
+            let _ = writeln!(text, "session {portal} {target} down: {why}");
+            down.push(json!({"portal": portal.to_string(), "target": target, "state": why}));
+        }
         Response::ok(
             text,
             json!({
                 "uptime_s": uptime.as_secs(), "maps": st.maps.len(), "paths": st.paths.len(),
                 "sessions": st.sessions.len(), "sessions_up": sessions_up, "paths_by_checker": by_state,
                 "unreachable_portals": st.portal_errors.iter().map(|(p, e)| json!({"portal": p.to_string(), "error": e})).collect::<Vec<_>>(),
+                "sessions_down": down,
             }),
         )
     }

@@ -56,6 +56,17 @@ impl Target {
         groups: Vec<Group>,
         luns: &[(u16, BackingSpec)],
     ) -> Target {
+        Target::start_tuned(iqn, groups, luns, |_| {}).await
+    }
+
+    /// As [`start_backed`](Self::start_backed), with `tune` applied to the target's spec
+    /// (CHAP, ACLs...).
+    pub async fn start_tuned(
+        iqn: &str,
+        groups: Vec<Group>,
+        luns: &[(u16, BackingSpec)],
+        tune: impl FnOnce(&mut iscsi_target::TargetSpec),
+    ) -> Target {
         let portal_groups = groups
             .into_iter()
             .enumerate()
@@ -66,28 +77,30 @@ impl Target {
                 preferred: g.preferred,
             })
             .collect();
+        let mut spec = TargetSpec {
+            iqn: iqn.into(),
+            alias: None,
+            portal_groups,
+            luns: luns
+                .iter()
+                .map(|(id, backing)| LunSpec {
+                    id: *id,
+                    backing: backing.clone(),
+                    block_size: 512,
+                    serial: None,
+                    vendor: DEFAULT_VENDOR.into(),
+                    product: DEFAULT_PRODUCT.into(),
+                })
+                .collect(),
+            allowed_initiators: vec![],
+            chap: None,
+            mutual_chap: None,
+            alua: AluaMode::Implicit,
+            stpg: Default::default(),
+        };
+        tune(&mut spec);
         let cfg = ServerConfig {
-            targets: vec![TargetSpec {
-                iqn: iqn.into(),
-                alias: None,
-                portal_groups,
-                luns: luns
-                    .iter()
-                    .map(|(id, backing)| LunSpec {
-                        id: *id,
-                        backing: backing.clone(),
-                        block_size: 512,
-                        serial: None,
-                        vendor: DEFAULT_VENDOR.into(),
-                        product: DEFAULT_PRODUCT.into(),
-                    })
-                    .collect(),
-                allowed_initiators: vec![],
-                chap: None,
-                mutual_chap: None,
-                alua: AluaMode::Implicit,
-                stpg: Default::default(),
-            }],
+            targets: vec![spec],
             ..ServerConfig::default()
         };
         let server = iscsi_target::Server::bind(cfg).await.expect("bind target");

@@ -8,6 +8,7 @@ mod config_errors;
 mod damping;
 mod live_changes;
 mod observe;
+mod outcomes;
 mod prio;
 mod reconfigure;
 mod socket;
