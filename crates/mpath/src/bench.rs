@@ -274,11 +274,14 @@ async fn starved(minutes: f64, depth: usize, burn: Option<usize>, trials: usize)
     println!(
         "# verifying 4 KiB 50/50 load at depth {depth} through NBD, 2 paths; {burn} busy threads"
     );
+    // Two verifying loads, each on its own half: one's writes would be the other's bad
+    // blocks.
+    let half = client.size() / 2;
     let trial_cfg = WorkloadConfig {
         duration: Duration::from_millis(2500),
         depth,
         drain_timeout: Duration::from_secs(90),
-        ..WorkloadConfig::for_region(0, client.size())
+        ..WorkloadConfig::for_region(0, half)
     };
     let trial_load = Workload::new(client.clone(), trial_cfg)?;
     // Blackhole trials: how long after the fault the path is failed.
@@ -337,7 +340,7 @@ async fn starved(minutes: f64, depth: usize, burn: Option<usize>, trials: usize)
             depth,
             drain_timeout: Duration::from_secs(90),
             seed: 7,
-            ..WorkloadConfig::for_region(0, client.size())
+            ..WorkloadConfig::for_region(half, half)
         },
     )?;
     let before = path_failures(&stack).await;

@@ -58,10 +58,16 @@ async fn call(o: &ClientOpts, req: Request) -> Result<()> {
                 "{}",
                 serde_json::to_string_pretty(&r.data).unwrap_or_default()
             );
-        } else {
-            print!("{}", r.text);
+        } else if r.ok {
+            // Every reply ends its line, whatever the daemon's text does.
+            if r.text.ends_with('\n') || r.text.is_empty() {
+                print!("{}", r.text);
+            } else {
+                println!("{}", r.text);
+            }
         }
         if !r.ok {
+            // Said once, on stderr, by the error below.
             failed = Some(r.text.clone());
         }
     })
