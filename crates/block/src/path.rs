@@ -73,6 +73,9 @@ pub enum PathFailKind {
     NotReady,
     /// A command timed out and its abort did not bring the path back.
     CommandTimeout,
+    /// The path checker's I/O failed through the path (a READ the LU refuses, say) while
+    /// the connection is fine.
+    CheckFailed,
     /// Failed by an operator or by the daemon's checker.
     Administrative,
 }
@@ -106,6 +109,7 @@ impl fmt::Display for PathFailKind {
             PathFailKind::AluaInaccessible => "ALUA state inaccessible",
             PathFailKind::NotReady => "logical unit not ready",
             PathFailKind::CommandTimeout => "command timeout",
+            PathFailKind::CheckFailed => "path check failed",
             PathFailKind::Administrative => "failed by request",
         })
     }

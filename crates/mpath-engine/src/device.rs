@@ -898,7 +898,22 @@ impl MultipathDevice {
         path: PathId,
         state: mpath_policy::CheckerState,
     ) -> Result<(), MessageError> {
-        self.done(Message::CheckerReport { path, state }).await
+        self.checker_report_because(path, state, None).await
+    }
+
+    /// A checker result with what the check saw: a path it fails records that reason.
+    pub async fn checker_report_because(
+        &self,
+        path: PathId,
+        state: mpath_policy::CheckerState,
+        reason: Option<PathFailReason>,
+    ) -> Result<(), MessageError> {
+        self.done(Message::CheckerReport {
+            path,
+            state,
+            reason,
+        })
+        .await
     }
 
     pub async fn update_path(

@@ -38,6 +38,8 @@ pub enum Message {
     CheckerReport {
         path: PathId,
         state: CheckerState,
+        /// What the check saw, for a path it fails.
+        reason: Option<block::PathFailReason>,
     },
     /// New facts (priority, ALUA state, serial...) for a path: the groups are rebuilt.
     UpdatePath {

@@ -317,7 +317,11 @@ impl Owner {
             Message::EnableGroup { group } => p.enable_group(group, t)?,
             Message::DisableGroup { group } => p.disable_group(group, t)?,
             Message::QueueIfNoPath { on } => p.set_queue_if_no_path(on, t)?,
-            Message::CheckerReport { path, state } => p.checker_report(path, state, t)?,
+            Message::CheckerReport {
+                path,
+                state,
+                reason,
+            } => p.checker_report_because(path, state, reason, t)?,
             Message::UpdatePath { path, info } => {
                 let load = &find(&self.paths, path)
                     .ok_or(PolicyError::NoSuchPath(path))?

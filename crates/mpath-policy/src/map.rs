@@ -704,6 +704,18 @@ impl Multipath {
         checker: CheckerState,
         now: Instant,
     ) -> Result<(), PolicyError> {
+        self.checker_report_because(id, checker, None, now)
+    }
+
+    /// [`checker_report`](Self::checker_report), with what the check saw: the reason a path
+    /// it fails is recorded with (without one, "checker reported the path down").
+    pub fn checker_report_because(
+        &mut self,
+        id: PathId,
+        checker: CheckerState,
+        reason: Option<PathFailReason>,
+        now: Instant,
+    ) -> Result<(), PolicyError> {
         let i = self.index(id)?;
         let from = self.paths[i].state;
         let automatic = !self.paths[i].operator_failed;
@@ -730,8 +742,9 @@ impl Multipath {
             Err(error) => return Err(PolicyError::Transition { path: id, error }),
         };
         if from.dm == DmState::Active && to.dm == DmState::Failed {
-            let reason =
-                PathFailReason::new(PathFailKind::NotReady, "checker reported the path down");
+            let reason = reason.unwrap_or_else(|| {
+                PathFailReason::new(PathFailKind::CheckFailed, "checker reported the path down")
+            });
             self.record_failure(i, to, reason, now);
         } else {
             let p = &mut self.paths[i];

@@ -31,6 +31,8 @@ struct Checked {
     /// New ALUA facts, with the alua prioritizer.
     alua: Option<(scsi::AluaState, bool)>,
     why: String,
+    /// For a check that found the path down: the reason a path it fails is recorded with.
+    fail: Option<block::PathFailReason>,
 }
 
 impl Shared {
@@ -176,7 +178,10 @@ impl Shared {
         if changed {
             debug!(path = %c.name, state = ?c.state, "checker: {}", c.why);
         }
-        if let Err(e) = device.checker_report(id, c.state).await {
+        if let Err(e) = device
+            .checker_report_because(id, c.state, c.fail.clone())
+            .await
+        {
             debug!(path = %c.name, %map, "checker report refused: {e}");
         }
         if new_prio.is_some() {
@@ -234,16 +239,30 @@ async fn check(
         }),
     };
     if !path.session().is_up() {
+        // The session's own account of why it is down, not a guess.
+        let fail = match path.session().state() {
+            iscsi_initiator::SessionState::Recovering { reason, .. }
+            | iscsi_initiator::SessionState::GaveUp(reason) => reason,
+            iscsi_initiator::SessionState::Connecting => {
+                block::PathFailReason::new(block::PathFailKind::LoginFailed, "not logged in yet")
+            }
+            _ => {
+                block::PathFailReason::new(block::PathFailKind::ConnectionClosed, "session closed")
+            }
+        };
         return Checked {
             name,
             state: CheckerState::Down,
             latency: t0.elapsed(),
             alua: None,
-            why: "session down".into(),
+            why: format!("session down: {fail}"),
+            fail: Some(fail),
         };
     }
     // Once: the checker judges BUSY and transitioning itself (below) rather than wait.
-    let (state, why) = verdict(kind, path.command_once(req).await.map(|_| ()));
+    let result = path.command_once(req).await.map(|_| ());
+    let fail = result.as_ref().err().map(|e| fail_reason(kind, e));
+    let (state, why) = verdict(kind, result);
     let latency = t0.elapsed();
     let mut alua_now = None;
     // REPORT TARGET PORT GROUPS alone: it answers in every ALUA state (a full probe fails
@@ -257,7 +276,30 @@ async fn check(
         latency,
         alua: alua_now,
         why,
+        fail: fail.filter(|_| state == CheckerState::Down),
     }
+}
+
+/// The reason a path is failed with when `kind`'s check met `e`: what the transport or the
+/// target said, not a guess.
+fn fail_reason(kind: CheckerKind, e: &block::IoError) -> block::PathFailReason {
+    use block::{Condition, PathFailKind, PathFailReason};
+    if let Some(r) = e.path_fail_reason() {
+        return r;
+    }
+    let what = match kind {
+        CheckerKind::Tur => "TEST UNIT READY",
+        CheckerKind::Readsector0 | CheckerKind::Directio => "READ",
+    };
+    let failed_kind = match e.condition() {
+        Some(Condition::NotReady { .. }) => PathFailKind::NotReady,
+        Some(Condition::AluaStandby | Condition::AluaUnavailable) => PathFailKind::AluaInaccessible,
+        _ => PathFailKind::CheckFailed,
+    };
+    PathFailReason::new(
+        failed_kind,
+        format!("{what} through the path: {}", e.detail),
+    )
 }
 
 /// What a check's answer says about the path.
@@ -339,6 +381,31 @@ mod tests {
         );
         // The same LU answers TEST UNIT READY: tur sees it up.
         assert_eq!(verdict(CheckerKind::Tur, Ok(())).0, CheckerState::Up);
+    }
+
+    #[test]
+    fn a_failed_check_says_what_it_saw() {
+        use block::PathFailKind;
+        let medium = failed(SenseKey::MEDIUM_ERROR, sense::UNRECOVERED_READ_ERROR).unwrap_err();
+        let r = fail_reason(CheckerKind::Directio, &medium);
+        assert_eq!(r.kind, PathFailKind::CheckFailed);
+        assert_eq!(r.detail, "READ through the path: MEDIUM ERROR 11/00");
+        let offline = failed(
+            SenseKey::NOT_READY,
+            sense::LOGICAL_UNIT_NOT_READY_MANUAL_INTERVENTION_REQUIRED,
+        )
+        .unwrap_err();
+        let r = fail_reason(CheckerKind::Tur, &offline);
+        assert_eq!(r.kind, PathFailKind::NotReady);
+        assert!(
+            r.detail.starts_with("TEST UNIT READY through the path"),
+            "{r}"
+        );
+        // The transport's own account wins.
+        let stalled = IoError::path_failed(PathFailKind::Stalled, "no answer for 400 ms");
+        let r = fail_reason(CheckerKind::Tur, &stalled);
+        assert_eq!(r.kind, PathFailKind::Stalled);
+        assert_eq!(r.detail, "no answer for 400 ms");
     }
 
     #[test]
