@@ -52,7 +52,7 @@ fn socket(o: &ClientOpts) -> PathBuf {
 async fn call(o: &ClientOpts, req: Request) -> Result<()> {
     let mut failed = None;
     let json = o.json;
-    control::call(&socket(o), &req, |r| {
+    let called = control::call(&socket(o), &req, |r| {
         if json {
             println!(
                 "{}",
@@ -71,12 +71,20 @@ async fn call(o: &ClientOpts, req: Request) -> Result<()> {
             failed = Some(r.text.clone());
         }
     })
-    .await?;
+    .await;
+    if let Err(e) = called {
+        // Scripts tell "no daemon" (3) from "the daemon said no" (1).
+        eprintln!("Error: {e}");
+        std::process::exit(EXIT_UNREACHABLE);
+    }
     if let Some(e) = failed {
         bail!("{}", e.trim());
     }
     Ok(())
 }
+
+/// The exit status when the daemon cannot be reached (its refusals exit 1, usage errors 2).
+pub const EXIT_UNREACHABLE: i32 = 3;
 
 async fn daemon(d: DaemonCmd) -> Result<()> {
     let mut cfg = match &d.config {

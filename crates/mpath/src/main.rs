@@ -15,7 +15,13 @@ mod target_cmd;
 mod udev_cmd;
 
 #[derive(Parser)]
-#[command(name = "mpath", version, about = "Multipath block storage in user space", long_about = None)]
+#[command(
+    name = "mpath",
+    version,
+    about = "Multipath block storage in user space",
+    long_about = None,
+    after_help = "Exit status of the commands that talk to the daemon: 0 done, 1 the daemon refused or failed the request (no such map, path or group...), 2 usage error, 3 the daemon cannot be reached."
+)]
 struct Cli {
     /// Log filter (error, warn, info, debug, trace, or a tracing directive such as
     /// `iscsi_target=debug`); RUST_LOG overrides it. Default: info for servers, warn for

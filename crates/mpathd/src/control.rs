@@ -128,7 +128,19 @@ fn human_size(b: u64) -> String {
     }
 }
 
-fn checker_word(c: CheckerState) -> &'static str {
+/// A duration for people: `350 ms`, `2.5 s`, `60 s`.
+pub(crate) fn human_duration(d: std::time::Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms < 1000.0 {
+        format!("{ms:.0} ms")
+    } else if ms < 10_000.0 {
+        format!("{:.1} s", ms / 1000.0)
+    } else {
+        format!("{:.0} s", ms / 1000.0)
+    }
+}
+
+pub(crate) fn checker_word(c: CheckerState) -> &'static str {
     match c {
         CheckerState::Up => "ready",
         CheckerState::Down => "faulty",
@@ -692,10 +704,16 @@ impl Control {
                     "operator",
                     "reinstate path".into(),
                 );
-                Response::ok(
-                    format!("ok: {name} reinstated ({r:?})\n"),
-                    json!({ "path": name }),
-                )
+                let text = match r {
+                    mpath_engine::mpath_policy::Reinstatement::Now => {
+                        format!("ok: {name} reinstated\n")
+                    }
+                    mpath_engine::mpath_policy::Reinstatement::Delayed { until } => format!(
+                        "ok: {name} will be reinstated in {} (flap damping holds it)\n",
+                        human_duration(until.saturating_duration_since(std::time::Instant::now()))
+                    ),
+                };
+                Response::ok(text, json!({ "path": name }))
             }
             Err(e) => Response::err(format!("{name}: {e}")),
         }
@@ -724,6 +742,15 @@ impl Control {
                 self.shared
                     .record(Some(map), None, "operator", format!("switchgroup {group}"));
                 Response::ok(format!("ok: {map} switched to group {group}\n"), json!({}))
+            }
+            // The policy counts groups from 0; operators, as `show topology`, from 1.
+            Err(mpath_engine::MessageError::Policy(
+                mpath_engine::mpath_policy::PolicyError::NoSuchGroup(_),
+            )) => {
+                let groups = dev.status().await.map(|s| s.view.groups.len()).unwrap_or(0);
+                Response::err(format!(
+                    "{map}: no group {group} (it has {groups}; show topology numbers them)"
+                ))
             }
             Err(e) => Response::err(format!("{map}: {e}")),
         }

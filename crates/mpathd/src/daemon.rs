@@ -1236,14 +1236,18 @@ fn describe(
             "path-reinstate-delayed",
             path_name(path),
             format!(
-                "flapping ({recent_failures} recent failures): held for {:?}",
-                until.saturating_duration_since(Instant::now())
+                "flapping ({recent_failures} recent failures): held for {}",
+                crate::control::human_duration(until.saturating_duration_since(Instant::now()))
             ),
         ),
         EventKind::PathCheckerChanged { path, from, to } => (
             "checker-changed",
             path_name(path),
-            format!("{from:?} -> {to:?}").to_lowercase(),
+            format!(
+                "{} -> {}",
+                crate::control::checker_word(*from),
+                crate::control::checker_word(*to)
+            ),
         ),
         EventKind::PathGaveUp { path, reason } => {
             ("path-gave-up", path_name(path), reason.to_string())
@@ -1264,19 +1268,30 @@ fn describe(
             None,
             match until {
                 Some(u) => format!(
-                    "no usable path; queueing for {:?}",
-                    u.saturating_duration_since(Instant::now())
+                    "no usable path; queueing for {}",
+                    crate::control::human_duration(u.saturating_duration_since(Instant::now()))
                 ),
                 None => "no usable path; queueing until a path returns".into(),
             },
         ),
-        EventKind::QueueingEnded { cause } => ("queueing-ended", None, format!("{cause:?}")),
+        EventKind::QueueingEnded { cause } => (
+            "queueing-ended",
+            None,
+            match cause {
+                mpath_policy::QueueEndCause::PathAvailable => "a path is usable".to_string(),
+                mpath_policy::QueueEndCause::Expired { after } => format!(
+                    "no path for {}: failing I/O",
+                    crate::control::human_duration(*after)
+                ),
+                mpath_policy::QueueEndCause::Disabled => "queueing disabled: failing I/O".into(),
+            },
+        ),
         EventKind::IoRequeued { path, cause } => (
             "io-requeued",
             path_name(path),
             format!("issued again on another path ({cause})"),
         ),
-        EventKind::IoFailed { kind, detail } => ("io-failed", None, format!("{kind:?}: {detail}")),
+        EventKind::IoFailed { kind, detail } => ("io-failed", None, format!("{kind}: {detail}")),
         EventKind::PolicyChanged { setting, from, to } => {
             ("policy-applied", None, format!("{setting}: {from} -> {to}"))
         }

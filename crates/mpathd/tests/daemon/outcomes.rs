@@ -163,3 +163,39 @@ async fn a_wrong_chap_secret_is_an_event_with_its_reason() {
     d.stop().await;
     t.stop().await;
 }
+
+/// `switchgroup` counts groups as `show topology` does, in its errors too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchgroup_names_groups_as_show_topology_does() {
+    let dir = testkit::TempDir::new("switchgroup");
+    let t = Target::start(
+        IQN,
+        vec![group([127, 0, 0, 2], 0, AO), group([127, 0, 0, 3], 0, AO)],
+        &[(1, 4 << 20)],
+    )
+    .await;
+    let (mut d, c) = start(config(&dir, &t.portals[..1]));
+    let map = wait_map_by_wwid(&c, &t.wwid(1), 2, Duration::from_secs(10)).await;
+    let r = c
+        .handle(mpathd::Request::SwitchGroup {
+            map: map.clone(),
+            group: 9,
+        })
+        .await;
+    assert!(
+        !r.ok && r.text.contains("no group 9 (it has 1"),
+        "{}",
+        r.text
+    );
+    // An operator's fail and reinstate: said in words, not in Rust's debug text.
+    let path = t.portals[0].to_string();
+    ask(&c, mpathd::Request::FailPath { path: path.clone() }).await;
+    let r = ask(&c, mpathd::Request::ReinstatePath { path }).await;
+    assert!(
+        r.text.ends_with("reinstated\n") && !r.text.contains("Now"),
+        "{}",
+        r.text
+    );
+    d.stop().await;
+    t.stop().await;
+}

@@ -1,0 +1,42 @@
+//! The command line as scripts meet it: exit statuses, the udev helper.
+
+use std::process::Command;
+
+fn mpath(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mpath"))
+        .args(args)
+        .output()
+        .expect("run mpath")
+}
+
+#[test]
+fn an_unreachable_daemon_exits_3_and_says_where_it_looked() {
+    let o = mpath(&["show", "maps", "--socket", "/nonexistent/mpath.sock"]);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("cannot reach the daemon at /nonexistent/mpath.sock"),
+        "{err}"
+    );
+    assert!(o.stdout.is_empty(), "nothing on stdout: {o:?}");
+}
+
+#[test]
+fn udev_rules_run_this_binary() {
+    let o = mpath(&["udev", "rules"]);
+    assert!(o.status.success(), "{o:?}");
+    let rules = String::from_utf8_lossy(&o.stdout);
+    let bin = std::fs::canonicalize(env!("CARGO_BIN_EXE_mpath")).unwrap();
+    assert!(
+        rules.contains(&format!(
+            "IMPORT{{program}}=\"{} udev loop %k\"",
+            bin.display()
+        )),
+        "{rules}"
+    );
+    // A device that is no loop device is refused; a loop device that is not attached to a
+    // map's file names nothing.
+    assert!(!mpath(&["udev", "loop", "sda"]).status.success());
+    let o = mpath(&["udev", "loop", "loop999"]);
+    assert!(o.status.success() && o.stdout.is_empty(), "{o:?}");
+}
