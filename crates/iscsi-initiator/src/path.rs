@@ -62,7 +62,11 @@ impl IscsiPath {
             };
             if started.elapsed() + delay > budget {
                 return Err(IoError {
-                    detail: format!("{}, still after {:?}", e.detail, started.elapsed()),
+                    detail: format!(
+                        "{}, still after {} ms",
+                        e.detail,
+                        started.elapsed().as_millis()
+                    ),
                     ..e
                 });
             }

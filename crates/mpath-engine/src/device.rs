@@ -193,6 +193,27 @@ pub(crate) struct Shared {
     pub fenced_writes: AtomicU64,
 }
 
+/// The selector's choice among `r`'s candidates but the one at `skip` (when there are
+/// others).
+fn select_skipping(r: &Routing, bytes: u64, now_ns: u64, skip: Option<usize>) -> Option<Picked> {
+    let n = r.paths.len();
+    let skip = skip.filter(|_| n > 1);
+    let index = |i: usize| match skip {
+        Some(s) if i >= s => i + 1,
+        _ => i,
+    };
+    let i = r.selector.select(
+        n - usize::from(skip.is_some()),
+        |i| &r.paths[index(i)].load,
+        bytes,
+        now_ns,
+    )?;
+    Some(Picked {
+        path: r.paths[index(i)].clone(),
+        candidates: n,
+    })
+}
+
 impl Shared {
     pub fn ns(&self, t: Instant) -> u64 {
         u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
@@ -249,20 +270,18 @@ impl Shared {
     #[inline]
     fn pick(&self, bytes: u64, now_ns: u64) -> Option<Picked> {
         let r = self.routing.read().unwrap_or_else(|e| e.into_inner());
-        let n = r.paths.len();
-        let i = r.selector.select(n, |i| &r.paths[i].load, bytes, now_ns)?;
-        let path = &r.paths[i];
+        let i = r
+            .selector
+            .select(r.paths.len(), |i| &r.paths[i].load, bytes, now_ns)?;
         // A path the target said BUSY through a moment ago: another one, if there is one
         // (the clock is read only then).
-        let busy_until = path.busy_until_ns.load(Ordering::Relaxed);
-        if busy_until != 0 && n > 1 && self.ns(Instant::now()) < busy_until {
-            let avoid = path.id;
-            drop(r);
-            return self.pick_avoiding(bytes, now_ns, avoid);
+        let busy_until = r.paths[i].busy_until_ns.load(Ordering::Relaxed);
+        if busy_until != 0 && r.paths.len() > 1 && self.ns(Instant::now()) < busy_until {
+            return select_skipping(&r, bytes, now_ns, Some(i));
         }
         Some(Picked {
-            path: path.clone(),
-            candidates: n,
+            path: r.paths[i].clone(),
+            candidates: r.paths.len(),
         })
     }
 
@@ -270,22 +289,8 @@ impl Shared {
     /// after BUSY goes where the target may have room.
     fn pick_avoiding(&self, bytes: u64, now_ns: u64, avoid: PathId) -> Option<Picked> {
         let r = self.routing.read().unwrap_or_else(|e| e.into_inner());
-        let n = r.paths.len();
-        let Some(skip) = r.paths.iter().position(|p| p.id == avoid).filter(|_| n > 1) else {
-            let i = r.selector.select(n, |i| &r.paths[i].load, bytes, now_ns)?;
-            return Some(Picked {
-                path: r.paths[i].clone(),
-                candidates: n,
-            });
-        };
-        let index = |i: usize| if i < skip { i } else { i + 1 };
-        let i = r
-            .selector
-            .select(n - 1, |i| &r.paths[index(i)].load, bytes, now_ns)?;
-        Some(Picked {
-            path: r.paths[index(i)].clone(),
-            candidates: n,
-        })
+        let skip = r.paths.iter().position(|p| p.id == avoid);
+        select_skipping(&r, bytes, now_ns, skip)
     }
 
     pub(crate) fn members(&self) -> Vec<Arc<PathShared>> {
@@ -489,7 +494,9 @@ impl Shared {
                     }
                     return Err(IoError {
                         detail: format!(
-                            "target answered {condition} {busy_answers} times over {waited:?} (busy_timeout {budget:?})"
+                            "target answered {condition} {busy_answers} times over {} ms (busy_timeout {} ms)",
+                            waited.as_millis(),
+                            budget.as_millis()
                         ),
                         ..err
                     });

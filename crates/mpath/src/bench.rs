@@ -129,39 +129,16 @@ async fn failover(trials: usize, fault: &str, depth: usize, plot: Option<&str>) 
         let mut bad = 0;
         for t in 0..trials {
             let portal = stack.portals[t % 2];
-            let run = {
-                let w = &workload;
-                async move { w.run().await }
-            };
-            let inject = async {
-                tokio::time::sleep(Duration::from_millis(700)).await;
-                let at = Instant::now();
-                match f {
-                    "blackhole" => stack.target.set_fault(portal, Fault::Blackhole),
-                    _ => stack.target.reset_portal(portal),
-                }
-                .map_err(anyhow::Error::msg)?;
-                Ok::<Instant, anyhow::Error>(at)
-            };
-            let (report, at) = tokio::join!(run, inject);
-            let at = at?;
-            stack
-                .target
-                .set_fault(portal, Fault::None)
-                .map_err(anyhow::Error::msg)?;
+            let (report, found) = fault_trial(&stack, &workload, portal, f)
+                .await
+                .with_context(|| format!("{f} trial {}", t + 1))?;
             errors += report.errors;
             bad += report.corrupt + report.stale + report.misplaced;
             for m in &report.messages {
                 eprintln!("  {f} trial {:>2}: ! {m}", t + 1);
             }
             stalls.push(report.latency_max_ms);
-            if let Some(ms) = first_event_after(&stack, at, "path-failed").await {
-                detect.push(ms);
-            }
-            stack
-                .wait_for_paths(2, Duration::from_secs(30))
-                .await
-                .with_context(|| format!("trial {t}: the path did not come back"))?;
+            detect.extend(found);
             eprintln!(
                 "  {f} trial {:>2}: stall {:>7.1} ms, errors {}",
                 t + 1,
@@ -292,30 +269,11 @@ async fn starved(minutes: f64, depth: usize, burn: Option<usize>, trials: usize)
             let mut detect = Vec::new();
             let mut errors = 0;
             for t in 0..trials {
-                let portal = stack.portals[t % 2];
-                let inject = async {
-                    tokio::time::sleep(Duration::from_millis(700)).await;
-                    let at = Instant::now();
-                    stack
-                        .target
-                        .set_fault(portal, Fault::Blackhole)
-                        .map_err(anyhow::Error::msg)?;
-                    Ok::<Instant, anyhow::Error>(at)
-                };
-                let (report, at) = tokio::join!(w.run(), inject);
-                let at = at?;
-                stack
-                    .target
-                    .set_fault(portal, Fault::None)
-                    .map_err(anyhow::Error::msg)?;
-                errors += report.errors + report.corrupt + report.stale + report.misplaced;
-                if let Some(ms) = first_event_after(stack, at, "path-failed").await {
-                    detect.push(ms);
-                }
-                stack
-                    .wait_for_paths(2, Duration::from_secs(30))
+                let (report, found) = fault_trial(stack, w, stack.portals[t % 2], "blackhole")
                     .await
-                    .with_context(|| format!("{label} trial {t}: the path did not come back"))?;
+                    .with_context(|| format!("{label} trial {}", t + 1))?;
+                errors += report.errors + report.corrupt + report.stale + report.misplaced;
+                detect.extend(found);
             }
             detect.sort_by(f64::total_cmp);
             println!(
@@ -366,6 +324,39 @@ async fn starved(minutes: f64, depth: usize, burn: Option<usize>, trials: usize)
             "max_latency_ms": report.latency_max_ms, "false_failovers": false_failovers },
         "blackhole_not_starved": baseline, "blackhole_starved": under,
     }))
+}
+
+/// One failover trial: `workload` runs; 0.7 s in, `portal` is blackholed or reset
+/// (`fault`); then the fault is cleared and the path waited for. The run's report, and how
+/// long after the fault the path was failed.
+async fn fault_trial(
+    stack: &Stack,
+    workload: &Workload<NbdClient>,
+    portal: std::net::SocketAddr,
+    fault: &str,
+) -> Result<(workload::verify::Report, Option<f64>)> {
+    let inject = async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let at = Instant::now();
+        match fault {
+            "blackhole" => stack.target.set_fault(portal, Fault::Blackhole),
+            _ => stack.target.reset_portal(portal),
+        }
+        .map_err(anyhow::Error::msg)?;
+        Ok::<Instant, anyhow::Error>(at)
+    };
+    let (report, at) = tokio::join!(workload.run(), inject);
+    let at = at?;
+    stack
+        .target
+        .set_fault(portal, Fault::None)
+        .map_err(anyhow::Error::msg)?;
+    let found = first_event_after(stack, at, "path-failed").await;
+    stack
+        .wait_for_paths(2, Duration::from_secs(30))
+        .await
+        .context("the path did not come back")?;
+    Ok((report, found))
 }
 
 /// Milliseconds from `at` to the first timeline event of `kind` at or after it.

@@ -283,23 +283,25 @@ async fn check(
 /// The reason a path is failed with when `kind`'s check met `e`: what the transport or the
 /// target said, not a guess.
 fn fail_reason(kind: CheckerKind, e: &block::IoError) -> block::PathFailReason {
-    use block::{Condition, PathFailKind, PathFailReason};
-    if let Some(r) = e.path_fail_reason() {
-        return r;
-    }
+    use block::{PathFailKind, PathFailReason};
+    use mpath_policy::{classify, ErrorClass};
     let what = match kind {
         CheckerKind::Tur => "TEST UNIT READY",
         CheckerKind::Readsector0 | CheckerKind::Directio => "READ",
     };
-    let failed_kind = match e.condition() {
-        Some(Condition::NotReady { .. }) => PathFailKind::NotReady,
-        Some(Condition::AluaStandby | Condition::AluaUnavailable) => PathFailKind::AluaInaccessible,
-        _ => PathFailKind::CheckFailed,
-    };
-    PathFailReason::new(
-        failed_kind,
-        format!("{what} through the path: {}", e.detail),
-    )
+    // The engine's own decision table: a path condition or a transport failure is the
+    // reason the engine would record; the target refusing the check's I/O is the check's.
+    match classify(e) {
+        ErrorClass::PathFailure { reason, .. } if e.condition().is_none() => reason,
+        ErrorClass::PathFailure { reason, .. } => PathFailReason::new(
+            reason.kind,
+            format!("{what} through the path: {}", e.detail),
+        ),
+        _ => PathFailReason::new(
+            PathFailKind::CheckFailed,
+            format!("{what} through the path: {}", e.detail),
+        ),
+    }
 }
 
 /// What a check's answer says about the path.

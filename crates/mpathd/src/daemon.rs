@@ -5,7 +5,7 @@
 //! owner task. Tasks take what they need (path handles are cheap clones), release the lock,
 //! do the I/O, and take the lock again to record results.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -174,6 +174,8 @@ pub(crate) struct Shared {
     pub ublk: crate::ublk::UblkDevices,
     /// The maps' kernel NBD devices (`[exports] nbd_device`).
     pub nbd_devices: crate::nbd_device::NbdDevices,
+    /// Maps with no usable path, whose sessions' re-logins are hurried (`hurry_loop`).
+    pub pathless: Pathless,
 }
 
 impl Shared {
@@ -1062,32 +1064,72 @@ const COALESCE: Duration = Duration::from_secs(1);
 /// in now (`Session::hurry`): the outage ends within this of the target's return.
 const HURRY_EVERY: Duration = Duration::from_millis(200);
 
-/// A task aborted when this is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// The maps with no usable path that queue I/O: their sessions' re-logins are hurried.
+#[derive(Default)]
+pub(crate) struct Pathless {
+    maps: Mutex<BTreeSet<String>>,
+    changed: tokio::sync::Notify,
+}
 
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+impl Pathless {
+    fn set(&self, map: &str, pathless: bool) {
+        let mut m = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        if pathless {
+            m.insert(map.to_string());
+        } else {
+            m.remove(map);
+        }
+        drop(m);
+        self.changed.notify_one();
+    }
+
+    fn snapshot(&self) -> BTreeSet<String> {
+        self.maps.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
-/// Hurry the re-login of every down session of `map`'s paths, every [`HURRY_EVERY`], until
-/// aborted (a path is usable again, or the map is gone).
-async fn hurry_logins(me: std::sync::Weak<Shared>, map: String) {
-    let mut tick = tokio::time::interval(HURRY_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(me) = me.upgrade() else { return };
-        let sessions: Vec<Session> = me
-            .state()
-            .paths
-            .values()
-            .filter(|p| p.map.as_ref().is_some_and(|(m, _)| *m == map))
-            .map(|p| p.path.session().clone())
-            .collect();
-        for s in sessions.iter().filter(|s| !s.is_up()) {
-            s.hurry();
+/// A map's event loop is over (the map is gone): it no longer wants its logins hurried.
+struct LeavePathless<'a> {
+    me: &'a std::sync::Weak<Shared>,
+    map: &'a str,
+}
+
+impl Drop for LeavePathless<'_> {
+    fn drop(&mut self) {
+        if let Some(me) = self.me.upgrade() {
+            me.pathless.set(self.map, false);
+        }
+    }
+}
+
+impl Shared {
+    /// One task for the daemon: while any map has no usable path, every [`HURRY_EVERY`]
+    /// hurry the re-login of each down session that serves such a map. Asleep otherwise.
+    pub(crate) async fn hurry_loop(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        loop {
+            let maps = self.pathless.snapshot();
+            if maps.is_empty() {
+                tokio::select! {
+                    _ = self.pathless.changed.notified() => continue,
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+            let sessions: Vec<Session> = self
+                .state()
+                .paths
+                .values()
+                .filter(|p| p.map.as_ref().is_some_and(|(m, _)| maps.contains(m)))
+                .map(|p| p.path.session().clone())
+                .filter(|s| !s.is_up())
+                .collect();
+            for s in &sessions {
+                s.hurry();
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(HURRY_EVERY) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
         }
     }
 }
@@ -1107,8 +1149,7 @@ async fn forward_map_events(
     mut rx: broadcast::Receiver<mpath_policy::Event>,
 ) {
     let mut floods: BTreeMap<&'static str, Coalesced> = BTreeMap::new();
-    // While the map has no usable path: its sessions' re-logins, hurried (aborted on drop).
-    let mut _hurrying: Option<AbortOnDrop> = None;
+    let _leave = LeavePathless { me: &me, map: &map };
     loop {
         let flush_at = floods
             .values()
@@ -1124,17 +1165,13 @@ async fn forward_map_events(
         tokio::select! {
             r = rx.recv() => match r {
                 Ok(ev) => {
+                    let Some(me) = me.upgrade() else { return };
+                    // While the map has no usable path, its sessions' re-logins are hurried.
                     match ev.kind {
-                        EventKind::QueueingStarted { .. } => {
-                            _hurrying = Some(AbortOnDrop(tokio::spawn(hurry_logins(
-                                me.clone(),
-                                map.clone(),
-                            ))));
-                        }
-                        EventKind::QueueingEnded { .. } => _hurrying = None,
+                        EventKind::QueueingStarted { .. } => me.pathless.set(&map, true),
+                        EventKind::QueueingEnded { .. } => me.pathless.set(&map, false),
                         _ => {}
                     }
-                    let Some(me) = me.upgrade() else { return };
                     let Some((kind, path, detail)) = describe(&me, &map, &ev.kind) else {
                         continue;
                     };

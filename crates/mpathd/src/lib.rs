@@ -144,6 +144,7 @@ impl Daemon {
             reconfiguring: tokio::sync::Mutex::new(()),
             ublk: Default::default(),
             nbd_devices: Default::default(),
+            pathless: Default::default(),
         });
         shared.record(
             None,
@@ -156,6 +157,7 @@ impl Daemon {
         shared.take_over_ublk();
         shared.start_portals(&cfg.portals);
         tasks.spawn(shared.clone().checker_loop());
+        tasks.spawn(shared.clone().hurry_loop());
         let control = Control {
             shared: shared.clone(),
         };

@@ -82,51 +82,30 @@ async fn directio_checker_fails_and_reinstates_an_offline_lun() {
 /// answers are counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_target_fails_no_path_and_no_io() {
-    let dir = testkit::TempDir::new("busy");
-    let t = Target::start(
-        IQN,
-        vec![group([127, 0, 0, 2], 0, AO), group([127, 0, 0, 3], 0, AO)],
-        &[(1, 4 << 20)],
-    )
+    let r = TwoPaths::start("busy", IQN, |cfg| {
+        cfg.checker_interval_ok = Duration::from_millis(500)
+    })
     .await;
-    let mut cfg = config(&dir, &t.portals[..1]);
-    cfg.checker_interval_ok = Duration::from_millis(500);
-    let (mut d, c) = start(cfg);
-    let map = wait_map_by_wwid(&c, &t.wwid(1), 2, Duration::from_secs(10)).await;
-    let dev = device(&d, &map);
+    let dev = r.device();
     read_some(&dev, 4).await;
 
-    t.ctl.set_lun_busy(IQN, 1, true).unwrap();
-    let started = std::time::Instant::now();
-    let reader = {
-        let dev = dev.clone();
-        tokio::spawn(async move {
-            use workload::BlockClient;
-            let mut n = 0u64;
-            while started.elapsed() < Duration::from_secs(6) {
-                dev.read((n % 64) * 4096, 4096)
-                    .await
-                    .expect("a read through a busy target");
-                n += 1;
-            }
-            n
-        })
-    };
+    r.t.ctl.set_lun_busy(IQN, 1, true).unwrap();
+    let reads = reader(dev.clone(), 6);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    t.ctl.set_lun_busy(IQN, 1, false).unwrap();
-    let reads = reader.await.unwrap();
+    r.t.ctl.set_lun_busy(IQN, 1, false).unwrap();
+    let reads = reads.await.expect("no read through the busy target failed");
     assert!(
         reads >= 1,
         "reads went on after the target stopped being busy"
     );
 
     assert_eq!(
-        events_of(&c, "path-failed").await,
+        events_of(&r.c, "path-failed").await,
         0,
         "a busy target failed a path"
     );
-    assert_eq!(active_paths(&c, &map).await, 2);
-    let stats = ask(&c, mpathd::control::Request::ShowStats).await;
+    assert_eq!(active_paths(&r.c, &r.map).await, 2);
+    let stats = ask(&r.c, mpathd::control::Request::ShowStats).await;
     let busy: u64 = stats.data["maps"][0]["paths"]
         .as_array()
         .unwrap()
@@ -134,6 +113,5 @@ async fn a_busy_target_fails_no_path_and_no_io() {
         .map(|p| p["busy"].as_u64().unwrap_or(0))
         .sum();
     assert!(busy > 0, "busy answers counted: {}", stats.data);
-    d.stop().await;
-    t.stop().await;
+    r.stop().await;
 }

@@ -305,3 +305,68 @@ pub async fn events_of(c: &Control, kind: &str) -> usize {
         .map(|a| a.iter().filter(|e| e["kind"] == kind).count())
         .unwrap_or(0)
 }
+
+/// Reads through the map for `secs` seconds; every one must succeed. Returns how many.
+pub fn reader(
+    dev: std::sync::Arc<mpath_engine::MultipathDevice>,
+    secs: u64,
+) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        use workload::BlockClient;
+        let started = Instant::now();
+        let mut n = 0u64;
+        while started.elapsed() < Duration::from_secs(secs) {
+            dev.read((n % 64) * 4096, 4096)
+                .await
+                .unwrap_or_else(|e| panic!("read {n} failed: {e}"));
+            n += 1;
+        }
+        n
+    })
+}
+
+/// A target with two active/optimized portals and one 4 MiB LUN, a daemon given the first
+/// portal (with `tune` applied to its configuration), and the LUN's map with both paths.
+pub struct TwoPaths {
+    pub t: Target,
+    pub d: Daemon,
+    pub c: Control,
+    pub map: String,
+    _dir: TempDir,
+}
+
+impl TwoPaths {
+    pub async fn start(tag: &str, iqn: &str, tune: impl FnOnce(&mut DaemonConfig)) -> TwoPaths {
+        let dir = TempDir::new(tag);
+        let t = Target::start(
+            iqn,
+            vec![
+                group([127, 0, 0, 2], 0, AluaState::ActiveOptimized),
+                group([127, 0, 0, 3], 0, AluaState::ActiveOptimized),
+            ],
+            &[(1, 4 << 20)],
+        )
+        .await;
+        let mut cfg = config(&dir, &t.portals[..1]);
+        tune(&mut cfg);
+        let (d, c) = start(cfg);
+        let map = wait_map_by_wwid(&c, &t.wwid(1), 2, Duration::from_secs(10)).await;
+        TwoPaths {
+            t,
+            d,
+            c,
+            map,
+            _dir: dir,
+        }
+    }
+
+    /// The map's device, in process.
+    pub fn device(&self) -> Arc<mpath_engine::MultipathDevice> {
+        device(&self.d, &self.map)
+    }
+
+    pub async fn stop(mut self) {
+        self.d.stop().await;
+        self.t.stop().await;
+    }
+}

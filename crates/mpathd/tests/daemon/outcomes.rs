@@ -10,47 +10,21 @@ use crate::common::*;
 
 const IQN: &str = "iqn.2026-01.io.mpath:outcomes";
 
-/// Reads through the map for `secs` seconds; every one must succeed. Returns how many.
-fn reader(
-    dev: std::sync::Arc<mpath_engine::MultipathDevice>,
-    secs: u64,
-) -> tokio::task::JoinHandle<u64> {
-    tokio::spawn(async move {
-        use workload::BlockClient;
-        let started = Instant::now();
-        let mut n = 0u64;
-        while started.elapsed() < Duration::from_secs(secs) {
-            dev.read((n % 64) * 4096, 4096)
-                .await
-                .unwrap_or_else(|e| panic!("read {n} failed: {e}"));
-            n += 1;
-        }
-        n
-    })
-}
-
 /// A storm of `fault` through the first of two portals for 20 s: no path fails, no read
 /// fails, and the reads go on through the other path all along.
 async fn storm_on_one_path_of_two(fault: Fault, tag: &str) {
-    let dir = testkit::TempDir::new(tag);
-    let t = Target::start(
-        IQN,
-        vec![group([127, 0, 0, 2], 0, AO), group([127, 0, 0, 3], 0, AO)],
-        &[(1, 4 << 20)],
-    )
-    .await;
-    let (mut d, c) = start(config(&dir, &t.portals[..1]));
-    let map = wait_map_by_wwid(&c, &t.wwid(1), 2, Duration::from_secs(10)).await;
-    let dev = device(&d, &map);
+    let r = TwoPaths::start(tag, IQN, |_| {}).await;
+    let (t, c, map) = (&r.t, &r.c, &r.map);
+    let dev = r.device();
     read_some(&dev, 8).await;
 
     t.ctl.set_fault(t.portals[0], fault).unwrap();
     let reads = reader(dev.clone(), 20);
     // Halfway, the other path is carrying the reads.
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let before = path_ios(&c, &map).await;
+    let before = path_ios(c, map).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = path_ios(&c, &map).await;
+    let after = path_ios(c, map).await;
     let moved: u64 = after
         .iter()
         .zip(&before)
@@ -64,13 +38,12 @@ async fn storm_on_one_path_of_two(fault: Fault, tag: &str) {
     t.ctl.set_fault(t.portals[0], Fault::None).unwrap();
     assert!(n > 0);
     assert_eq!(
-        events_of(&c, "path-failed").await,
+        events_of(c, "path-failed").await,
         0,
         "{fault} failed a path"
     );
-    assert_eq!(active_paths(&c, &map).await, 2);
-    d.stop().await;
-    t.stop().await;
+    assert_eq!(active_paths(c, map).await, 2);
+    r.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,32 +60,23 @@ async fn a_task_set_full_storm_on_one_path_fails_nothing() {
 /// reads wait and complete, no path fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alua_transition_within_its_timeout_fails_nothing() {
-    let dir = testkit::TempDir::new("transition");
-    let t = Target::start(
-        IQN,
-        vec![group([127, 0, 0, 2], 0, AO), group([127, 0, 0, 3], 0, AO)],
-        &[(1, 4 << 20)],
-    )
-    .await;
-    let (mut d, c) = start(config(&dir, &t.portals[..1]));
-    let map = wait_map_by_wwid(&c, &t.wwid(1), 2, Duration::from_secs(10)).await;
-    let dev = device(&d, &map);
+    let r = TwoPaths::start("transition", IQN, |_| {}).await;
+    let dev = r.device();
     read_some(&dev, 8).await;
 
-    t.ctl.set_alua(IQN, 1, Transitioning).unwrap();
-    t.ctl.set_alua(IQN, 2, Transitioning).unwrap();
+    r.t.ctl.set_alua(IQN, 1, Transitioning).unwrap();
+    r.t.ctl.set_alua(IQN, 2, Transitioning).unwrap();
     let reads = reader(dev.clone(), 5);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    t.ctl.set_alua(IQN, 1, AO).unwrap();
-    t.ctl.set_alua(IQN, 2, AO).unwrap();
+    r.t.ctl.set_alua(IQN, 1, AO).unwrap();
+    r.t.ctl.set_alua(IQN, 2, AO).unwrap();
     assert!(reads.await.expect("no read failed") > 0);
     assert_eq!(
-        events_of(&c, "path-failed").await,
+        events_of(&r.c, "path-failed").await,
         0,
         "a transition failed a path"
     );
-    d.stop().await;
-    t.stop().await;
+    r.stop().await;
 }
 
 /// A wrong CHAP secret: the timeline says so within one login attempt, with the target's
@@ -167,35 +131,26 @@ async fn a_wrong_chap_secret_is_an_event_with_its_reason() {
 /// `switchgroup` counts groups as `show topology` does, in its errors too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switchgroup_names_groups_as_show_topology_does() {
-    let dir = testkit::TempDir::new("switchgroup");
-    let t = Target::start(
-        IQN,
-        vec![group([127, 0, 0, 2], 0, AO), group([127, 0, 0, 3], 0, AO)],
-        &[(1, 4 << 20)],
-    )
-    .await;
-    let (mut d, c) = start(config(&dir, &t.portals[..1]));
-    let map = wait_map_by_wwid(&c, &t.wwid(1), 2, Duration::from_secs(10)).await;
-    let r = c
-        .handle(mpathd::Request::SwitchGroup {
-            map: map.clone(),
+    let r = TwoPaths::start("switchgroup", IQN, |_| {}).await;
+    let resp =
+        r.c.handle(mpathd::Request::SwitchGroup {
+            map: r.map.clone(),
             group: 9,
         })
         .await;
     assert!(
-        !r.ok && r.text.contains("no group 9 (it has 1"),
+        !resp.ok && resp.text.contains("no group 9 (it has 1"),
         "{}",
-        r.text
+        resp.text
     );
     // An operator's fail and reinstate: said in words, not in Rust's debug text.
-    let path = t.portals[0].to_string();
-    ask(&c, mpathd::Request::FailPath { path: path.clone() }).await;
-    let r = ask(&c, mpathd::Request::ReinstatePath { path }).await;
+    let path = r.t.portals[0].to_string();
+    ask(&r.c, mpathd::Request::FailPath { path: path.clone() }).await;
+    let resp = ask(&r.c, mpathd::Request::ReinstatePath { path }).await;
     assert!(
-        r.text.ends_with("reinstated\n") && !r.text.contains("Now"),
+        resp.text.ends_with("reinstated\n") && !resp.text.contains("Now"),
         "{}",
-        r.text
+        resp.text
     );
-    d.stop().await;
-    t.stop().await;
+    r.stop().await;
 }
