@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 mod bench;
+mod config_cmd;
 mod daemon_cmd;
 mod demo;
 mod iscsi_cmd;
@@ -87,11 +88,38 @@ enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Configuration tools: import a multipath-tools `multipath.conf`, check a file.
+    Config {
+        #[command(subcommand)]
+        what: ConfigWhat,
+    },
     /// udev helpers: stable names (/dev/mpath/MAP, /dev/disk/by-id/mpath-WWID) for a
     /// loop device over a map's FUSE file.
     Udev {
         #[command(subcommand)]
         what: UdevWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigWhat {
+    /// Translate a multipath-tools multipath.conf (and its conf.d directory) into mpath's
+    /// TOML, on standard output; every setting that is not carried over is listed in a
+    /// comment saying why. `mpath daemon -c /etc/multipath.conf` reads the same files
+    /// directly.
+    Import {
+        /// The multipath.conf to read.
+        #[arg(default_value = "/etc/multipath.conf")]
+        file: PathBuf,
+        /// Also read every `*.conf` here, in name order, as multipathd does (default: the
+        /// file's `config_dir`, else /etc/multipath/conf.d; missing is fine).
+        #[arg(long, value_name = "DIR")]
+        conf_dir: Option<PathBuf>,
+    },
+    /// Read a configuration file (TOML or multipath.conf) as the daemon would and print
+    /// what it means, or the first error with its file, line and key.
+    Check {
+        file: PathBuf,
     },
 }
 
@@ -472,6 +500,9 @@ fn main() -> Result<()> {
     // A helper udev runs on every loop event: no runtime, no log set-up.
     if let Command::Udev { what } = cli.command {
         return udev_cmd::run(what);
+    }
+    if let Command::Config { what } = cli.command {
+        return config_cmd::run(what);
     }
     let default_level = match cli.command {
         Command::Iscsi(_) => "warn",
