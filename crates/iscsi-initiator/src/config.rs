@@ -112,8 +112,90 @@ impl SessionConfig {
     }
 }
 
-/// `iqn.2026-01.io.mpath:<hostname>`: stable per host, as an initiator name should be.
+/// Where open-iscsi keeps this host's initiator name (`InitiatorName=iqn...`).
+pub const OPEN_ISCSI_INITIATOR_NAME_FILE: &str = "/etc/iscsi/initiatorname.iscsi";
+
+/// This host's initiator name: open-iscsi's, from `/etc/iscsi/initiatorname.iscsi`, when
+/// that file names one (targets' ACLs are written for it); else
+/// `iqn.2026-01.io.mpath:<hostname>`, stable per host as an initiator name should be. A file
+/// that is there but unreadable or malformed is warned about (once) and passed over.
 pub fn default_initiator_name() -> String {
+    initiator_name_from(std::path::Path::new(OPEN_ISCSI_INITIATOR_NAME_FILE))
+}
+
+/// [`default_initiator_name`] with open-iscsi's file at `file`.
+pub fn initiator_name_from(file: &std::path::Path) -> String {
+    match read_initiator_name_file(file) {
+        Ok(Some(name)) => return name,
+        Ok(None) => {}
+        Err(e) => {
+            static WARNED: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
+            if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(
+                    "{}: {e}; using the initiator name {} instead",
+                    file.display(),
+                    hostname_initiator_name()
+                );
+            }
+        }
+    }
+    hostname_initiator_name()
+}
+
+/// The name in open-iscsi's initiator name file: `Ok(None)` when there is no such file,
+/// an error when the file cannot be read or names no valid initiator. The format is
+/// open-iscsi's: `InitiatorName=NAME` on a line, `#` starts a comment line, other keys
+/// (`InitiatorAlias=`) are ignored.
+pub fn read_initiator_name_file(file: &std::path::Path) -> Result<Option<String>, String> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read it: {e}")),
+    };
+    // As iscsid reads it: the first InitiatorName line counts, every other line is
+    // ignored.
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if key.trim() != "InitiatorName" {
+            continue;
+        }
+        let value = value.trim();
+        check_iscsi_name(value).map_err(|m| format!("line {}: InitiatorName: {m}", n + 1))?;
+        return Ok(Some(value.to_string()));
+    }
+    Err("no InitiatorName= line".to_string())
+}
+
+/// An iSCSI name: `iqn.`, `eui.` or `naa.` form, at most 223 bytes, no white space, commas
+/// or control characters (RFC 7143 §4.2.7).
+fn check_iscsi_name(name: &str) -> Result<(), String> {
+    let lower = name.to_ascii_lowercase();
+    if name.len() > 223 {
+        return Err("iSCSI names are at most 223 bytes".into());
+    }
+    if !(lower.starts_with("iqn.") || lower.starts_with("eui.") || lower.starts_with("naa.")) {
+        return Err(format!(
+            "{name:?} is not an iSCSI name (iqn.YYYY-MM.domain:id)"
+        ));
+    }
+    if name
+        .chars()
+        .any(|c| c.is_whitespace() || c == ',' || c.is_control())
+    {
+        return Err(format!("{name:?} contains characters iSCSI names may not"));
+    }
+    Ok(())
+}
+
+/// `iqn.2026-01.io.mpath:<hostname>`.
+fn hostname_initiator_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_ascii_lowercase())
@@ -185,5 +267,62 @@ mod tests {
         assert_ne!(i, stable_isid("iqn.2026-01.io.mpath:host1", "iqn.t:x", b));
         assert_ne!(i, stable_isid("iqn.2026-01.io.mpath:host1", "iqn.t:y", a));
         assert_ne!(i, stable_isid("iqn.2026-01.io.mpath:host2", "iqn.t:x", a));
+    }
+
+    fn name_file(tag: &str, text: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("mpath-initiatorname-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("initiatorname.iscsi");
+        std::fs::write(&file, text).unwrap();
+        file
+    }
+
+    #[test]
+    fn open_iscsi_names_the_initiator() {
+        let file = name_file(
+            "good",
+            "## DO NOT EDIT OR REMOVE THIS FILE!\n\
+             # InitiatorName=iqn.2000-01.commented:out\n\
+             \n\
+             InitiatorName=iqn.1993-08.org.debian:01:5f3a9c2d7e1b\n\
+             InitiatorAlias=host1\n",
+        );
+        assert_eq!(
+            read_initiator_name_file(&file).unwrap().as_deref(),
+            Some("iqn.1993-08.org.debian:01:5f3a9c2d7e1b")
+        );
+        assert_eq!(
+            initiator_name_from(&file),
+            "iqn.1993-08.org.debian:01:5f3a9c2d7e1b"
+        );
+        std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_missing_or_malformed_file_falls_back_to_the_host_name() {
+        let fallback = hostname_initiator_name();
+        assert!(fallback.starts_with("iqn.2026-01.io.mpath:"), "{fallback}");
+        let missing = std::path::Path::new("/nonexistent/initiatorname.iscsi");
+        assert_eq!(read_initiator_name_file(missing), Ok(None));
+        assert_eq!(initiator_name_from(missing), fallback);
+
+        let bad = name_file("bad", "InitiatorName=my host\n");
+        let e = read_initiator_name_file(&bad).unwrap_err();
+        assert!(
+            e.contains("line 1: InitiatorName") && e.contains("not an iSCSI name"),
+            "{e}"
+        );
+        assert_eq!(initiator_name_from(&bad), fallback);
+        std::fs::remove_dir_all(bad.parent().unwrap()).unwrap();
+
+        // Debian's file before iscsid generated a name.
+        let empty = name_file("unnamed", "GenerateName=yes\n");
+        assert_eq!(
+            read_initiator_name_file(&empty),
+            Err("no InitiatorName= line".to_string())
+        );
+        assert_eq!(initiator_name_from(&empty), fallback);
+        std::fs::remove_dir_all(empty.parent().unwrap()).unwrap();
     }
 }
