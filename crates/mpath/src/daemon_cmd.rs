@@ -108,6 +108,9 @@ async fn daemon(d: DaemonCmd) -> Result<()> {
     if cfg.portals.is_empty() {
         bail!("no portal: give --portal ADDR or a [[portal]] in --config FILE");
     }
+    if let Some(i) = &d.initiator {
+        cfg.initiator_name = i.clone();
+    }
     if let Some(s) = &d.socket {
         cfg.control_socket = s.clone();
     }

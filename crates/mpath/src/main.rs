@@ -118,9 +118,7 @@ enum ConfigWhat {
     },
     /// Read a configuration file (TOML or multipath.conf) as the daemon would and print
     /// what it means, or the first error with its file, line and key.
-    Check {
-        file: PathBuf,
-    },
+    Check { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -260,6 +258,11 @@ struct DaemonCmd {
     /// Control socket path.
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// The initiator name the sessions log in with (iqn., eui. or naa. form; overrides the
+    /// file's initiator_name). Default: open-iscsi's, from /etc/iscsi/initiatorname.iscsi,
+    /// else iqn.2026-01.io.mpath: followed by the host name.
+    #[arg(long, value_name = "IQN", value_parser = iscsi_name)]
+    initiator: Option<String>,
     /// NBD listen address, or "off".
     #[arg(long, value_name = "ADDR")]
     nbd: Option<String>,
@@ -306,8 +309,9 @@ struct PathCmd {
 /// Options every `mpath iscsi` command takes.
 #[derive(Args, Clone)]
 struct IscsiCommon {
-    /// Initiator IQN (default: iqn.2026-01.io.mpath: followed by the host name).
-    #[arg(long, value_name = "IQN")]
+    /// Initiator name (iqn., eui. or naa. form). Default: open-iscsi's, from
+    /// /etc/iscsi/initiatorname.iscsi, else iqn.2026-01.io.mpath: followed by the host name.
+    #[arg(long, value_name = "IQN", value_parser = iscsi_name)]
     initiator: Option<String>,
     /// CHAP credentials, USER:SECRET.
     #[arg(long, value_name = "USER:SECRET")]
@@ -432,7 +436,7 @@ struct TargetServe {
     #[arg(long, value_name = "USER:SECRET", requires = "chap")]
     mutual_chap: Option<String>,
     /// Initiator IQN allowed to log in (repeat for several); none given allows any.
-    #[arg(long, value_name = "IQN")]
+    #[arg(long, value_name = "IQN", value_parser = iscsi_name)]
     allow: Vec<String>,
     /// ALUA mode reported in INQUIRY: none, implicit, explicit or both.
     #[arg(long, default_value = "both")]
@@ -493,6 +497,12 @@ enum CtlOp {
         /// Milliseconds for delay, PDUs for drop-after.
         value: Option<u64>,
     },
+}
+
+/// An iSCSI name given on the command line (iqn., eui. or naa. form): refused as a usage
+/// error when malformed.
+fn iscsi_name(s: &str) -> Result<String, String> {
+    iscsi_target::config::check_name(s).map(|()| s.to_string())
 }
 
 fn main() -> Result<()> {

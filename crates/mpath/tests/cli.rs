@@ -40,3 +40,35 @@ fn udev_rules_run_this_binary() {
     let o = mpath(&["udev", "loop", "loop999"]);
     assert!(o.status.success() && o.stdout.is_empty(), "{o:?}");
 }
+
+#[test]
+fn a_malformed_initiator_name_is_a_usage_error() {
+    for args in [
+        &["iscsi", "discover", "127.0.0.1", "--initiator", "my host"][..],
+        &["daemon", "--portal", "127.0.0.1", "--initiator", "host1"],
+        &[
+            "target",
+            "--iqn",
+            "iqn.2026-01.io.mpath:t",
+            "--portal",
+            "127.0.0.1:3260",
+            "--lun",
+            "mem:1M",
+            "--allow",
+            "iqn.2026-01.io.mpath:a,b",
+        ],
+    ] {
+        let o = mpath(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {o:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("is not an iSCSI name (iqn.YYYY-MM.domain:id)")
+                || err.contains("contains characters iSCSI names may not"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            err.contains("--initiator") || err.contains("--allow"),
+            "{err}"
+        );
+    }
+}
