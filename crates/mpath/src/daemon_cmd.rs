@@ -6,7 +6,9 @@ use anyhow::{bail, Context, Result};
 use mpathd::config::{self, DaemonConfig, PortalConfig};
 use mpathd::{control, Daemon, Listeners, Request};
 
-use crate::{ClientOpts, Command, DaemonCmd};
+use sd_notify::NotifyState;
+
+use crate::{service, ClientOpts, Command, DaemonCmd};
 
 pub async fn run(c: Command) -> Result<()> {
     match c {
@@ -44,9 +46,12 @@ pub async fn run(c: Command) -> Result<()> {
 }
 
 fn socket(o: &ClientOpts) -> PathBuf {
-    o.socket
-        .clone()
-        .unwrap_or_else(config::default_control_socket)
+    o.socket.clone().unwrap_or_else(|| {
+        service::client_socket(
+            config::default_control_socket(),
+            service::SERVICE_DAEMON_SOCKET,
+        )
+    })
 }
 
 async fn call(o: &ClientOpts, req: Request) -> Result<()> {
@@ -113,6 +118,11 @@ async fn daemon(d: DaemonCmd) -> Result<()> {
     }
     if let Some(s) = &d.socket {
         cfg.control_socket = s.clone();
+    } else if cfg.control_socket == config::default_control_socket() {
+        // As a service: in the directory systemd made for it (/run/mpath).
+        if let Some(dir) = service::runtime_directory() {
+            cfg.control_socket = dir.join("mpath.sock");
+        }
     }
     if let Some(n) = &d.nbd {
         cfg.nbd_listen = match n.as_str() {
@@ -146,26 +156,78 @@ async fn daemon(d: DaemonCmd) -> Result<()> {
     if let Some(a) = cfg.nbd_listen {
         eprintln!("mpath daemon: NBD on {a} (one export per map)");
     }
+    let settle = cfg.settle;
     let daemon = Daemon::start(cfg, listeners, d.config.clone())?;
     let control = daemon.control();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let stop_signal = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        service::notify_stopping();
+    };
+    let mut stop_signal = Box::pin(stop_signal);
+    // Ready when the maps are assembled from the paths present, or `settle` passed (late
+    // paths join their maps afterwards); a stop asked for meanwhile is not kept waiting.
+    let stopped_early = tokio::select! {
+        _ = daemon.settle(settle) => false,
+        _ = &mut stop_signal => true,
+    };
+    if !stopped_early {
+        let line = status_line(&control);
+        service::notify(&[NotifyState::Ready, NotifyState::Status(&line)]);
+        tracing::info!("ready: {line}");
+        let c = control.clone();
+        service::spawn_keepalive(move || status_line(&c));
+    }
     // SIGHUP: reconfigure.
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let c = control.clone();
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            match control.handle(Request::Reconfigure).await {
+            service::notify_reloading();
+            match c.handle(Request::Reconfigure).await {
                 r if r.ok => tracing::info!("SIGHUP: {}", r.text.trim()),
                 r => tracing::warn!("SIGHUP: reconfigure failed: {}", r.text.trim()),
             }
+            let line = status_line(&c);
+            service::notify(&[NotifyState::Ready, NotifyState::Status(&line)]);
         }
     });
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     daemon
         .run(async move {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+            if !stopped_early {
+                stop_signal.await;
             }
         })
         .await;
+    // Stopped by `mpath shutdown` rather than a signal: said late, but said.
+    service::notify_stopping();
     Ok(())
+}
+
+/// The daemon in one line, for `systemctl status`: maps, paths by checker state, sessions,
+/// unreachable portals.
+fn status_line(control: &mpathd::Control) -> String {
+    let s = control.status().data;
+    let n = |k: &str| s[k].as_u64().unwrap_or(0);
+    let mut line = format!("{} map(s), {} path(s)", n("maps"), n("paths"),);
+    if let Some(by) = s["paths_by_checker"].as_object().filter(|b| !b.is_empty()) {
+        let states: Vec<String> = by
+            .iter()
+            .map(|(k, v)| format!("{} {k}", v.as_u64().unwrap_or(0)))
+            .collect();
+        line.push_str(&format!(" ({})", states.join(", ")));
+    }
+    line.push_str(&format!(
+        ", {}/{} session(s) up",
+        n("sessions_up"),
+        n("sessions")
+    ));
+    let unreachable = s["unreachable_portals"].as_array().map_or(0, |a| a.len());
+    if unreachable > 0 {
+        line.push_str(&format!(", {unreachable} portal(s) unreachable"));
+    }
+    line
 }

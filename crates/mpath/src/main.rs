@@ -11,6 +11,7 @@ mod config_cmd;
 mod daemon_cmd;
 mod demo;
 mod iscsi_cmd;
+mod service;
 mod stack;
 mod target_cmd;
 mod udev_cmd;
@@ -98,6 +99,29 @@ enum Command {
     Udev {
         #[command(subcommand)]
         what: UdevWhat,
+    },
+    /// systemd helpers: the units that run the daemon and the target as services.
+    Systemd {
+        #[command(subcommand)]
+        what: SystemdWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum SystemdWhat {
+    /// Print mpath-daemon.service and mpath-target.service with the binary's path filled
+    /// in, or write them into a unit directory with --install.
+    Units {
+        /// The mpath binary the units run (default: this one).
+        #[arg(long, value_name = "PATH")]
+        mpath: Option<PathBuf>,
+        /// Write the units (default into /etc/systemd/system) instead of printing them;
+        /// then `systemctl daemon-reload`.
+        #[arg(long)]
+        install: bool,
+        /// The unit directory --install writes into.
+        #[arg(long, value_name = "DIR", requires = "install")]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -510,6 +534,9 @@ fn main() -> Result<()> {
     // A helper udev runs on every loop event: no runtime, no log set-up.
     if let Command::Udev { what } = cli.command {
         return udev_cmd::run(what);
+    }
+    if let Command::Systemd { what } = cli.command {
+        return service::run(what);
     }
     if let Command::Config { what } = cli.command {
         return config_cmd::run(what);

@@ -9,6 +9,7 @@ use iscsi_target::config::{
 };
 use iscsi_target::ctl::{self, CtlRequest, CtlResponse};
 use iscsi_target::Fault;
+use sd_notify::NotifyState;
 
 use crate::{CtlCmd, CtlOp, TargetServe};
 
@@ -113,7 +114,12 @@ pub async fn target_serve(f: TargetServe) -> Result<()> {
     if f.control_socket.is_some() {
         cfg.control_socket = f.control_socket.clone();
     }
-    let socket = cfg.control_socket.clone().unwrap_or_else(default_socket);
+    // As a service: in the directory systemd made for it (/run/mpath-target).
+    let socket = cfg.control_socket.clone().unwrap_or_else(|| {
+        crate::service::runtime_directory()
+            .map(|d| d.join("mpath-target.sock"))
+            .unwrap_or_else(default_socket)
+    });
     let server = iscsi_target::Server::bind(cfg).await?;
     for t in &server.config().targets {
         eprintln!("target {}", t.iqn);
@@ -139,14 +145,34 @@ pub async fn target_serve(f: TargetServe) -> Result<()> {
             tracing::error!("control socket {}: {e}", sock.display());
         }
     });
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let line = status_line(&server.control());
+    crate::service::notify(&[NotifyState::Ready, NotifyState::Status(&line)]);
+    let c = server.control();
+    crate::service::spawn_keepalive(move || status_line(&c));
     server
         .run(async {
-            let _ = tokio::signal::ctrl_c().await;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            crate::service::notify_stopping();
             eprintln!("shutting down");
         })
         .await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// The target in one line, for `systemctl status`.
+fn status_line(control: &iscsi_target::Control) -> String {
+    let st = control.status();
+    format!(
+        "{} target(s), {} portal(s), {} session(s)",
+        st.targets.len(),
+        st.portals.len(),
+        control.sessions().len()
+    )
 }
 
 pub async fn target_ctl(c: CtlCmd) -> Result<()> {
@@ -229,7 +255,9 @@ pub async fn target_ctl(c: CtlCmd) -> Result<()> {
             }
         }
     };
-    let socket = c.socket.clone().unwrap_or_else(default_socket);
+    let socket = c.socket.clone().unwrap_or_else(|| {
+        crate::service::client_socket(default_socket(), crate::service::SERVICE_TARGET_SOCKET)
+    });
     let resp = ctl::call(&socket, &req).await?;
     if c.json {
         println!("{}", serde_json::to_string_pretty(&resp)?);
