@@ -30,8 +30,20 @@ struct Cli {
     /// diagnostics.
     #[arg(long, global = true)]
     log: Option<String>,
+    /// How log lines look: text (with timestamps), journal (no timestamp, each line led by
+    /// its priority, <3> error to <7> debug, for the systemd journal) or auto (journal when
+    /// standard error is the journal, as systemd's JOURNAL_STREAM says).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Auto,
+    Text,
+    Journal,
 }
 
 #[derive(Subcommand)]
@@ -551,11 +563,22 @@ fn main() -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&level))
         .context("--log")?;
-    tracing_subscriber::fmt()
+    let journal = match cli.log_format {
+        LogFormat::Auto => service::stderr_is_journal(),
+        LogFormat::Text => false,
+        LogFormat::Journal => true,
+    };
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if journal {
+        logs.with_ansi(false)
+            .event_format(service::JournalFormat)
+            .init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     // Servers use every core; a diagnostic client is one event loop (as iscsi-perf is):
     // commands then never hop between threads.
     let rt = match cli.command {

@@ -1,6 +1,6 @@
 //! Running under a service manager: the systemd units (`mpath systemd units`), the
-//! sd_notify protocol (readiness, status, watchdog, reload, stop) and the runtime directory
-//! systemd gives a service.
+//! sd_notify protocol (readiness, status, watchdog, reload, stop), the runtime directory
+//! systemd gives a service, and log lines for the journal.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -182,6 +182,72 @@ pub fn client_socket(default: PathBuf, service: &str) -> PathBuf {
         service.to_path_buf()
     } else {
         default
+    }
+}
+
+/// Whether standard error is the journal's stream: systemd sets `JOURNAL_STREAM` to its
+/// `DEVICE:INODE` (a child that inherited the variable but writes elsewhere is not).
+pub fn stderr_is_journal() -> bool {
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    // SAFETY: fstat fills the zeroed struct it is given; fd 2 is only looked at.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(2, &mut st) } != 0 {
+        return false;
+    }
+    st.st_dev as u64 == dev && st.st_ino as u64 == ino
+}
+
+/// Log lines for the journal (and any sd-daemon reader): no timestamp (the journal has
+/// one), each line led by its syslog priority — `<3>` error, `<4>` warn, `<6>` info, `<7>`
+/// debug and trace — so that `journalctl -p warning` finds the warnings.
+pub struct JournalFormat;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JournalFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            _ => 7,
+        };
+        let mut text = String::new();
+        let mut w = tracing_subscriber::fmt::format::Writer::new(&mut text);
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                write!(w, "{}", span.name())?;
+                let ext = span.extensions();
+                if let Some(fields) = ext.get::<tracing_subscriber::fmt::FormattedFields<N>>() {
+                    if !fields.is_empty() {
+                        write!(w, "{{{fields}}}")?;
+                    }
+                }
+                write!(w, ": ")?;
+            }
+        }
+        write!(w, "{}: ", event.metadata().target())?;
+        ctx.field_format().format_fields(w.by_ref(), event)?;
+        // Every line its priority: a continuation line would otherwise be info.
+        for line in text.lines() {
+            writeln!(writer, "<{priority}>{line}")?;
+        }
+        Ok(())
     }
 }
 

@@ -272,3 +272,79 @@ fn the_target_tells_systemd_ready_and_stopping() {
     assert_eq!(status.code(), Some(0), "{status:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Run `mpath daemon` against a portal that refuses (it warns, retrying discovery) with
+/// `JOURNAL_STREAM` set; the first lines of standard error up to its `ready` line.
+fn daemon_log_lines(dir: &Path, journal_stream: Option<&str>) -> Vec<String> {
+    let (reader, writer) = std::io::pipe().unwrap();
+    let stream = journal_stream.map(str::to_string).unwrap_or_else(|| {
+        // What systemd sets: the device and inode of the stream standard error is.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&writer);
+        assert_eq!(unsafe { libc::fstat(fd, &mut st) }, 0);
+        format!("{}:{}", st.st_dev, st.st_ino)
+    });
+    let mut d = mpath()
+        .args([
+            "daemon",
+            "--portal",
+            "127.0.0.1:1",
+            "--nbd",
+            "off",
+            "--socket",
+        ])
+        .arg(dir.join("mpath.sock"))
+        .env("JOURNAL_STREAM", stream)
+        .stderr(writer)
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    let mut from = BufReader::new(reader).lines();
+    for l in from.by_ref() {
+        let l = l.unwrap();
+        let ready = l.contains("ready: ");
+        lines.push(l);
+        if ready {
+            break;
+        }
+    }
+    // Keep reading: a closed pipe would fail the daemon's later lines.
+    std::thread::spawn(move || for _ in from {});
+    kill(&d, SIGTERM);
+    assert!(d.wait().unwrap().success());
+    lines
+}
+
+#[test]
+fn logs_to_the_journal_carry_priorities_and_no_timestamps() {
+    let dir = temp_dir("journal");
+    let lines = daemon_log_lines(&dir, None);
+    assert!(
+        lines.iter().any(|l| l.starts_with(
+            "<4>mpathd::daemon: discovery failed, retrying: cannot connect to 127.0.0.1:1"
+        )),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("<6>mpath::daemon_cmd: ready: 0 map(s)")),
+        "{lines:#?}"
+    );
+    for l in lines.iter().filter(|l| l.starts_with('<')) {
+        assert!(
+            !l.contains("WARN") && !l.contains("INFO") && !l.contains("Z "),
+            "{l}"
+        );
+    }
+
+    // A JOURNAL_STREAM inherited while standard error goes elsewhere: plain text lines.
+    let lines = daemon_log_lines(&dir, Some("1:2"));
+    let warn = lines
+        .iter()
+        .find(|l| l.contains("discovery failed"))
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert!(!warn.starts_with('<') && warn.contains(" WARN "), "{warn}");
+    assert!(warn.starts_with("20"), "a timestamp first: {warn}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
