@@ -11,6 +11,7 @@ mod config_cmd;
 mod daemon_cmd;
 mod demo;
 mod iscsi_cmd;
+mod manual;
 mod service;
 mod stack;
 mod target_cmd;
@@ -116,6 +117,19 @@ enum Command {
     Systemd {
         #[command(subcommand)]
         what: SystemdWhat,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell), e.g.
+    /// `mpath completions bash > /etc/bash_completion.d/mpath`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page mpath(1); with --dir, write mpath.1 and one page per subcommand
+    /// (mpath-daemon.1, mpath-show.1, mpath-target-ctl.1...) there, e.g.
+    /// /usr/local/share/man/man1.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -547,8 +561,11 @@ fn main() -> Result<()> {
     if let Command::Udev { what } = cli.command {
         return udev_cmd::run(what);
     }
-    if let Command::Systemd { what } = cli.command {
-        return service::run(what);
+    match cli.command {
+        Command::Systemd { what } => return service::run(what),
+        Command::Completions { shell } => return manual::completions(shell),
+        Command::Man { dir } => return manual::man(dir.as_deref()),
+        _ => {}
     }
     if let Command::Config { what } = cli.command {
         return config_cmd::run(what);

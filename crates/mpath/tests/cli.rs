@@ -1,4 +1,5 @@
-//! The command line as scripts meet it: exit statuses, the udev helper.
+//! The command line as scripts meet it: exit statuses, usage errors, the udev helper,
+//! completions and man pages.
 
 use std::process::Command;
 
@@ -71,4 +72,47 @@ fn a_malformed_initiator_name_is_a_usage_error() {
             "{err}"
         );
     }
+}
+
+#[test]
+fn completions_and_man_pages_come_from_the_command_line() {
+    let o = mpath(&["completions", "bash"]);
+    assert!(o.status.success(), "{o:?}");
+    let bash = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        bash.contains("switchgroup") && bash.contains("complete -F"),
+        "{bash}"
+    );
+    for shell in ["zsh", "fish"] {
+        let o = mpath(&["completions", shell]);
+        assert!(o.status.success(), "{o:?}");
+        assert!(String::from_utf8_lossy(&o.stdout).contains("disablequeueing"));
+    }
+    assert_eq!(mpath(&["completions", "tcsh"]).status.code(), Some(2));
+
+    let o = mpath(&["man"]);
+    assert!(o.status.success(), "{o:?}");
+    let page = String::from_utf8_lossy(&o.stdout);
+    assert!(page.contains(".TH mpath 1"), "{page}");
+    assert!(page.contains("switchgroup"), "{page}");
+
+    let dir = std::env::temp_dir().join(format!("mpath-man-{}", std::process::id()));
+    let o = Command::new(env!("CARGO_BIN_EXE_mpath"))
+        .args(["man", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let daemon = std::fs::read_to_string(dir.join("mpath-daemon.1")).unwrap();
+    assert!(daemon.contains(".TH mpath-daemon 1"), "{daemon}");
+    assert!(daemon.contains("initiator"), "{daemon}");
+    for page in [
+        "mpath.1",
+        "mpath-show.1",
+        "mpath-target-ctl.1",
+        "mpath-systemd-units.1",
+    ] {
+        assert!(dir.join(page).is_file(), "{page}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
