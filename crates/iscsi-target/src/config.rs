@@ -368,9 +368,45 @@ impl Ctx<'_> {
     pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
         toml::from_str(self.src).map_err(|e| {
             let key = e.message().split('`').nth(1).unwrap_or("").to_string();
-            self.err(e.span(), &key, e.message().trim().to_string())
+            let mut message = e.message().trim().to_string();
+            if let Some(s) = suggest(&message) {
+                message = format!("{message}; did you mean `{s}`?");
+            }
+            self.err(e.span(), &key, message)
         })
     }
+}
+
+/// For serde's "unknown field `x`, expected one of `a`, `b`" (or "unknown variant"), the
+/// expected name closest to `x`, when it is close enough to be a typo.
+pub fn suggest(message: &str) -> Option<String> {
+    let rest = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("unknown variant `"))?;
+    let (got, rest) = rest.split_once('`')?;
+    let expected = rest.split_once("expected ")?.1;
+    closest(got, expected.split('`').skip(1).step_by(2))
+}
+
+/// The candidate closest to `got` when it is a plausible typo of it (a few edits, or the
+/// same words in another order or spelling), else `None`.
+pub fn closest<'a>(got: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let norm = |s: &str| s.to_ascii_lowercase().replace(['-', '_', ' '], "");
+    let g = norm(got);
+    candidates
+        .into_iter()
+        .map(|c| {
+            let n = norm(c);
+            let score = if n == g {
+                1.0
+            } else {
+                strsim::jaro_winkler(&g, &n)
+            };
+            (score, strsim::levenshtein(&g, &n), c)
+        })
+        .filter(|&(score, dist, _)| score >= 0.85 || dist <= 2)
+        .max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)))
+        .map(|(_, _, c)| c.to_string())
 }
 
 /// The text of a configuration file, or an error naming it.

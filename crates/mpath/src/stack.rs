@@ -75,6 +75,8 @@ impl Stack {
                 data_digest: false,
             }],
             nbd_listen: Some(nbd_addr),
+            // Names in memory: a demo or a benchmark leaves nothing on the host.
+            bindings_file: None,
             ..DaemonConfig::default()
         };
         tune(&mut cfg);

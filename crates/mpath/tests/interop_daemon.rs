@@ -47,6 +47,8 @@ impl DaemonProc {
         cmd.args(extra);
         let child = cmd
             .env("RUST_LOG", "info")
+            // The bindings file (names) in the test's directory, not the host's.
+            .env("STATE_DIRECTORY", dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -62,13 +62,14 @@ impl Shared {
             }
             let mut set = tokio::task::JoinSet::new();
             for (name, path, lu) in due {
-                let kind = cfg.checker;
-                // A map may use alua through its own `[[multipath]]` entry.
-                let alua = matches!(cfg.prioritizer, PrioritizerKind::Alua)
-                    || cfg
-                        .multipaths
-                        .iter()
-                        .any(|m| m.prioritizer == Some(PrioritizerKind::Alua));
+                // The LU's own checker and prioritizer: its device and multipath entries.
+                let r = cfg.resolve(
+                    crate::daemon::lu_wwid(&lu).as_deref(),
+                    &lu.vendor,
+                    &lu.product,
+                );
+                let kind = r.checker;
+                let alua = r.prioritizer == PrioritizerKind::Alua;
                 set.spawn(async move { check(name, path, kind, alua, lu, round).await });
             }
             while let Some(r) = set.join_next().await {

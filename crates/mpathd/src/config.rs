@@ -1,11 +1,12 @@
-//! The daemon's configuration: TOML, with every error naming its key and line.
+//! The daemon's configuration: TOML, with every error naming its key and line. A
+//! multipath-tools `multipath.conf` is read too (`crate::mpconf` translates it).
 //!
 //! ```toml
 //! [defaults]
 //! selector = "service-time"        # round-robin | queue-length | service-time | historical-service-time
 //! grouping = "group_by_prio"       # failover | multibus | group_by_prio | group_by_serial | group_by_node_name | group_by_tpg
 //! failback = "immediate"           # immediate | manual | followover | <seconds>
-//! no_path_retry = "60s"            # fail | queue | <duration>
+//! no_path_retry = "60s"            # fail | queue | <duration> | <checker intervals>
 //! checker = "tur"                  # tur | readsector0 | directio
 //! checker_interval = "2s"
 //! stale_write_fence = "off"        # off | <duration>: see docs/daemon.md
@@ -20,14 +21,33 @@
 //! address = "127.0.0.2:3260"
 //! chap = { user = "alice", secret = "a-long-secret" }
 //!
+//! [[device]]                       # per array: vendor and product are regular expressions
+//! vendor = "LIO-ORG"
+//! product = ".*"
+//! no_path_retry = "30s"
+//!
+//! [overrides]                      # over every device entry (multipath-tools' overrides)
+//! failback = "manual"
+//!
 //! [[multipath]]
 //! wwid = "36026d70..."
 //! alias = "db"
 //!
-//! [blacklist]
-//! wwid = ["3600..."]
-//! vendor = ["IET"]
+//! [blacklist]                      # regular expressions, searched as multipath-tools does
+//! wwid = ["^3600"]
+//! device = [{ vendor = "IET", product = "VIRTUAL-DISK" }]
+//!
+//! [blacklist_exceptions]
+//! wwid = ["^36001405"]
 //! ```
+//!
+//! A setting of a LU comes from, strongest first: its `[[multipath]]` entry, `[overrides]`,
+//! the `[[device]]` entries that match its vendor and product (later ones win),
+//! `[defaults]`, mpath's built-in device entries ([`builtin_devices`]; they change only
+//! settings `[defaults]` leaves at mpath's default), mpath's defaults.
+//! Key names are also accepted in multipath-tools' spelling (`path_selector`,
+//! `path_grouping_policy`, `path_checker`, `prio`, `polling_interval`,
+//! `max_polling_interval`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -81,44 +101,261 @@ pub struct PortalConfig {
     pub data_digest: bool,
 }
 
+/// The settings a layer of the configuration may give a LU (a `[[device]]` entry,
+/// `[overrides]`, a `[[multipath]]` entry); `None` leaves the layer below in force.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    pub selector: Option<SelectorKind>,
+    pub grouping: Option<Grouping>,
+    pub failback: Option<Failback>,
+    pub no_path: Option<NoPathPolicy>,
+    pub prioritizer: Option<PrioritizerKind>,
+    pub checker: Option<CheckerKind>,
+}
+
+impl Settings {
+    fn is_empty(&self) -> bool {
+        *self == Settings::default()
+    }
+
+    /// Set what this layer sets; with `only_defaulted`, only where `r` still has mpath's
+    /// built-in default (a built-in device entry does not beat `[defaults]`).
+    fn apply(&self, r: &mut Resolved, only_defaulted: bool) {
+        let base = MapConfig::default();
+        let free = |default_here: bool| !only_defaulted || default_here;
+        if let Some(v) = &self.selector {
+            if free(r.policy.selector == base.selector) {
+                r.policy.selector = *v;
+            }
+        }
+        if let Some(v) = self.grouping {
+            if free(r.policy.grouping == base.grouping) {
+                r.policy.grouping = v;
+            }
+        }
+        if let Some(v) = &self.failback {
+            if free(r.policy.failback == base.failback) {
+                r.policy.failback = *v;
+            }
+        }
+        if let Some(v) = &self.no_path {
+            if free(r.policy.no_path == base.no_path) {
+                r.policy.no_path = *v;
+            }
+        }
+        if let Some(v) = &self.prioritizer {
+            if free(r.prioritizer == PrioritizerKind::Alua) {
+                r.prioritizer = v.clone();
+            }
+        }
+        if let Some(v) = self.checker {
+            if free(r.checker == CheckerKind::Tur) {
+                r.checker = v;
+            }
+        }
+    }
+}
+
+/// A regular expression as multipath-tools matches one: POSIX-extended style, searched
+/// anywhere in the value (`^…$` to match the whole value).
+#[derive(Clone, Debug)]
+pub struct Pattern {
+    src: String,
+    re: regex::Regex,
+}
+
+impl Pattern {
+    pub fn new(src: &str) -> Result<Pattern, String> {
+        regex::Regex::new(src)
+            .map(|re| Pattern {
+                src: src.to_string(),
+                re,
+            })
+            .map_err(|e| {
+                let e = e.to_string();
+                let last = e.lines().last().unwrap_or("").trim();
+                format!("{src:?} is not a regular expression: {last}")
+            })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.src
+    }
+
+    pub fn is_match(&self, v: &str) -> bool {
+        self.re.is_match(v)
+    }
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, o: &Pattern) -> bool {
+        self.src == o.src
+    }
+}
+
+impl Eq for Pattern {}
+
+/// A `[[device]]` entry: settings for the LUs whose vendor and product match.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceConfig {
+    pub vendor: Pattern,
+    /// `None`: every product of the vendor.
+    pub product: Option<Pattern>,
+    pub settings: Settings,
+}
+
+impl DeviceConfig {
+    pub fn matches(&self, vendor: &str, product: &str) -> bool {
+        self.vendor.is_match(vendor) && self.product.as_ref().is_none_or(|p| p.is_match(product))
+    }
+
+    fn label(&self) -> String {
+        match &self.product {
+            Some(p) => format!("vendor {:?} product {:?}", self.vendor.as_str(), p.as_str()),
+            None => format!("vendor {:?}", self.vendor.as_str()),
+        }
+    }
+}
+
+/// mpath's built-in device entries, under every `[[device]]` of the configuration; they
+/// change only settings that `[defaults]` leaves at mpath's default.
+/// - LIO (`LIO-ORG`) and mpath's own target (`MPATH`): implicit ALUA — paths grouped by
+///   priority from REPORT TARGET PORT GROUPS, failback at once, 60 s of queueing with no
+///   path (multipath-tools' `no_path_retry 12` at 5 s).
+/// - tgt (`IET`, `VIRTUAL-DISK`): no ALUA, every port alike — one group of every path,
+///   equal priorities.
+pub fn builtin_devices() -> Vec<DeviceConfig> {
+    let p = |s: &str| Pattern::new(s).expect("built-in pattern");
+    let alua = Settings {
+        grouping: Some(Grouping::GroupByPrio),
+        prioritizer: Some(PrioritizerKind::Alua),
+        failback: Some(Failback::Immediate),
+        no_path: Some(NoPathPolicy::Queue(Duration::from_secs(60))),
+        ..Settings::default()
+    };
+    vec![
+        DeviceConfig {
+            vendor: p("^LIO-ORG$"),
+            product: None,
+            settings: alua.clone(),
+        },
+        DeviceConfig {
+            vendor: p("^MPATH$"),
+            product: None,
+            settings: alua,
+        },
+        DeviceConfig {
+            vendor: p("^IET$"),
+            product: Some(p("^VIRTUAL-DISK$")),
+            settings: Settings {
+                grouping: Some(Grouping::Multibus),
+                prioritizer: Some(PrioritizerKind::Const),
+                failback: Some(Failback::Immediate),
+                ..Settings::default()
+            },
+        },
+    ]
+}
+
 /// Per-WWID settings (`multipaths` section of multipath.conf).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MultipathConfig {
     pub wwid: String,
     pub alias: Option<String>,
-    pub policy: MapConfig,
-    pub prioritizer: Option<PrioritizerKind>,
+    pub settings: Settings,
     /// Overrides `[exports] ublk` for this map.
     pub ublk: Option<bool>,
     /// Overrides `[exports] nbd_device` for this map.
     pub nbd_device: Option<bool>,
 }
 
-/// Devices the daemon leaves alone.
+/// A LU's settings after every layer of the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    pub policy: MapConfig,
+    pub prioritizer: PrioritizerKind,
+    pub checker: CheckerKind,
+    /// The device entries that applied, strongest last (for `show config`-style reports).
+    pub devices: Vec<String>,
+}
+
+/// One kind of rule of a blacklist or of its exceptions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rules {
+    pub wwid: Vec<Pattern>,
+    /// Vendor and product pairs (either may be absent: any).
+    pub device: Vec<(Option<Pattern>, Option<Pattern>)>,
+    /// Transport protocols (`scsi:iscsi` for every path of mpath's).
+    pub protocol: Vec<Pattern>,
+}
+
+/// The protocol multipath-tools names for an iSCSI path.
+pub const PROTOCOL: &str = "scsi:iscsi";
+
+impl Rules {
+    fn is_empty(&self) -> bool {
+        self.wwid.is_empty() && self.device.is_empty() && self.protocol.is_empty()
+    }
+
+    fn wwid(&self, wwid: &str) -> Option<&Pattern> {
+        self.wwid.iter().find(|p| p.is_match(wwid))
+    }
+
+    fn device(&self, vendor: &str, product: &str) -> Option<String> {
+        self.device
+            .iter()
+            .find(|(v, p)| {
+                v.as_ref().is_none_or(|v| v.is_match(vendor))
+                    && p.as_ref().is_none_or(|p| p.is_match(product))
+            })
+            .map(|(v, p)| device_label(v, p))
+    }
+
+    fn protocol(&self) -> Option<&Pattern> {
+        self.protocol.iter().find(|p| p.is_match(PROTOCOL))
+    }
+}
+
+fn device_label(v: &Option<Pattern>, p: &Option<Pattern>) -> String {
+    match (v, p) {
+        (Some(v), Some(p)) => format!("{{ vendor {:?}, product {:?} }}", v.as_str(), p.as_str()),
+        (Some(v), None) => format!("{{ vendor {:?} }}", v.as_str()),
+        (None, Some(p)) => format!("{{ product {:?} }}", p.as_str()),
+        (None, None) => "{ }".to_string(),
+    }
+}
+
+/// Devices the daemon leaves alone, and the exceptions that take them back: multipath-tools'
+/// rules, kind by kind (device, protocol, WWID): an exception of a kind overrides the
+/// blacklist of that kind only.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Blacklist {
-    pub wwid: Vec<String>,
-    pub vendor: Vec<String>,
-    pub product: Vec<String>,
+    pub rules: Rules,
+    pub exceptions: Rules,
 }
 
 impl Blacklist {
-    /// Whether a LU is excluded; patterns are exact strings or end in `*` (prefix).
+    /// Why a LU is excluded, if it is.
     pub fn excludes(&self, wwid: &str, vendor: &str, product: &str) -> Option<String> {
-        fn m<'a>(pats: &'a [String], v: &str) -> Option<&'a String> {
-            pats.iter().find(|p| match p.strip_suffix('*') {
-                Some(pre) => v.starts_with(pre),
-                None => p.as_str() == v,
-            })
+        if self.exceptions.device(vendor, product).is_none() {
+            if let Some(d) = self.rules.device(vendor, product) {
+                return Some(format!(
+                    "device {vendor:?} {product:?} matches blacklist device {d}"
+                ));
+            }
         }
-        if let Some(p) = m(&self.wwid, wwid) {
-            return Some(format!("wwid matches blacklist entry {p:?}"));
+        if self.exceptions.protocol().is_none() {
+            if let Some(p) = self.rules.protocol() {
+                return Some(format!(
+                    "protocol {PROTOCOL} matches blacklist protocol {:?}",
+                    p.as_str()
+                ));
+            }
         }
-        if let Some(p) = m(&self.vendor, vendor) {
-            return Some(format!("vendor {vendor:?} matches blacklist entry {p:?}"));
-        }
-        if let Some(p) = m(&self.product, product) {
-            return Some(format!("product {product:?} matches blacklist entry {p:?}"));
+        if self.exceptions.wwid(wwid).is_none() {
+            if let Some(p) = self.rules.wwid(wwid) {
+                return Some(format!("wwid matches blacklist entry {:?}", p.as_str()));
+            }
         }
         None
     }
@@ -140,9 +377,14 @@ pub struct DaemonConfig {
     pub stale_write_fence: Option<Duration>,
     pub prioritizer: PrioritizerKind,
     pub user_friendly_names: bool,
+    /// Where names given to WWIDs are kept (`None`: in memory only, for tests and the
+    /// demo). Default: [`default_bindings_file`].
     pub bindings_file: Option<PathBuf>,
     pub initiator_name: String,
     pub portals: Vec<PortalConfig>,
+    /// `[[device]]` entries, in file order.
+    pub devices: Vec<DeviceConfig>,
+    pub overrides: Settings,
     pub multipaths: Vec<MultipathConfig>,
     pub blacklist: Blacklist,
     pub nbd_listen: Option<SocketAddr>,
@@ -155,12 +397,46 @@ pub struct DaemonConfig {
     /// netlink, kept across restarts of the daemon (`export::nbd::kernel`).
     pub nbd_device: bool,
     pub control_socket: PathBuf,
+    /// The group the control socket is given (mode 0660): its members may read the
+    /// daemon's views; changes stay with the daemon's own user and root.
+    pub control_socket_group: Option<String>,
     pub metrics: Option<SocketAddr>,
     /// How long start-up waits for paths before building maps from those present (more
     /// arrive later).
     pub settle: Duration,
     /// The iSCSI sessions' failure-detection timers.
     pub timers: SessionTimers,
+}
+
+impl DaemonConfig {
+    /// The settings of the LU `wwid` (when known) from `vendor`'s `product`: every layer
+    /// applied, weakest first.
+    pub fn resolve(&self, wwid: Option<&str>, vendor: &str, product: &str) -> Resolved {
+        let mut r = Resolved {
+            policy: self.policy.clone(),
+            prioritizer: self.prioritizer.clone(),
+            checker: self.checker,
+            devices: Vec::new(),
+        };
+        if let Some(d) = builtin_devices()
+            .iter()
+            .find(|d| d.matches(vendor, product))
+        {
+            d.settings.apply(&mut r, true);
+            r.devices.push(format!("built-in {}", d.label()));
+        }
+        for (i, d) in self.devices.iter().enumerate() {
+            if d.matches(vendor, product) {
+                d.settings.apply(&mut r, false);
+                r.devices.push(format!("device[{i}] {}", d.label()));
+            }
+        }
+        self.overrides.apply(&mut r, false);
+        if let Some(m) = wwid.and_then(|w| self.multipaths.iter().find(|m| m.wwid == w)) {
+            m.settings.apply(&mut r, false);
+        }
+        r
+    }
 }
 
 /// The failure-detection timers of the daemon's iSCSI sessions (`iscsi_session`'s
@@ -216,9 +492,11 @@ impl Default for DaemonConfig {
             stale_write_fence: None,
             prioritizer: PrioritizerKind::Alua,
             user_friendly_names: true,
-            bindings_file: None,
+            bindings_file: Some(default_bindings_file()),
             initiator_name: iscsi_initiator::default_initiator_name(),
             portals: Vec::new(),
+            devices: Vec::new(),
+            overrides: Settings::default(),
             multipaths: Vec::new(),
             blacklist: Blacklist::default(),
             nbd_listen: Some(SocketAddr::from(([127, 0, 0, 1], 10809))),
@@ -227,6 +505,7 @@ impl Default for DaemonConfig {
             ublk: false,
             nbd_device: false,
             control_socket: default_control_socket(),
+            control_socket_group: None,
             metrics: None,
             settle: Duration::from_secs(3),
             timers: SessionTimers::default(),
@@ -234,17 +513,126 @@ impl Default for DaemonConfig {
     }
 }
 
-/// `$XDG_RUNTIME_DIR/mpath.sock`, else `/tmp/mpath.sock`.
+/// The system daemon's control socket.
+pub const SYSTEM_CONTROL_SOCKET: &str = "/run/mpath/mpathd.sock";
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Where a daemon puts its control socket by default: [`SYSTEM_CONTROL_SOCKET`] for root;
+/// for another user `$XDG_RUNTIME_DIR/mpath.sock`, else `/tmp/mpath-UID.sock` — never
+/// the system's path, which a daemon of another user must not take.
 pub fn default_control_socket() -> PathBuf {
+    if is_root() {
+        return PathBuf::from(SYSTEM_CONTROL_SOCKET);
+    }
+    user_control_socket()
+}
+
+fn user_control_socket() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) => PathBuf::from(d).join("mpath.sock"),
-        None => PathBuf::from("/tmp/mpath.sock"),
+        // SAFETY: getuid has no preconditions and cannot fail.
+        None => PathBuf::from(format!("/tmp/mpath-{}.sock", unsafe { libc::getuid() })),
     }
+}
+
+/// The socket a client talks to by default: the system daemon's when there is one (a
+/// user in its group may read its status), else the user's own daemon's.
+pub fn client_control_socket() -> PathBuf {
+    let system = PathBuf::from(SYSTEM_CONTROL_SOCKET);
+    if is_root() || system.exists() {
+        system
+    } else {
+        user_control_socket()
+    }
+}
+
+/// Where names given to WWIDs are kept by default: `$STATE_DIRECTORY/bindings` under
+/// systemd's `StateDirectory=`, else `/var/lib/mpath/bindings` for root, else
+/// `$XDG_STATE_HOME/mpath/bindings` (`~/.local/state/mpath/bindings`).
+pub fn default_bindings_file() -> PathBuf {
+    if let Some(d) = std::env::var_os("STATE_DIRECTORY") {
+        // systemd may pass several, colon-separated: the first is ours.
+        let first = d
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        if !first.is_empty() {
+            return PathBuf::from(first).join("bindings");
+        }
+    }
+    if is_root() {
+        return PathBuf::from("/var/lib/mpath/bindings");
+    }
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    state.join("mpath/bindings")
 }
 
 /// A configuration error: what is wrong, where (file, line, key) — the same as the
 /// target's.
 pub use iscsi_target::config::ConfigError;
+
+/// A value written as a string or a bare number (`polling_interval = 5`, as
+/// multipath-tools writes it, or `checker_interval = "5s"`).
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Text {
+    s: String,
+    /// Written as a bare integer.
+    integer: Option<i64>,
+}
+
+impl std::ops::Deref for Text {
+    type Target = String;
+    fn deref(&self) -> &String {
+        &self.s
+    }
+}
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Text, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Text;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or a number")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text, E> {
+                Ok(Text {
+                    s: v.to_string(),
+                    integer: None,
+                })
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Text, E> {
+                Ok(Text {
+                    s: v.to_string(),
+                    integer: Some(v),
+                })
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Text, E> {
+                i64::try_from(v)
+                    .map_err(|_| E::custom("number too large"))
+                    .and_then(|v| self.visit_i64(v))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Text, E> {
+                Ok(Text {
+                    s: v.to_string(),
+                    integer: None,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+type Str = Spanned<Text>;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -254,50 +642,113 @@ struct File {
     #[serde(default)]
     portal: Vec<PortalSection>,
     #[serde(default)]
+    device: Vec<DeviceSection>,
+    #[serde(default)]
+    overrides: Option<OverridesSection>,
+    #[serde(default)]
     multipath: Vec<MultipathSection>,
     #[serde(default)]
     blacklist: Option<BlacklistSection>,
     #[serde(default)]
+    blacklist_exceptions: Option<BlacklistSection>,
+    #[serde(default)]
     exports: Option<ExportsSection>,
     control_socket: Option<PathBuf>,
+    control_socket_group: Option<Spanned<String>>,
     metrics: Option<Spanned<String>>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct Defaults {
-    selector: Option<Spanned<String>>,
-    rr_min_io: Option<Spanned<u32>>,
-    grouping: Option<Spanned<String>>,
-    failback: Option<Spanned<toml::Value>>,
-    no_path_retry: Option<Spanned<String>>,
-    checker: Option<Spanned<String>>,
-    checker_interval: Option<Spanned<String>>,
-    checker_interval_ok: Option<Spanned<String>>,
-    stale_write_fence: Option<Spanned<String>>,
-    prioritizer: Option<Spanned<String>>,
-    prio_args: Option<Spanned<Vec<(String, u32)>>>,
+/// The settings every layer may carry, with multipath-tools' spellings as aliases.
+macro_rules! layered_section {
+    ($name:ident { $($extra:tt)* }) => {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct $name {
+            #[serde(alias = "path_selector")]
+            selector: Option<Str>,
+            rr_min_io: Option<Spanned<u32>>,
+            #[serde(alias = "path_grouping_policy")]
+            grouping: Option<Str>,
+            failback: Option<Str>,
+            no_path_retry: Option<Str>,
+            #[serde(alias = "prio")]
+            prioritizer: Option<Str>,
+            prio_args: Option<Spanned<Vec<(String, u32)>>>,
+            #[serde(alias = "path_checker")]
+            checker: Option<Str>,
+            $($extra)*
+        }
+
+        impl $name {
+            fn layer(&self) -> Layer<'_> {
+                Layer {
+                    selector: self.selector.as_ref(),
+                    rr_min_io: self.rr_min_io.as_ref(),
+                    grouping: self.grouping.as_ref(),
+                    failback: self.failback.as_ref(),
+                    no_path_retry: self.no_path_retry.as_ref(),
+                    prioritizer: self.prioritizer.as_ref(),
+                    prio_args: self.prio_args.as_ref(),
+                    checker: self.checker.as_ref(),
+                }
+            }
+        }
+    };
+}
+
+/// A section's layered settings, as written.
+struct Layer<'a> {
+    selector: Option<&'a Str>,
+    rr_min_io: Option<&'a Spanned<u32>>,
+    grouping: Option<&'a Str>,
+    failback: Option<&'a Str>,
+    no_path_retry: Option<&'a Str>,
+    prioritizer: Option<&'a Str>,
+    prio_args: Option<&'a Spanned<Vec<(String, u32)>>>,
+    checker: Option<&'a Str>,
+}
+
+layered_section!(Defaults {
+    #[serde(alias = "polling_interval")]
+    checker_interval: Option<Str>,
+    #[serde(alias = "max_polling_interval")]
+    checker_interval_ok: Option<Str>,
+    stale_write_fence: Option<Str>,
     user_friendly_names: Option<bool>,
     bindings_file: Option<PathBuf>,
-    initiator_name: Option<Spanned<String>>,
+    initiator_name: Option<Str>,
     flap_damping: Option<bool>,
     marginal_failures: Option<Spanned<u32>>,
-    marginal_window: Option<Spanned<String>>,
-    marginal_hold: Option<Spanned<String>>,
-    settle: Option<Spanned<String>>,
-    busy_timeout: Option<Spanned<String>>,
-    alua_transition_timeout: Option<Spanned<String>>,
-    stall_silence: Option<Spanned<String>>,
-    stall_ping_floor: Option<Spanned<String>>,
-    keepalive_interval: Option<Spanned<String>>,
-    keepalive_timeout: Option<Spanned<String>>,
-    command_timeout: Option<Spanned<String>>,
-}
+    marginal_window: Option<Str>,
+    marginal_hold: Option<Str>,
+    settle: Option<Str>,
+    busy_timeout: Option<Str>,
+    alua_transition_timeout: Option<Str>,
+    stall_silence: Option<Str>,
+    stall_ping_floor: Option<Str>,
+    keepalive_interval: Option<Str>,
+    keepalive_timeout: Option<Str>,
+    command_timeout: Option<Str>,
+});
+
+layered_section!(DeviceSection {
+    vendor: Str,
+    product: Option<Str>,
+});
+
+layered_section!(OverridesSection {});
+
+layered_section!(MultipathSection {
+    wwid: Str,
+    alias: Option<Str>,
+    ublk: Option<bool>,
+    nbd_device: Option<bool>,
+});
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PortalSection {
-    address: Spanned<String>,
+    address: Str,
     chap: Option<Credentials>,
     mutual_chap: Option<Credentials>,
     #[serde(default)]
@@ -315,46 +766,55 @@ struct Credentials {
     secret: String,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MultipathSection {
-    wwid: Spanned<String>,
-    alias: Option<Spanned<String>>,
-    selector: Option<Spanned<String>>,
-    grouping: Option<Spanned<String>>,
-    failback: Option<Spanned<toml::Value>>,
-    no_path_retry: Option<Spanned<String>>,
-    prioritizer: Option<Spanned<String>>,
-    prio_args: Option<Spanned<Vec<(String, u32)>>>,
-    ublk: Option<bool>,
-    nbd_device: Option<bool>,
-}
-
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct BlacklistSection {
     #[serde(default)]
-    wwid: Vec<String>,
+    wwid: Vec<Str>,
+    /// Shorthand for `device = [{ vendor = … }]`.
     #[serde(default)]
-    vendor: Vec<String>,
+    vendor: Vec<Str>,
+    /// Shorthand for `device = [{ product = … }]`.
     #[serde(default)]
-    product: Vec<String>,
+    product: Vec<Str>,
+    #[serde(default)]
+    device: Vec<Spanned<DevicePatternSection>>,
+    #[serde(default)]
+    protocol: Vec<Str>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DevicePatternSection {
+    vendor: Option<String>,
+    product: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct ExportsSection {
     /// `false` or "off" disables the TCP listener.
-    nbd: Option<Spanned<String>>,
+    nbd: Option<Str>,
     nbd_unix: Option<PathBuf>,
     fuse: Option<PathBuf>,
     ublk: Option<bool>,
     nbd_device: Option<bool>,
 }
 
-/// Read and validate a configuration file.
+/// Read and validate a configuration file: mpath's TOML, or a multipath-tools
+/// `multipath.conf` (with its `config_dir`), translated as `mpath config import` does.
 pub fn load_file(path: &Path) -> Result<DaemonConfig, ConfigError> {
-    parse_str(&iscsi_target::config::read_file(path)?, Some(path))
+    let text = iscsi_target::config::read_file(path)?;
+    if crate::mpconf::looks_like(&text) {
+        let imported = crate::mpconf::import_text(&text, path, None)?;
+        return parse_str(&imported.toml, Some(path)).map_err(|mut e| {
+            // The translation is checked; should it still not read, say where it came from.
+            e.message = format!("{} (in the TOML translated from this file)", e.message);
+            e.line = None;
+            e
+        });
+    }
+    parse_str(&text, Some(path))
 }
 
 /// Parse and validate configuration text (`file` labels errors).
@@ -362,7 +822,7 @@ pub fn parse_str(src: &str, file: Option<&Path>) -> Result<DaemonConfig, ConfigE
     let ctx = Ctx { file, src };
     let raw: File = ctx.parse()?;
     let mut c = DaemonConfig::default();
-    // weightedpath in a [[multipath]] entry takes its own prio_args, else these.
+    // weightedpath in a later layer takes its own prio_args, else these.
     let default_args: Vec<(String, u32)> = raw
         .defaults
         .as_ref()
@@ -399,7 +859,25 @@ pub fn parse_str(src: &str, file: Option<&Path>) -> Result<DaemonConfig, ConfigE
             data_digest: p.data_digest,
         });
     }
-    for (i, m) in raw.multipath.into_iter().enumerate() {
+    for (i, d) in raw.device.iter().enumerate() {
+        let key = |k: &str| format!("device[{i}].{k}");
+        let vendor = pattern(&ctx, &d.vendor, &key("vendor"))?;
+        let product = d
+            .product
+            .as_ref()
+            .map(|p| pattern(&ctx, p, &key("product")))
+            .transpose()?;
+        let settings = layer(&ctx, &c, d.layer(), &format!("device[{i}]"), &default_args)?;
+        c.devices.push(DeviceConfig {
+            vendor,
+            product,
+            settings,
+        });
+    }
+    if let Some(o) = &raw.overrides {
+        c.overrides = layer(&ctx, &c, o.layer(), "overrides", &default_args)?;
+    }
+    for (i, m) in raw.multipath.iter().enumerate() {
         let key = |k: &str| format!("multipath[{i}].{k}");
         let wwid = m.wwid.get_ref().trim().to_string();
         if wwid.is_empty() {
@@ -412,41 +890,15 @@ pub fn parse_str(src: &str, file: Option<&Path>) -> Result<DaemonConfig, ConfigE
                 format!("WWID {wwid} has two entries"),
             ));
         }
-        let mut policy = c.policy.clone();
-        if let Some(s) = &m.selector {
-            policy.selector = selector(&ctx, s, &key("selector"), 1)?;
-        }
-        if let Some(s) = &m.grouping {
-            policy.grouping = grouping(&ctx, s, &key("grouping"))?;
-        }
-        if let Some(s) = &m.failback {
-            policy.failback = failback(&ctx, s, &key("failback"))?;
-        }
-        if let Some(s) = &m.no_path_retry {
-            policy.no_path = no_path(&ctx, s, &key("no_path_retry"))?;
-        }
-        let prioritizer = match &m.prioritizer {
-            Some(p) => {
-                let args = m
-                    .prio_args
-                    .as_ref()
-                    .map(|a| a.get_ref().as_slice())
-                    .unwrap_or(&default_args);
-                Some(prioritizer(&ctx, p, &key("prioritizer"), args)?)
-            }
-            None => None,
-        };
-        if let Some(a) = &m.prio_args {
-            if !matches!(prioritizer, Some(PrioritizerKind::Weightedpath(_))) {
-                return Err(ctx.err(
-                    Some(a.span()),
-                    &key("prio_args"),
-                    "prio_args needs prioritizer = \"weightedpath\" in the same entry",
-                ));
-            }
-        }
+        let settings = layer(
+            &ctx,
+            &c,
+            m.layer(),
+            &format!("multipath[{i}]"),
+            &default_args,
+        )?;
         let alias = match &m.alias {
-            Some(a) if valid_name(a.get_ref()) => Some(a.get_ref().clone()),
+            Some(a) if valid_name(a.get_ref()) => Some(a.get_ref().to_string()),
             Some(a) => {
                 return Err(ctx.err(
                     Some(a.span()),
@@ -468,18 +920,16 @@ pub fn parse_str(src: &str, file: Option<&Path>) -> Result<DaemonConfig, ConfigE
         c.multipaths.push(MultipathConfig {
             wwid,
             alias,
-            policy,
-            prioritizer,
+            settings,
             ublk: m.ublk,
             nbd_device: m.nbd_device,
         });
     }
-    if let Some(b) = raw.blacklist {
-        c.blacklist = Blacklist {
-            wwid: b.wwid,
-            vendor: b.vendor,
-            product: b.product,
-        };
+    if let Some(b) = &raw.blacklist {
+        c.blacklist.rules = rules(&ctx, b, "blacklist")?;
+    }
+    if let Some(b) = &raw.blacklist_exceptions {
+        c.blacklist.exceptions = rules(&ctx, b, "blacklist_exceptions")?;
     }
     if let Some(e) = raw.exports {
         if let Some(n) = &e.nbd {
@@ -509,6 +959,16 @@ pub fn parse_str(src: &str, file: Option<&Path>) -> Result<DaemonConfig, ConfigE
     if let Some(s) = raw.control_socket {
         c.control_socket = s;
     }
+    if let Some(g) = &raw.control_socket_group {
+        if group_id(g.get_ref()).is_none() {
+            return Err(ctx.err(
+                Some(g.span()),
+                "control_socket_group",
+                format!("no group {:?} on this host", g.get_ref()),
+            ));
+        }
+        c.control_socket_group = Some(g.get_ref().clone());
+    }
     if let Some(m) = &raw.metrics {
         c.metrics = Some(m.get_ref().parse().map_err(|_| {
             ctx.err(
@@ -521,71 +981,181 @@ pub fn parse_str(src: &str, file: Option<&Path>) -> Result<DaemonConfig, ConfigE
     Ok(c)
 }
 
-fn apply_defaults(ctx: &Ctx, d: Defaults, c: &mut DaemonConfig) -> Result<(), ConfigError> {
-    let rr = d.rr_min_io.as_ref().map(|v| *v.get_ref()).unwrap_or(1);
-    if let Some(v) = &d.rr_min_io {
-        if rr == 0 {
-            return Err(ctx.err(Some(v.span()), "defaults.rr_min_io", "must be at least 1"));
+/// The id of group `name` (or a number), if the host has it.
+pub fn group_id(name: &str) -> Option<u32> {
+    if let Ok(n) = name.parse::<u32>() {
+        return Some(n);
+    }
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getgrnam reads a NUL-terminated name; the result is only read at once.
+    let g = unsafe { libc::getgrnam(c.as_ptr()) };
+    if g.is_null() {
+        None
+    } else {
+        // SAFETY: non-null: a valid group entry until the next getgr* call.
+        Some(unsafe { (*g).gr_gid })
+    }
+}
+
+fn pattern(ctx: &Ctx, s: &Str, key: &str) -> Result<Pattern, ConfigError> {
+    Pattern::new(s.get_ref()).map_err(|m| ctx.err(Some(s.span()), key, m))
+}
+
+fn rules(ctx: &Ctx, b: &BlacklistSection, section: &str) -> Result<Rules, ConfigError> {
+    let mut r = Rules::default();
+    for (i, w) in b.wwid.iter().enumerate() {
+        r.wwid
+            .push(pattern(ctx, w, &format!("{section}.wwid[{i}]"))?);
+    }
+    for (i, v) in b.vendor.iter().enumerate() {
+        let p = pattern(ctx, v, &format!("{section}.vendor[{i}]"))?;
+        r.device.push((Some(p), None));
+    }
+    for (i, v) in b.product.iter().enumerate() {
+        let p = pattern(ctx, v, &format!("{section}.product[{i}]"))?;
+        r.device.push((None, Some(p)));
+    }
+    for (i, d) in b.device.iter().enumerate() {
+        let key = format!("{section}.device[{i}]");
+        let one = |s: &Option<String>, k: &str| {
+            s.as_deref()
+                .map(|s| {
+                    Pattern::new(s).map_err(|m| ctx.err(Some(d.span()), &format!("{key}.{k}"), m))
+                })
+                .transpose()
+        };
+        let (v, p) = (
+            one(&d.get_ref().vendor, "vendor")?,
+            one(&d.get_ref().product, "product")?,
+        );
+        if v.is_none() && p.is_none() {
+            return Err(ctx.err(Some(d.span()), &key, "give a vendor, a product or both"));
+        }
+        r.device.push((v, p));
+    }
+    for (i, p) in b.protocol.iter().enumerate() {
+        r.protocol
+            .push(pattern(ctx, p, &format!("{section}.protocol[{i}]"))?);
+    }
+    Ok(r)
+}
+
+/// The settings a section sets (`prefix`: its key for errors).
+fn layer(
+    ctx: &Ctx,
+    c: &DaemonConfig,
+    l: Layer,
+    prefix: &str,
+    default_args: &[(String, u32)],
+) -> Result<Settings, ConfigError> {
+    let key = |k: &str| format!("{prefix}.{k}");
+    let mut s = Settings::default();
+    let rr = match l.rr_min_io {
+        Some(v) if *v.get_ref() == 0 => {
+            return Err(ctx.err(Some(v.span()), &key("rr_min_io"), "must be at least 1"))
+        }
+        Some(v) => Some(*v.get_ref()),
+        None => None,
+    };
+    if let Some(v) = l.selector {
+        s.selector = Some(selector(ctx, v, &key("selector"), rr.unwrap_or(1))?);
+    } else if let Some(rr) = rr {
+        s.selector = Some(SelectorKind::RoundRobin { repeat_count: rr });
+    }
+    if let Some(v) = l.grouping {
+        s.grouping = Some(grouping(ctx, v, &key("grouping"))?);
+    }
+    if let Some(v) = l.failback {
+        s.failback = Some(failback(ctx, v, &key("failback"))?);
+    }
+    if let Some(v) = l.no_path_retry {
+        s.no_path = Some(no_path(ctx, v, &key("no_path_retry"), c.checker_interval)?);
+    }
+    if let Some(v) = l.prioritizer {
+        let args = l
+            .prio_args
+            .map(|a| a.get_ref().as_slice())
+            .unwrap_or(default_args);
+        s.prioritizer = Some(prioritizer(ctx, v, &key("prioritizer"), args)?);
+    }
+    // prio_args in [defaults] alone are the weights of every later weightedpath.
+    if let Some(a) = l.prio_args.filter(|_| prefix != "defaults") {
+        if !matches!(s.prioritizer, Some(PrioritizerKind::Weightedpath(_))) {
+            return Err(ctx.err(
+                Some(a.span()),
+                &key("prio_args"),
+                "prio_args needs prioritizer = \"weightedpath\" in the same entry",
+            ));
         }
     }
-    if let Some(s) = &d.selector {
-        c.policy.selector = selector(ctx, s, "defaults.selector", rr)?;
+    if let Some(v) = l.checker {
+        s.checker = Some(checker(ctx, v, &key("checker"))?);
     }
-    if let Some(s) = &d.grouping {
-        c.policy.grouping = grouping(ctx, s, "defaults.grouping")?;
+    Ok(s)
+}
+
+fn checker(ctx: &Ctx, s: &Str, key: &str) -> Result<CheckerKind, ConfigError> {
+    Ok(match s.get_ref().as_str() {
+        "tur" => CheckerKind::Tur,
+        "readsector0" => CheckerKind::Readsector0,
+        "directio" => CheckerKind::Directio,
+        other => {
+            return Err(ctx.err(
+                Some(s.span()),
+                key,
+                format!(
+                    "unknown checker {other:?} (tur, readsector0, directio){}",
+                    did_you_mean(other, &["tur", "readsector0", "directio"])
+                ),
+            ))
+        }
+    })
+}
+
+/// "; did you mean `x`?" when `got` is a near miss of one of `known`, else "".
+fn did_you_mean(got: &str, known: &[&str]) -> String {
+    match iscsi_target::config::closest(got, known.iter().copied()) {
+        Some(s) => format!("; did you mean {s:?}?"),
+        None => String::new(),
     }
-    if let Some(s) = &d.failback {
-        c.policy.failback = failback(ctx, s, "defaults.failback")?;
-    }
-    if let Some(s) = &d.no_path_retry {
-        c.policy.no_path = no_path(ctx, s, "defaults.no_path_retry")?;
-    }
-    if let Some(s) = &d.checker {
-        c.checker = match s.get_ref().as_str() {
-            "tur" => CheckerKind::Tur,
-            "readsector0" => CheckerKind::Readsector0,
-            "directio" => CheckerKind::Directio,
-            other => {
-                return Err(ctx.err(
-                    Some(s.span()),
-                    "defaults.checker",
-                    format!("unknown checker {other:?} (tur, readsector0, directio)"),
-                ))
-            }
-        };
-    }
+}
+
+fn apply_defaults(ctx: &Ctx, d: Defaults, c: &mut DaemonConfig) -> Result<(), ConfigError> {
+    // The intervals first: `no_path_retry = 12` counts checker intervals.
     if let Some(s) = &d.checker_interval {
         c.checker_interval = duration(ctx, s, "defaults.checker_interval")?;
     }
     if let Some(s) = &d.checker_interval_ok {
         c.checker_interval_ok = duration(ctx, s, "defaults.checker_interval_ok")?;
     }
+    let s = layer(ctx, c, d.layer(), "defaults", &[])?;
+    let mut r = Resolved {
+        policy: c.policy.clone(),
+        prioritizer: c.prioritizer.clone(),
+        checker: c.checker,
+        devices: Vec::new(),
+    };
+    s.apply(&mut r, false);
+    c.policy = r.policy;
+    c.prioritizer = r.prioritizer;
+    c.checker = r.checker;
     if let Some(s) = &d.stale_write_fence {
         c.stale_write_fence = match s.get_ref().as_str() {
             "off" => None,
             _ => Some(duration(ctx, s, "defaults.stale_write_fence")?),
         };
     }
-    if let Some(s) = &d.prioritizer {
-        c.prioritizer = prioritizer(
-            ctx,
-            s,
-            "defaults.prioritizer",
-            d.prio_args
-                .as_ref()
-                .map(|a| a.get_ref().as_slice())
-                .unwrap_or(&[]),
-        )?;
-    }
-
     if let Some(v) = d.user_friendly_names {
         c.user_friendly_names = v;
     }
-    c.bindings_file = d.bindings_file;
+    if let Some(b) = d.bindings_file {
+        // "": names in memory only.
+        c.bindings_file = (!b.as_os_str().is_empty()).then_some(b);
+    }
     if let Some(n) = &d.initiator_name {
         iscsi_target::config::check_name(n.get_ref())
             .map_err(|m| ctx.err(Some(n.span()), "defaults.initiator_name", m))?;
-        c.initiator_name = n.get_ref().clone();
+        c.initiator_name = n.get_ref().to_string();
     }
     if d.flap_damping == Some(false) {
         c.policy.flap = None;
@@ -657,28 +1227,36 @@ fn apply_defaults(ctx: &Ctx, d: Defaults, c: &mut DaemonConfig) -> Result<(), Co
     Ok(())
 }
 
-fn selector(
-    ctx: &Ctx,
-    s: &Spanned<String>,
-    key: &str,
-    rr: u32,
-) -> Result<SelectorKind, ConfigError> {
-    Ok(match s.get_ref().as_str() {
+fn selector(ctx: &Ctx, s: &Str, key: &str, rr: u32) -> Result<SelectorKind, ConfigError> {
+    // multipath-tools writes the kernel selector's argument count: "service-time 0".
+    let name = s.get_ref().trim();
+    let name = name.strip_suffix(" 0").unwrap_or(name).trim();
+    Ok(match name {
         "round-robin" => SelectorKind::RoundRobin { repeat_count: rr },
         "queue-length" => SelectorKind::QueueLength,
         "service-time" => SelectorKind::ServiceTime,
         "historical-service-time" => SelectorKind::HistoricalServiceTime(HstParams::default()),
         other => {
+            const KNOWN: [&str; 4] = [
+                "round-robin",
+                "queue-length",
+                "service-time",
+                "historical-service-time",
+            ];
             return Err(ctx.err(
                 Some(s.span()),
                 key,
-                format!("unknown selector {other:?} (round-robin, queue-length, service-time, historical-service-time)"),
-            ))
+                format!(
+                    "unknown selector {other:?} ({}){}",
+                    KNOWN.join(", "),
+                    did_you_mean(other, &KNOWN)
+                ),
+            ));
         }
     })
 }
 
-fn grouping(ctx: &Ctx, s: &Spanned<String>, key: &str) -> Result<Grouping, ConfigError> {
+fn grouping(ctx: &Ctx, s: &Str, key: &str) -> Result<Grouping, ConfigError> {
     Ok(match s.get_ref().as_str() {
         "failover" => Grouping::Failover,
         "multibus" => Grouping::Multibus,
@@ -686,15 +1264,29 @@ fn grouping(ctx: &Ctx, s: &Spanned<String>, key: &str) -> Result<Grouping, Confi
         "group_by_serial" => Grouping::GroupBySerial,
         "group_by_node_name" => Grouping::GroupByNodeName,
         "group_by_tpg" => Grouping::GroupByTpg,
-        other => return Err(ctx.err(
-            Some(s.span()),
-            key,
-            format!("unknown grouping {other:?} (failover, multibus, group_by_prio, group_by_serial, group_by_node_name, group_by_tpg)"),
-        )),
+        other => {
+            const KNOWN: [&str; 6] = [
+                "failover",
+                "multibus",
+                "group_by_prio",
+                "group_by_serial",
+                "group_by_node_name",
+                "group_by_tpg",
+            ];
+            return Err(ctx.err(
+                Some(s.span()),
+                key,
+                format!(
+                    "unknown grouping {other:?} ({}){}",
+                    KNOWN.join(", "),
+                    did_you_mean(other, &KNOWN)
+                ),
+            ));
+        }
     })
 }
 
-fn failback(ctx: &Ctx, s: &Spanned<toml::Value>, key: &str) -> Result<Failback, ConfigError> {
+fn failback(ctx: &Ctx, s: &Str, key: &str) -> Result<Failback, ConfigError> {
     let bad = || {
         ctx.err(
             Some(s.span()),
@@ -702,28 +1294,38 @@ fn failback(ctx: &Ctx, s: &Spanned<toml::Value>, key: &str) -> Result<Failback, 
             "expected immediate, manual, followover or a number of seconds",
         )
     };
-    Ok(match s.get_ref() {
-        toml::Value::String(v) => match v.as_str() {
-            "immediate" => Failback::Immediate,
-            "manual" => Failback::Manual,
-            "followover" => Failback::Followover,
-            other => match other.trim_end_matches('s').parse::<u64>() {
-                Ok(n) => Failback::Deferred(Duration::from_secs(n)),
-                Err(_) => return Err(bad()),
-            },
+    Ok(match s.get_ref().as_str() {
+        "immediate" => Failback::Immediate,
+        "manual" => Failback::Manual,
+        "followover" => Failback::Followover,
+        other => match other.trim_end_matches('s').parse::<u64>() {
+            Ok(n) => Failback::Deferred(Duration::from_secs(n)),
+            Err(_) => return Err(bad()),
         },
-        toml::Value::Integer(n) if *n >= 0 => Failback::Deferred(Duration::from_secs(*n as u64)),
-        _ => return Err(bad()),
     })
 }
 
-fn no_path(ctx: &Ctx, s: &Spanned<String>, key: &str) -> Result<NoPathPolicy, ConfigError> {
+/// `fail`, `queue`, a duration, or (multipath-tools' way, a bare number) that many
+/// checker intervals.
+fn no_path(
+    ctx: &Ctx,
+    s: &Str,
+    key: &str,
+    checker_interval: Duration,
+) -> Result<NoPathPolicy, ConfigError> {
+    if let Some(n) = s.get_ref().integer {
+        return match u32::try_from(n) {
+            Ok(0) => Ok(NoPathPolicy::Fail),
+            Ok(n) => Ok(NoPathPolicy::Queue(checker_interval * n)),
+            Err(_) => Err(ctx.err(Some(s.span()), key, "must not be negative")),
+        };
+    }
     Ok(match s.get_ref().as_str() {
         "fail" => NoPathPolicy::Fail,
         "queue" => NoPathPolicy::QueueForever,
         _ => NoPathPolicy::Queue(duration(ctx, s, key).map_err(|mut e| {
             e.message = format!(
-                "expected fail, queue or a duration such as 60s: {}",
+                "expected fail, queue, a duration such as 60s or a number of checker intervals: {}",
                 e.message
             );
             e
@@ -733,7 +1335,7 @@ fn no_path(ctx: &Ctx, s: &Spanned<String>, key: &str) -> Result<NoPathPolicy, Co
 
 fn prioritizer(
     ctx: &Ctx,
-    s: &Spanned<String>,
+    s: &Str,
     key: &str,
     args: &[(String, u32)],
 ) -> Result<PrioritizerKind, ConfigError> {
@@ -743,11 +1345,16 @@ fn prioritizer(
         "weightedpath" => PrioritizerKind::Weightedpath(args.to_vec()),
         "path_latency" => PrioritizerKind::PathLatency,
         other => {
+            const KNOWN: [&str; 4] = ["const", "alua", "weightedpath", "path_latency"];
             return Err(ctx.err(
                 Some(s.span()),
                 key,
-                format!("unknown prioritizer {other:?} (const, alua, weightedpath, path_latency)"),
-            ))
+                format!(
+                    "unknown prioritizer {other:?} ({}){}",
+                    KNOWN.join(", "),
+                    did_you_mean(other, &KNOWN)
+                ),
+            ));
         }
     })
 }
@@ -772,7 +1379,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-fn duration(ctx: &Ctx, s: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {
+fn duration(ctx: &Ctx, s: &Str, key: &str) -> Result<Duration, ConfigError> {
     parse_duration(s.get_ref()).map_err(|m| ctx.err(Some(s.span()), key, m))
 }
 
@@ -821,6 +1428,9 @@ pub fn render(c: &DaemonConfig) -> String {
         "control_socket = {}",
         q(&c.control_socket.display().to_string())
     );
+    if let Some(g) = &c.control_socket_group {
+        let _ = writeln!(s, "control_socket_group = {}", q(g));
+    }
     if let Some(m) = c.metrics {
         let _ = writeln!(s, "metrics = {}", q(&m.to_string()));
     }
@@ -833,12 +1443,7 @@ pub fn render(c: &DaemonConfig) -> String {
     let _ = writeln!(s, "grouping = {}", q(grouping_name(p.grouping)));
     let _ = writeln!(s, "failback = {}", failback_name(&p.failback));
     let _ = writeln!(s, "no_path_retry = {}", no_path_name(&p.no_path));
-    let checker = match c.checker {
-        CheckerKind::Tur => "tur",
-        CheckerKind::Readsector0 => "readsector0",
-        CheckerKind::Directio => "directio",
-    };
-    let _ = writeln!(s, "checker = {}", q(checker));
+    let _ = writeln!(s, "checker = {}", q(checker_name(c.checker)));
     let _ = writeln!(
         s,
         "checker_interval = {}",
@@ -860,9 +1465,12 @@ pub fn render(c: &DaemonConfig) -> String {
         let _ = writeln!(s, "prio_args = [{}]", args.join(", "));
     }
     let _ = writeln!(s, "user_friendly_names = {}", c.user_friendly_names);
-    if let Some(b) = &c.bindings_file {
-        let _ = writeln!(s, "bindings_file = {}", q(&b.display().to_string()));
-    }
+    let bindings = c.bindings_file.as_ref().map(|b| b.display().to_string());
+    let _ = writeln!(
+        s,
+        "bindings_file = {}",
+        q(bindings.as_deref().unwrap_or(""))
+    );
     let _ = writeln!(s, "initiator_name = {}", q(&c.initiator_name));
     match &p.flap {
         Some(f) => {
@@ -915,6 +1523,17 @@ pub fn render(c: &DaemonConfig) -> String {
             let _ = writeln!(s, "data_digest = true");
         }
     }
+    for d in &c.devices {
+        let _ = writeln!(s, "\n[[device]]\nvendor = {}", q(d.vendor.as_str()));
+        if let Some(p) = &d.product {
+            let _ = writeln!(s, "product = {}", q(p.as_str()));
+        }
+        render_settings(&mut s, &d.settings);
+    }
+    if !c.overrides.is_empty() {
+        let _ = writeln!(s, "\n[overrides]");
+        render_settings(&mut s, &c.overrides);
+    }
     for m in &c.multipaths {
         let _ = writeln!(s, "\n[[multipath]]\nwwid = {}", q(&m.wwid));
         if let Some(a) = &m.alias {
@@ -926,34 +1545,45 @@ pub fn render(c: &DaemonConfig) -> String {
         if let Some(n) = m.nbd_device {
             let _ = writeln!(s, "nbd_device = {n}");
         }
-        // Only what differs from [defaults] (a map inherits the rest).
-        if m.policy.selector != p.selector {
-            let _ = writeln!(s, "selector = {}", q(selector_key(&m.policy.selector)));
-        }
-        if m.policy.grouping != p.grouping {
-            let _ = writeln!(s, "grouping = {}", q(grouping_name(m.policy.grouping)));
-        }
-        if m.policy.failback != p.failback {
-            let _ = writeln!(s, "failback = {}", failback_name(&m.policy.failback));
-        }
-        if m.policy.no_path != p.no_path {
-            let _ = writeln!(s, "no_path_retry = {}", no_path_name(&m.policy.no_path));
-        }
-        if let Some(pr) = &m.prioritizer {
-            let _ = writeln!(s, "prioritizer = {}", q(prio_name(pr)));
-            if let PrioritizerKind::Weightedpath(w) = pr {
-                let args: Vec<String> = w.iter().map(|(p, n)| format!("[{}, {n}]", q(p))).collect();
-                let _ = writeln!(s, "prio_args = [{}]", args.join(", "));
-            }
-        }
+        render_settings(&mut s, &m.settings);
     }
-    let b = &c.blacklist;
-    if !(b.wwid.is_empty() && b.vendor.is_empty() && b.product.is_empty()) {
-        let list = |v: &[String]| v.iter().map(|x| q(x)).collect::<Vec<_>>().join(", ");
-        let _ = writeln!(s, "\n[blacklist]");
-        let _ = writeln!(s, "wwid = [{}]", list(&b.wwid));
-        let _ = writeln!(s, "vendor = [{}]", list(&b.vendor));
-        let _ = writeln!(s, "product = [{}]", list(&b.product));
+    for (section, r) in [
+        ("blacklist", &c.blacklist.rules),
+        ("blacklist_exceptions", &c.blacklist.exceptions),
+    ] {
+        if r.is_empty() {
+            continue;
+        }
+        let list = |v: &[Pattern]| {
+            v.iter()
+                .map(|x| q(x.as_str()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(s, "\n[{section}]");
+        if !r.wwid.is_empty() {
+            let _ = writeln!(s, "wwid = [{}]", list(&r.wwid));
+        }
+        if !r.device.is_empty() {
+            let devices: Vec<String> = r
+                .device
+                .iter()
+                .map(|(v, p)| {
+                    let mut parts = Vec::new();
+                    if let Some(v) = v {
+                        parts.push(format!("vendor = {}", q(v.as_str())));
+                    }
+                    if let Some(p) = p {
+                        parts.push(format!("product = {}", q(p.as_str())));
+                    }
+                    format!("{{ {} }}", parts.join(", "))
+                })
+                .collect();
+            let _ = writeln!(s, "device = [{}]", devices.join(", "));
+        }
+        if !r.protocol.is_empty() {
+            let _ = writeln!(s, "protocol = [{}]", list(&r.protocol));
+        }
     }
     let _ = writeln!(s, "\n[exports]");
     let nbd = c
@@ -970,6 +1600,45 @@ pub fn render(c: &DaemonConfig) -> String {
     let _ = writeln!(s, "ublk = {}", c.ublk);
     let _ = writeln!(s, "nbd_device = {}", c.nbd_device);
     s
+}
+
+/// The keys a layer sets (`[[device]]`, `[overrides]`, `[[multipath]]`).
+fn render_settings(s: &mut String, set: &Settings) {
+    use std::fmt::Write;
+    let q = |v: &str| toml::Value::String(v.to_string()).to_string();
+    if let Some(sel) = &set.selector {
+        let _ = writeln!(s, "selector = {}", q(selector_key(sel)));
+        if let SelectorKind::RoundRobin { repeat_count } = sel {
+            let _ = writeln!(s, "rr_min_io = {repeat_count}");
+        }
+    }
+    if let Some(g) = set.grouping {
+        let _ = writeln!(s, "grouping = {}", q(grouping_name(g)));
+    }
+    if let Some(f) = &set.failback {
+        let _ = writeln!(s, "failback = {}", failback_name(f));
+    }
+    if let Some(n) = &set.no_path {
+        let _ = writeln!(s, "no_path_retry = {}", no_path_name(n));
+    }
+    if let Some(pr) = &set.prioritizer {
+        let _ = writeln!(s, "prioritizer = {}", q(prio_name(pr)));
+        if let PrioritizerKind::Weightedpath(w) = pr {
+            let args: Vec<String> = w.iter().map(|(p, n)| format!("[{}, {n}]", q(p))).collect();
+            let _ = writeln!(s, "prio_args = [{}]", args.join(", "));
+        }
+    }
+    if let Some(ck) = set.checker {
+        let _ = writeln!(s, "checker = {}", q(checker_name(ck)));
+    }
+}
+
+pub fn checker_name(c: CheckerKind) -> &'static str {
+    match c {
+        CheckerKind::Tur => "tur",
+        CheckerKind::Readsector0 => "readsector0",
+        CheckerKind::Directio => "directio",
+    }
 }
 
 /// The effective configuration as JSON (the same keys as the file).
@@ -1079,9 +1748,10 @@ nbd = "127.0.0.1:10900"
         );
         assert_eq!(c.checker, CheckerKind::Readsector0);
         assert_eq!(c.portals[1].address.port(), 3260);
-        assert_eq!(c.multipaths[0].policy.no_path, NoPathPolicy::Fail);
+        let r = c.resolve(Some("36026d70aaaa"), "X", "Y");
+        assert_eq!(r.policy.no_path, NoPathPolicy::Fail);
         assert_eq!(
-            c.multipaths[0].policy.selector,
+            r.policy.selector,
             SelectorKind::RoundRobin { repeat_count: 4 }
         );
         assert!(c.blacklist.excludes("x", "IET", "VIRTUAL-DISK").is_some());
@@ -1192,14 +1862,14 @@ nbd = "127.0.0.1:10900"
             [[multipath]]\nwwid = \"3b\"\nprioritizer = \"weightedpath\"\nprio_args = [[\"127.0.0.3*\", 9]]\n";
         let c = parse_str(src, None).unwrap();
         assert_eq!(
-            c.multipaths[0].prioritizer,
+            c.multipaths[0].settings.prioritizer,
             Some(PrioritizerKind::Weightedpath(vec![(
                 "127.0.0.2*".into(),
                 7
             )]))
         );
         assert_eq!(
-            c.multipaths[1].prioritizer,
+            c.multipaths[1].settings.prioritizer,
             Some(PrioritizerKind::Weightedpath(vec![(
                 "127.0.0.3*".into(),
                 9

@@ -893,9 +893,7 @@ impl Shared {
             },
             None => wwid.to_string(),
         };
-        let policy = entry
-            .map(|m| m.policy.clone())
-            .unwrap_or_else(|| cfg.policy.clone());
+        let policy = cfg.resolve(Some(wwid), &lu.vendor, &lu.product).policy;
         let bs = lu.block_size.max(512);
         let max_transfer = if lu.max_transfer_blocks > 0 {
             (lu.max_transfer_blocks as u64 * bs as u64).min(32 << 20) as u32
@@ -1014,10 +1012,9 @@ impl Shared {
         lu: &LuInfo,
         latency: Option<Duration>,
     ) -> u32 {
-        let kind = lu_wwid(lu)
-            .and_then(|w| cfg.multipaths.iter().find(|m| m.wwid == w))
-            .and_then(|m| m.prioritizer.clone())
-            .unwrap_or_else(|| cfg.prioritizer.clone());
+        let kind = cfg
+            .resolve(lu_wwid(lu).as_deref(), &lu.vendor, &lu.product)
+            .prioritizer;
         match kind {
             PrioritizerKind::Const => 1,
             PrioritizerKind::Alua => match lu.alua {

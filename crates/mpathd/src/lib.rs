@@ -16,6 +16,7 @@ pub mod config;
 pub mod control;
 mod daemon;
 pub mod metrics;
+pub mod mpconf;
 mod nbd_device;
 mod probe;
 mod ublk;
@@ -68,12 +69,30 @@ impl Listeners {
             }
             let _ = std::fs::remove_file(&cfg.control_socket);
         }
-        l.control = Some(UnixListener::bind(&cfg.control_socket).map_err(|e| {
+        let sock_err = |e: std::io::Error| {
             std::io::Error::new(
                 e.kind(),
                 format!("control socket {}: {e}", cfg.control_socket.display()),
             )
-        })?);
+        };
+        l.control = Some(UnixListener::bind(&cfg.control_socket).map_err(sock_err)?);
+        // Read and write for the daemon's user and, with `control_socket_group`, that
+        // group's members (who may read status; changes stay with the daemon's user and
+        // root); nobody else.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&cfg.control_socket, std::fs::Permissions::from_mode(0o660))
+                .map_err(sock_err)?;
+        }
+        if let Some(g) = &cfg.control_socket_group {
+            let gid = config::group_id(g).ok_or_else(|| {
+                sock_err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("no group {g:?}"),
+                ))
+            })?;
+            std::os::unix::fs::chown(&cfg.control_socket, None, Some(gid)).map_err(sock_err)?;
+        }
         if let Some(a) = cfg.nbd_listen {
             let t = TcpListener::bind(a)
                 .await
@@ -412,18 +431,14 @@ impl Shared {
                         m.wwid.clone(),
                         m.policy.clone(),
                         m.device.clone(),
+                        (m.vendor.clone(), m.product.clone()),
                     )
                 })
                 .collect()
         };
         let mut lines = Vec::new();
-        for (name, wwid, running, dev) in maps {
-            let want = cfg
-                .multipaths
-                .iter()
-                .find(|m| m.wwid == wwid)
-                .map(|m| m.policy.clone())
-                .unwrap_or_else(|| cfg.policy.clone());
+        for (name, wwid, running, dev, (vendor, product)) in maps {
+            let want = cfg.resolve(Some(&wwid), &vendor, &product).policy;
             let mut applied = Vec::new();
             let mut pending = Vec::new();
             let mut changes = Vec::new();
