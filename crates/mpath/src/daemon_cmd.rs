@@ -97,8 +97,8 @@ async fn daemon(d: DaemonCmd) -> Result<()> {
         None => DaemonConfig::default(),
     };
     for p in &d.portal {
-        let address =
-            iscsi_target::config::parse_portal(p).map_err(|m| anyhow::anyhow!("--portal: {m}"))?;
+        let address = crate::iscsi_cmd::resolve_portal(p)
+            .map_err(|m| anyhow::anyhow!("--portal {p}: {m}"))?;
         if !cfg.portals.iter().any(|q| q.address == address) {
             cfg.portals.push(PortalConfig {
                 address,

@@ -122,7 +122,36 @@ async fn perf_cmd(
 }
 
 fn portal(s: &str) -> Result<SocketAddr> {
-    iscsi_target::config::parse_portal(s).map_err(|m| anyhow::anyhow!("portal: {m}"))
+    resolve_portal(s).map_err(|m| anyhow::anyhow!("portal: {m}"))
+}
+
+/// A portal as an operator writes it: IP, IP:PORT, [IPv6]:PORT, HOST or HOST:PORT (port
+/// 3260 by default). A host name is resolved now, once; its first IPv4 address is taken,
+/// else its first IPv6 one (a session's portal is one address).
+pub fn resolve_portal(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = iscsi_target::config::parse_portal(s) {
+        return Ok(a);
+    }
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| format!("{s:?}: {p:?} is not a port number"))?,
+        ),
+        _ => (s, 3260),
+    };
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/' || c == '@') {
+        return Err(format!("{s:?} is not IP[:PORT] nor HOST[:PORT]"));
+    }
+    let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .map_err(|e| format!("cannot resolve host {host:?}: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("host {host:?} has no address"))
 }
 
 fn creds(s: &Option<String>, flag: &str) -> Result<Option<ChapCredentials>> {
@@ -530,5 +559,33 @@ mod futures_queue {
         pub async fn drain(&mut self) -> anyhow::Result<()> {
             self.drain_collect().await.map(|_| ())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn portals_are_addresses_or_host_names() {
+        assert_eq!(
+            resolve_portal("127.0.0.2").unwrap(),
+            "127.0.0.2:3260".parse().unwrap()
+        );
+        assert_eq!(
+            resolve_portal("[::1]:3261").unwrap(),
+            "[::1]:3261".parse().unwrap()
+        );
+        let a = resolve_portal("localhost:3262").unwrap();
+        assert!(a.ip().is_loopback() && a.port() == 3262, "{a}");
+        assert_eq!(resolve_portal("localhost").unwrap().port(), 3260);
+        assert!(resolve_portal("localhost:x")
+            .unwrap_err()
+            .contains("\"x\" is not a port number"));
+        assert!(resolve_portal("").is_err());
+        assert!(resolve_portal("a host").is_err());
+        assert!(resolve_portal("no-such-host.invalid")
+            .unwrap_err()
+            .contains("cannot resolve host \"no-such-host.invalid\""));
     }
 }

@@ -116,3 +116,134 @@ fn completions_and_man_pages_come_from_the_command_line() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `mpath target` on 127.0.0.1 (a free port) with one memory LUN; returns it and its port.
+fn start_target(iqn: &str) -> (std::process::Child, u16) {
+    use std::io::BufRead;
+    let sock = std::env::temp_dir().join(format!("mpath-cli-target-{}.sock", std::process::id()));
+    let mut t = Command::new(env!("CARGO_BIN_EXE_mpath"))
+        .args([
+            "target",
+            "--iqn",
+            iqn,
+            "--portal",
+            "127.0.0.1:0",
+            "--lun",
+            "mem:4M",
+        ])
+        .arg("--control-socket")
+        .arg(sock)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(t.stderr.take().unwrap()).lines();
+    let port = loop {
+        let l = lines.next().expect("the target's portal line").unwrap();
+        if let Some(rest) = l.trim().strip_prefix("portal 127.0.0.1:") {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (t, port)
+}
+
+#[test]
+fn portals_may_be_host_names() {
+    let iqn = "iqn.2026-01.io.mpath:hostnames";
+    let (mut target, port) = start_target(iqn);
+    let o = mpath(&["iscsi", "discover", &format!("localhost:{port}")]);
+    assert!(o.status.success(), "{o:?}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(iqn) && out.contains(&format!("127.0.0.1:{port},1")),
+        "{out}"
+    );
+    let o = mpath(&[
+        "iscsi",
+        "probe",
+        &format!("localhost:{port}"),
+        "--target",
+        iqn,
+    ]);
+    assert!(o.status.success(), "{o:?}");
+
+    // A host that does not resolve is named, by the iSCSI commands and by the daemon.
+    let o = mpath(&["iscsi", "discover", "no-such-host.invalid:3260"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("cannot resolve host \"no-such-host.invalid\""),
+        "{err}"
+    );
+    let o = mpath(&["daemon", "--portal", "no-such-host.invalid", "--nbd", "off"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--portal no-such-host.invalid: cannot resolve host \"no-such-host.invalid\""),
+        "{err}"
+    );
+    let o = mpath(&["iscsi", "discover", "localhost:port"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("\"port\" is not a port number"),
+        "{o:?}"
+    );
+
+    // The daemon logs in through localhost:PORT.
+    let dir = std::env::temp_dir().join(format!("mpath-cli-hosts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("mpath.sock");
+    // Names kept here, not in /var/lib/mpath.
+    let config = dir.join("mpath.toml");
+    std::fs::write(
+        &config,
+        format!("[defaults]\nbindings_file = {:?}\n", dir.join("bindings")),
+    )
+    .unwrap();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_mpath"))
+        .args([
+            "daemon",
+            "--nbd",
+            "off",
+            "--portal",
+            &format!("localhost:{port}"),
+        ])
+        .arg("-c")
+        .arg(&config)
+        .arg("--socket")
+        .arg(&sock)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let sock_s = sock.to_str().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let o = mpath(&["show", "status", "--json", "--socket", sock_s]);
+        if o.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            if v["maps"] == 1 && v["sessions_up"] == 1 {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no map through localhost:{port}: {o:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let o = mpath(&["show", "paths", "--socket", sock_s]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!("127.0.0.1:{port}")),
+        "{o:?}"
+    );
+    assert!(mpath(&["shutdown", "--socket", sock_s]).status.success());
+    assert!(daemon.wait().unwrap().success());
+    assert!(std::fs::read_to_string(dir.join("bindings"))
+        .unwrap()
+        .contains("mpatha "));
+    let _ = target.kill();
+    let _ = target.wait();
+    let _ = std::fs::remove_file(
+        std::env::temp_dir().join(format!("mpath-cli-target-{}.sock", std::process::id())),
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
