@@ -125,9 +125,9 @@ fn portal(s: &str) -> Result<SocketAddr> {
     resolve_portal(s).map_err(|m| anyhow::anyhow!("portal: {m}"))
 }
 
-/// A portal as an operator writes it: IP, IP:PORT, [IPv6]:PORT, HOST or HOST:PORT (port
-/// 3260 by default). A host name is resolved now, once; its first IPv4 address is taken,
-/// else its first IPv6 one (a session's portal is one address).
+/// A portal as an operator writes it: `IP`, `IP:PORT`, `[IPv6]:PORT`, `HOST` or
+/// `HOST:PORT` (port 3260 by default). A host name is resolved now, once; its first IPv4
+/// address is taken, else its first IPv6 one (a session's portal is one address).
 pub fn resolve_portal(s: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = iscsi_target::config::parse_portal(s) {
         return Ok(a);

@@ -302,8 +302,8 @@ struct DaemonCmd {
     /// TOML configuration (see docs/daemon.md).
     #[arg(long, short = 'c')]
     config: Option<PathBuf>,
-    /// A portal to log in through, IP[:PORT] or HOST[:PORT], a host name resolved at start
-    /// (repeatable; adds to the file's).
+    /// A portal to log in through: IP, IP:PORT, HOST or HOST:PORT, a host name resolved at
+    /// start (repeatable; adds to the file's).
     #[arg(long, value_name = "ADDR")]
     portal: Vec<String>,
     /// Control socket path.
@@ -391,7 +391,7 @@ struct IscsiCmd {
 enum IscsiOp {
     /// List the targets a portal offers and every portal of each (SendTargets).
     Discover {
-        /// Portal, IP[:PORT] or HOST[:PORT] (port 3260 by default).
+        /// Portal: IP, IP:PORT, HOST or HOST:PORT (port 3260 by default).
         portal: String,
         #[command(flatten)]
         common: IscsiCommon,
@@ -399,7 +399,7 @@ enum IscsiOp {
     /// Log in and describe each LUN: size, block size, vendor/product, WWID, ALUA group and
     /// state.
     Probe {
-        /// Portal, IP[:PORT] or HOST[:PORT] (port 3260 by default).
+        /// Portal: IP, IP:PORT, HOST or HOST:PORT (port 3260 by default).
         portal: String,
         /// Target IQN.
         #[arg(long)]
@@ -409,7 +409,7 @@ enum IscsiOp {
     },
     /// Write a pattern, read it back and compare; print MB/s and IOPS.
     Io {
-        /// Portal, IP[:PORT] or HOST[:PORT] (port 3260 by default).
+        /// Portal: IP, IP:PORT, HOST or HOST:PORT (port 3260 by default).
         portal: String,
         #[arg(long)]
         target: String,
@@ -433,7 +433,7 @@ enum IscsiOp {
     /// Random reads at a fixed queue depth for a while; print IOPS (what libiscsi's
     /// iscsi-perf does, for comparisons).
     Perf {
-        /// Portal, IP[:PORT] or HOST[:PORT] (port 3260 by default).
+        /// Portal: IP, IP:PORT, HOST or HOST:PORT (port 3260 by default).
         portal: String,
         #[arg(long)]
         target: String,
