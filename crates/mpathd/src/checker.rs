@@ -178,6 +178,14 @@ impl Shared {
         };
         if changed {
             debug!(path = %c.name, state = ?c.state, "checker: {}", c.why);
+            // Back up: the map's reservation key on it before it carries I/O again (its
+            // registration may not have outlived what took it down).
+            if c.state == CheckerState::Up {
+                let ip = self.state().paths.get(&c.name).map(|p| p.path.clone());
+                if let Some(ip) = ip {
+                    self.register_path(&map, &c.name, &ip).await;
+                }
+            }
         }
         if let Err(e) = device
             .checker_report_because(id, c.state, c.fail.clone())

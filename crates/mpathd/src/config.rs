@@ -1325,7 +1325,7 @@ fn no_path(
         "queue" => NoPathPolicy::QueueForever,
         _ => NoPathPolicy::Queue(duration(ctx, s, key).map_err(|mut e| {
             e.message = format!(
-                "expected fail, queue, a duration such as 60s or a number of checker intervals: {}",
+                "expected fail, queue or a duration such as 60s, or a number of checker intervals: {}",
                 e.message
             );
             e

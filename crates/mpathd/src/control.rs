@@ -57,6 +57,12 @@ pub enum Request {
     /// Re-read the configuration file and apply it.
     Reconfigure,
     Shutdown,
+    /// Persistent reservations through a map (`mpath persist`, mpathpersist's job).
+    Persist {
+        map: String,
+        #[serde(flatten)]
+        op: crate::persist::PersistOp,
+    },
 }
 
 impl Request {
@@ -70,7 +76,7 @@ impl Request {
                 | Request::Queueing { .. }
                 | Request::Reconfigure
                 | Request::Shutdown
-        )
+        ) || matches!(self, Request::Persist { op, .. } if op.mutates())
     }
 }
 
@@ -185,6 +191,10 @@ impl Control {
             Request::Queueing { map, on } => self.queueing(&map, on).await,
             Request::Reconfigure => match self.shared.clone().reconfigure().await {
                 Ok(summary) => Response::ok(summary.clone(), json!({ "summary": summary })),
+                Err(e) => Response::err(e),
+            },
+            Request::Persist { map, op } => match self.shared.persist(&map, op).await {
+                Ok((text, data)) => Response::ok(text, data),
                 Err(e) => Response::err(e),
             },
             Request::Shutdown => {

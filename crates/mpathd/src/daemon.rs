@@ -139,6 +139,9 @@ pub(crate) struct MapRec {
     pub paths: Vec<(PathId, String)>,
     /// Policy changes from a reconfigure that a running map cannot take.
     pub pending: Option<String>,
+    /// The persistent-reservation key registered through the map (`mpath persist`):
+    /// paths that join or come back are registered with it before they carry I/O.
+    pub pr_key: Option<u64>,
 }
 
 pub(crate) struct State {
@@ -719,6 +722,12 @@ impl Shared {
         lu: &LuInfo,
         spec: PathSpec,
     ) {
+        // Under a registrants-only reservation an unregistered path's writes conflict:
+        // the map's key goes on the path before the map sends it I/O.
+        let ip = self.state().paths.get(name).map(|p| p.path.clone());
+        if let Some(ip) = ip {
+            self.register_path(map, name, &ip).await;
+        }
         match device.add_path(spec).await {
             Ok(id) => {
                 let mut st = self.state();
@@ -950,6 +959,7 @@ impl Shared {
                     policy,
                     paths: vec![(id, path.to_string())],
                     pending: None,
+                    pr_key: None,
                 },
             );
             if let Some(p) = st.paths.get_mut(path) {

@@ -18,6 +18,7 @@ mod daemon;
 pub mod metrics;
 pub mod mpconf;
 mod nbd_device;
+pub mod persist;
 mod probe;
 mod ublk;
 

@@ -9,6 +9,7 @@ mod damping;
 mod live_changes;
 mod observe;
 mod outcomes;
+mod persist;
 mod prio;
 mod reconfigure;
 mod socket;
