@@ -46,15 +46,12 @@ pub async fn run(c: Command) -> Result<()> {
 }
 
 fn socket(o: &ClientOpts) -> PathBuf {
-    o.socket.clone().unwrap_or_else(|| {
-        service::client_socket(
-            config::default_control_socket(),
-            service::SERVICE_DAEMON_SOCKET,
-        )
-    })
+    o.socket
+        .clone()
+        .unwrap_or_else(config::client_control_socket)
 }
 
-async fn call(o: &ClientOpts, req: Request) -> Result<()> {
+pub(crate) async fn call(o: &ClientOpts, req: Request) -> Result<()> {
     let mut failed = None;
     let json = o.json;
     let called = control::call(&socket(o), &req, |r| {
@@ -118,11 +115,6 @@ async fn daemon(d: DaemonCmd) -> Result<()> {
     }
     if let Some(s) = &d.socket {
         cfg.control_socket = s.clone();
-    } else if cfg.control_socket == config::default_control_socket() {
-        // As a service: in the directory systemd made for it (/run/mpath).
-        if let Some(dir) = service::runtime_directory() {
-            cfg.control_socket = dir.join("mpath.sock");
-        }
     }
     if let Some(n) = &d.nbd {
         cfg.nbd_listen = match n.as_str() {

@@ -169,8 +169,6 @@ pub fn runtime_directory() -> Option<PathBuf> {
         .filter(|d| d.is_absolute())
 }
 
-/// The control socket of the daemon run as `mpath-daemon.service`.
-pub const SERVICE_DAEMON_SOCKET: &str = "/run/mpath/mpath.sock";
 /// The control socket of the target run as `mpath-target.service`.
 pub const SERVICE_TARGET_SOCKET: &str = "/run/mpath-target/mpath-target.sock";
 
