@@ -957,6 +957,11 @@ impl MultipathDevice {
         .await
     }
 
+    /// See [`Message::ReinstateOnRecovery`].
+    pub async fn set_reinstate_on_recovery(&self, on: bool) -> Result<(), MessageError> {
+        self.done(Message::ReinstateOnRecovery { on }).await
+    }
+
     pub async fn status(&self) -> Result<MapStatus, MessageError> {
         match self.message(Message::Status).await? {
             Reply::Status(s) => Ok(*s),

@@ -63,6 +63,12 @@ pub enum Message {
     SetConfig {
         config: Box<MapConfig>,
     },
+    /// Whether a path whose transport logged in again is reinstated at once (`true`, the
+    /// default) or waits for the checker (`false`: what a daemon needs when something —
+    /// a persistent-reservation key — must be put on the path before it carries I/O).
+    ReinstateOnRecovery {
+        on: bool,
+    },
     /// The map's state.
     Status,
 }

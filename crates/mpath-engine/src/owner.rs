@@ -332,6 +332,7 @@ impl Owner {
             Message::RemovePath { path } => self.remove_path(path, now)?,
             Message::Resize { size } => self.resize(size, now)?,
             Message::SetConfig { config } => self.set_config(*config, now),
+            Message::ReinstateOnRecovery { on } => self.reinstate_on_recovery = on,
             Message::Status => return Ok(Reply::Status(Box::new(self.status(now)))),
         }
         Ok(Reply::Done)

@@ -12,6 +12,7 @@ mod daemon_cmd;
 mod demo;
 mod iscsi_cmd;
 mod manual;
+mod persist_cmd;
 mod service;
 mod stack;
 mod target_cmd;
@@ -97,6 +98,9 @@ enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Persistent reservations through a map, as mpathpersist makes them: keys registered
+    /// on every path, reserve, release, clear, preempt; PR IN reports.
+    Persist(persist_cmd::PersistCmd),
     /// Stop the daemon.
     Shutdown {
         #[command(flatten)]
@@ -617,6 +621,7 @@ fn main() -> Result<()> {
         },
         Command::Iscsi(c) => rt.block_on(iscsi_cmd::run(c)),
         Command::Demo(d) => rt.block_on(demo::run(d)),
+        Command::Persist(p) => rt.block_on(persist_cmd::run(p)),
         Command::Bench(b) => rt.block_on(bench::run(b)),
         other => rt.block_on(daemon_cmd::run(other)),
     }

@@ -14,8 +14,12 @@ pub struct PersistCmd {
     map: String,
     #[command(subcommand)]
     op: PersistWhat,
-    #[command(flatten)]
-    client: ClientOpts,
+    /// The daemon's control socket.
+    #[arg(long, value_name = "PATH", global = true)]
+    socket: Option<std::path::PathBuf>,
+    /// Print JSON.
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 /// Keys are hex (0x optional), as mpathpersist takes them; TYPE is we, ea, we-ro, ea-ro,
@@ -120,5 +124,9 @@ pub async fn run(c: PersistCmd) -> Result<()> {
             abort,
         },
     };
-    crate::daemon_cmd::call(&c.client, Request::Persist { map: c.map, op }).await
+    let client = ClientOpts {
+        socket: c.socket,
+        json: c.json,
+    };
+    crate::daemon_cmd::call(&client, Request::Persist { map: c.map, op }).await
 }

@@ -462,6 +462,115 @@ fn blackhole_under_fio_tgtd() {
     }
 }
 
+/// `mpath persist` against tgtd: a key registered on both paths of the map, another host
+/// (a second daemon with its own initiator name) registered and then preempted, and a
+/// registrants-only reservation that holds while fio verifies through a silent blackhole
+/// of the portal whose path reserved — no RESERVATION CONFLICT reaches the client.
+#[test]
+fn persistent_reservations_through_the_map_on_tgtd() {
+    if !require("persist_tgtd", &["fio", "tgtd", "tgtadm", "iptables"]) {
+        return;
+    }
+    let portals: Vec<SocketAddr> = vec![
+        format!("127.0.0.8:{}", free_port("127.0.0.8"))
+            .parse()
+            .unwrap(),
+        format!("127.0.0.9:{}", free_port("127.0.0.9"))
+            .parse()
+            .unwrap(),
+    ];
+    let _t = Tgtd::start(7342, &portals, 128 << 20);
+    let d = DaemonProc::start(&portals, &[]);
+    let map = d.wait_map(2);
+    let ok = |d: &DaemonProc, args: &[&str]| -> String {
+        let o = d.cli(args);
+        assert!(o.success(), "mpath {args:?}: {}\n{}", o.all(), d.log_text());
+        o.stdout
+    };
+    let reg = ok(&d, &["persist", &map, "register", "0xabc"]);
+    assert_eq!(reg.matches(": registered").count(), 2, "{reg}");
+    let keys = ok(&d, &["persist", &map, "keys"]);
+    assert!(
+        keys.contains("2 registered") && keys.contains("0xabc"),
+        "{keys}"
+    );
+    let caps = ok(&d, &["persist", &map, "capabilities"]);
+    assert!(caps.contains("Report capabilities"), "{caps}");
+
+    // Another host registers through its own map, then is preempted by ours.
+    let other = DaemonProc::start(
+        &portals,
+        &["--initiator", "iqn.2026-01.io.mpath:other-host"],
+    );
+    let other_map = other.wait_map(2);
+    ok(&other, &["persist", &other_map, "register", "0xbad"]);
+    let keys = ok(&d, &["persist", &map, "keys"]);
+    assert!(
+        keys.contains("4 registered") && keys.contains("0xbad"),
+        "{keys}"
+    );
+    let reserved = ok(&d, &["persist", &map, "reserve", "we-ro"]);
+    // The path that reserved: the one the blackhole takes below.
+    let holder: SocketAddr = reserved
+        .split("(through ")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no path named in {reserved:?}"));
+    assert!(portals.contains(&holder), "{reserved}");
+    ok(&d, &["persist", &map, "preempt", "0xbad", "we-ro"]);
+    let keys = ok(&d, &["persist", &map, "keys"]);
+    assert!(
+        keys.contains("2 registered") && !keys.contains("0xbad"),
+        "{keys}"
+    );
+    drop(other);
+
+    // Failover with the reservation held: every path is a registrant.
+    let hole = LoopbackBlackhole::new(holder);
+    blackhole_during_fio(&d, &map, || hole.on(), || hole.off());
+    // The path that came back had its key put back before it carried I/O again.
+    let start = Instant::now();
+    loop {
+        let ev = d.cli(&["show", "events"]).stdout;
+        if ev.contains("a path that joined or came back") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the recovered path was not registered again: {ev}\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // tgtd takes a logged-in-again session for a new I_T nexus and keeps the old one's
+    // registration: two or more keys, all the map's.
+    let keys = ok(&d, &["persist", &map, "keys"]);
+    let listed: Vec<&str> = keys.lines().skip(1).map(str::trim).collect();
+    assert!(
+        listed.len() >= 2 && listed.iter().all(|k| *k == "0xabc"),
+        "{keys}"
+    );
+    let res = ok(&d, &["persist", &map, "reservation"]);
+    assert!(
+        res.contains("Key = 0xabc") && res.contains("registrants only"),
+        "{res}"
+    );
+    // tgtd keeps the reservation with the nexus that reserved, gone with the blackholed
+    // session: a release through the map cannot drop it, and says so; a clear does.
+    let rel = d.cli(&["persist", &map, "release", "we-ro"]);
+    assert!(
+        !rel.success() && rel.stderr.contains("still held"),
+        "{}",
+        rel.all()
+    );
+    ok(&d, &["persist", &map, "clear"]);
+    let res = ok(&d, &["persist", &map, "reservation"]);
+    assert!(res.contains("no reservation"), "{res}");
+    let keys = ok(&d, &["persist", &map, "keys"]);
+    assert!(keys.contains("0 registered"), "{keys}");
+}
+
 /// istgt as a third target: discovery lists both portals, `mpath iscsi io --verify`, the
 /// daemon's map over both, and (as root) fio verify through a silent blackhole of one portal.
 #[test]

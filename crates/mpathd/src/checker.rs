@@ -178,13 +178,20 @@ impl Shared {
         };
         if changed {
             debug!(path = %c.name, state = ?c.state, "checker: {}", c.why);
-            // Back up: the map's reservation key on it before it carries I/O again (its
-            // registration may not have outlived what took it down).
-            if c.state == CheckerState::Up {
-                let ip = self.state().paths.get(&c.name).map(|p| p.path.clone());
-                if let Some(ip) = ip {
-                    self.register_path(&map, &c.name, &ip).await;
-                }
+        }
+        // A map with a reservation key waits for the checker to reinstate a path (see
+        // `persist`): the key goes on the path before this report lets it carry I/O again
+        // (its registration may not have outlived what took it down).
+        if c.state == CheckerState::Up && self.pr_key(&map).is_some() {
+            let out = match device.status().await {
+                Ok(s) => s.view.paths.iter().find(|p| p.id == id).is_some_and(|p| {
+                    p.state.dm == DmState::Failed || p.state.checker != CheckerState::Up
+                }),
+                Err(_) => false,
+            };
+            let ip = self.state().paths.get(&c.name).map(|p| p.path.clone());
+            if let (true, Some(ip)) = (out, ip) {
+                self.register_path(&map, &c.name, &ip).await;
             }
         }
         if let Err(e) = device

@@ -6,9 +6,13 @@
 //! CONFLICT under a registrants-only reservation. So, as mpathpersist does:
 //! - REGISTER / REGISTER AND IGNORE EXISTING KEY go to every path whose session is up; if
 //!   the target refuses it on one, the paths that took it are put back (their old key
-//!   registered again) and the refusal is the answer. A path that is down is registered
-//!   when it comes back, and a path that joins the map later is registered before the map
-//!   sends it I/O ([`Shared::register_path`]).
+//!   registered again) and the refusal is the answer. A path that joins the map later is
+//!   registered before the map sends it I/O ([`Shared::register_path`]). A path whose
+//!   session logs in again may have lost its registration with its I_T nexus (tgt forgets
+//!   it with the session): while a map has a key, such a path is not reinstated by its
+//!   transport's recovery but by the checker, which registers the key first — as
+//!   multipathd does, at the cost of up to one `checker_interval` before the path is used
+//!   again.
 //! - RELEASE goes to every path (the holder is one of them; SPC makes a release from
 //!   another registrant a no-op); RESERVE, CLEAR, PREEMPT (AND ABORT) and the PR IN
 //!   reports go through one path that answers.
@@ -310,10 +314,40 @@ impl Shared {
                         lines.push(format!("{}: down, registered when it comes back", p.name));
                         continue;
                     }
-                    match p.path.command(pr_out(action, 0, &params)).await {
-                        Ok(_) => {
+                    let first = p.path.command(pr_out(action, 0, &params)).await;
+                    // A conflict on a path of ours while the map holds `old`: that I_T
+                    // nexus lost its registration (a target that forgets it with the
+                    // session); the nexus is ours, so set its key regardless.
+                    let conflict = first
+                        .as_ref()
+                        .err()
+                        .and_then(|e| e.scsi.as_ref())
+                        .is_some_and(|f| f.status == block::status::RESERVATION_CONFLICT);
+                    let r = if conflict && !ignore_existing && registered == Some(old) && old != 0 {
+                        let again = PrOutParams {
+                            reservation_key: 0,
+                            ..params.clone()
+                        };
+                        p.path
+                            .command(pr_out(
+                                PrOutAction::REGISTER_AND_IGNORE_EXISTING_KEY,
+                                0,
+                                &again,
+                            ))
+                            .await
+                            .map(|_| " (its registration had been lost)")
+                    } else {
+                        first.map(|_| "")
+                    };
+                    match r {
+                        Ok(note) => {
                             done.push(p);
-                            lines.push(format!("{}: registered", p.name));
+                            let verb = if key == 0 {
+                                "unregistered"
+                            } else {
+                                "registered"
+                            };
+                            lines.push(format!("{}: {verb}{note}", p.name));
                         }
                         Err(e) => {
                             refused = Some(format!("{}: {e}", p.name));
@@ -346,9 +380,7 @@ impl Shared {
                 if done.is_empty() {
                     return Err(format!("map {map}: no path took the registration"));
                 }
-                if let Some(m) = self.state().maps.get_mut(map) {
-                    m.pr_key = (key != 0).then_some(key);
-                }
+                self.set_pr_key(map, (key != 0).then_some(key)).await;
                 let what = if key == 0 {
                     format!("key 0x{old:x} unregistered")
                 } else {
@@ -400,6 +432,18 @@ impl Shared {
                 if ok == 0 {
                     return Err(format!("release refused: {}", last.unwrap_or_default()));
                 }
+                // A release from a registrant that does not hold the reservation is a
+                // no-op: see that it went.
+                if let Ok((_, d)) = first_answer(&up, pr_in(PrInAction::READ_RESERVATION)).await {
+                    if let Ok((_, Some((held, t)))) = decode_reservation(&d) {
+                        if held == key {
+                            return Err(format!(
+                                "the reservation (key 0x{key:x}, {}) is still held: none of the map's paths is the I_T nexus that reserved it (a target that takes a logged-in-again session for a new nexus, as tgt does, keeps it with the old one); clear or preempt it",
+                                type_name(t)
+                            ));
+                        }
+                    }
+                }
                 self.record(Some(map), None, "pr-released", format!("key 0x{key:x}"));
                 Ok((
                     format!("released (key 0x{key:x}) on {ok} path(s)\n"),
@@ -415,9 +459,7 @@ impl Shared {
                 let via = first_answer(&up, pr_out(PrOutAction::CLEAR, 0, &p))
                     .await?
                     .0;
-                if let Some(m) = self.state().maps.get_mut(map) {
-                    m.pr_key = None;
-                }
+                self.set_pr_key(map, None).await;
                 self.record(
                     Some(map),
                     Some(&via),
@@ -458,11 +500,33 @@ impl Shared {
         }
     }
 
+    /// The key map `map` registered, if any.
+    pub(crate) fn pr_key(&self, map: &str) -> Option<u64> {
+        self.state().maps.get(map).and_then(|m| m.pr_key)
+    }
+
+    /// Record the map's key. With a key, a path whose session logs in again waits for the
+    /// checker, which registers the key on it before reinstating it; without, the map
+    /// reinstates such a path at once.
+    async fn set_pr_key(&self, map: &str, key: Option<u64>) {
+        let device = {
+            let mut st = self.state();
+            let Some(m) = st.maps.get_mut(map) else {
+                return;
+            };
+            m.pr_key = key;
+            m.device.clone()
+        };
+        if let Err(e) = device.set_reinstate_on_recovery(key.is_none()).await {
+            warn!(%map, "cannot change how the map reinstates paths: {e}");
+        }
+    }
+
     /// Register the map's key on a path about to carry its I/O (a new path, or one whose
     /// session came back): REGISTER AND IGNORE EXISTING KEY, so it holds whether or not
     /// the target still had it.
     pub(crate) async fn register_path(&self, map: &str, name: &str, path: &IscsiPath) {
-        let Some(key) = self.state().maps.get(map).and_then(|m| m.pr_key) else {
+        let Some(key) = self.pr_key(map) else {
             return;
         };
         let p = PrOutParams {

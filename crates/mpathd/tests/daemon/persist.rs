@@ -156,14 +156,40 @@ async fn keys_on_every_path_a_reservation_across_a_failover_and_a_preempted_host
     );
     r.t.ctl.set_fault(r.t.portals[0], Fault::None).unwrap();
 
-    // Clear: nothing registered, no reservation.
-    let clr = persist(&c, &map, PersistOp::Clear { key: None }).await;
-    assert!(clr.ok, "{}", clr.text);
+    // Release, after the failover: one of the paths holds it.
+    let rel = persist(
+        &c,
+        &map,
+        PersistOp::Release {
+            key: None,
+            pr_type: 5,
+        },
+    )
+    .await;
+    assert!(rel.ok, "{}", rel.text);
     let d = other
         .command(pr_in(PrInAction::READ_RESERVATION))
         .await
         .unwrap();
     assert_eq!(decode_reservation(&d).unwrap().1, None);
+    // Unregister: the key leaves every path.
+    let un = persist(
+        &c,
+        &map,
+        PersistOp::Register {
+            old: None,
+            key: 0,
+            ignore_existing: false,
+            aptpl: false,
+        },
+    )
+    .await;
+    assert!(
+        un.ok && un.text.matches(": unregistered").count() == 2,
+        "{}",
+        un.text
+    );
+    assert_eq!(keys(&other).await, Vec::<u64>::new());
     // With no key registered, a reservation needs one given.
     let no = persist(
         &c,
