@@ -150,6 +150,7 @@ async fn daemon(d: DaemonCmd) -> Result<()> {
     }
     let settle = cfg.settle;
     let daemon = Daemon::start(cfg, listeners, d.config.clone())?;
+    service::notify(&[NotifyState::Status("logging in, assembling maps")]);
     let control = daemon.control();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let stop_signal = async move {

@@ -132,6 +132,7 @@ enum Command {
     /// (mpath-daemon.1, mpath-show.1, mpath-target-ctl.1...) there, e.g.
     /// /usr/local/share/man/man1.
     Man {
+        /// Write every page into DIR (created if missing) instead of printing mpath(1).
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
