@@ -22,6 +22,8 @@ pub enum NameError {
     NotAFileName(String),
     #[error("an export named {0:?} already exists")]
     Exists(String),
+    #[error("no export named {0:?}")]
+    Missing(String),
 }
 
 /// One exported map: its name, description and device, and the I/O layer both adapters use.
@@ -33,7 +35,9 @@ pub struct Export<D> {
     /// The FUSE inode number: unique for the registry's lifetime, so a removed and re-added
     /// map is a new file to the kernel.
     ino: u64,
-    io: BlockIo<D>,
+    /// Shared with the same map exported under another name after a rename (one set of
+    /// range locks for every connection).
+    io: Arc<BlockIo<D>>,
 }
 
 impl<D: BlockDevice> Export<D> {
@@ -140,7 +144,7 @@ impl<D: BlockDevice> Exports<D> {
             description,
             wwid,
             ino: r.next_ino,
-            io: BlockIo::new(device),
+            io: Arc::new(BlockIo::new(device)),
         });
         r.next_ino += 1;
         r.by_name.insert(name.to_string(), Arc::clone(&export));
@@ -156,6 +160,29 @@ impl<D: BlockDevice> Exports<D> {
             tracing::info!(export = name, "no longer exported");
         }
         removed
+    }
+
+    /// Export `old` as `new` instead, at once: NBD connections and open files that hold
+    /// it go on (the FUSE file keeps its inode), new ones find it under `new` only.
+    pub fn rename(&self, old: &str, new: &str) -> Result<(), NameError> {
+        check_name(new)?;
+        let mut r = self.write();
+        if r.by_name.contains_key(new) {
+            return Err(NameError::Exists(new.to_string()));
+        }
+        let Some(e) = r.by_name.remove(old) else {
+            return Err(NameError::Missing(old.to_string()));
+        };
+        let renamed = Arc::new(Export {
+            name: new.to_string(),
+            description: e.description.clone(),
+            wwid: e.wwid.clone(),
+            ino: e.ino,
+            io: Arc::clone(&e.io),
+        });
+        r.by_name.insert(new.to_string(), renamed);
+        tracing::info!(export = new, "renamed from {old}");
+        Ok(())
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Export<D>>> {

@@ -142,6 +142,8 @@ pub(crate) struct MapRec {
     /// The persistent-reservation key registered through the map (`mpath persist`):
     /// paths that join or come back are registered with it before they carry I/O.
     pub pr_key: Option<u64>,
+    /// The map's name as its event task sees it (a rename changes it there too).
+    pub name_cell: Arc<std::sync::RwLock<String>>,
 }
 
 pub(crate) struct State {
@@ -891,17 +893,7 @@ impl Shared {
         spec: PathSpec,
     ) {
         let entry = cfg.multipaths.iter().find(|m| m.wwid == wwid);
-        let name = match entry.and_then(|m| m.alias.clone()) {
-            Some(a) => a,
-            None if cfg.user_friendly_names => match self.state().bindings.name_for(wwid) {
-                Ok(n) => n,
-                Err(e) => {
-                    warn!("bindings file: {e}; naming the map by its WWID");
-                    wwid.to_string()
-                }
-            },
-            None => wwid.to_string(),
-        };
+        let name = self.map_name(cfg, wwid);
         let policy = cfg.resolve(Some(wwid), &lu.vendor, &lu.product).policy;
         let bs = lu.block_size.max(512);
         let max_transfer = if lu.max_transfer_blocks > 0 {
@@ -944,6 +936,7 @@ impl Shared {
             }
         };
         let id = PathId(0);
+        let name_cell = Arc::new(std::sync::RwLock::new(name.clone()));
         {
             let mut st = self.state();
             st.maps.insert(
@@ -960,6 +953,7 @@ impl Shared {
                     paths: vec![(id, path.to_string())],
                     pending: None,
                     pr_key: None,
+                    name_cell: name_cell.clone(),
                 },
             );
             if let Some(p) = st.paths.get_mut(path) {
@@ -998,8 +992,83 @@ impl Shared {
         // The map's own events join the timeline.
         let me = Arc::downgrade(self);
         let rx = device.events();
-        let map = name.clone();
-        tokio::spawn(forward_map_events(me, map, rx));
+        tokio::spawn(forward_map_events(me, name_cell, rx));
+    }
+
+    /// The name a map of `wwid` gets under `cfg`: its alias, else (with
+    /// `user_friendly_names`) the name bound to it in the bindings file, else the WWID.
+    pub(crate) fn map_name(&self, cfg: &DaemonConfig, wwid: &str) -> String {
+        if let Some(a) = cfg
+            .multipaths
+            .iter()
+            .find(|m| m.wwid == wwid)
+            .and_then(|m| m.alias.clone())
+        {
+            return a;
+        }
+        if !cfg.user_friendly_names {
+            return wwid.to_string();
+        }
+        match self.state().bindings.name_for(wwid) {
+            Ok(n) => n,
+            Err(e) => {
+                warn!("bindings file: {e}; naming the map by its WWID");
+                wwid.to_string()
+            }
+        }
+    }
+
+    /// Give running map `old` the name `new` (an alias changed at `reconfigure`): its NBD
+    /// export and FUSE file take the new name at once — connections and open files that
+    /// hold the map go on, new ones find it under the new name only — and so do its stable
+    /// device names (`/dev/mpath/NAME`) and the views. Not for a map with a kernel NBD
+    /// device of the daemon's, which is attached to the export by its name.
+    pub(crate) fn rename_map(&self, old: &str, new: &str) -> Result<(), String> {
+        if self.nbd_devices.state(old).is_some() {
+            return Err(format!(
+                "its kernel NBD device is attached to export {old}; the new name applies when the map is created again"
+            ));
+        }
+        let wwid = {
+            let mut st = self.state();
+            if st.maps.contains_key(new) {
+                return Err(format!("{new} is the name of another map"));
+            }
+            let Some(mut m) = st.maps.remove(old) else {
+                return Err(format!("no map {old}"));
+            };
+            if let Err(e) = self.exports.rename(old, new) {
+                st.maps.insert(old.to_string(), m);
+                return Err(format!("its export cannot take the name: {e}"));
+            }
+            m.name = new.to_string();
+            *m.name_cell.write().unwrap_or_else(|e| e.into_inner()) = new.to_string();
+            let wwid = m.wwid.clone();
+            st.maps.insert(new.to_string(), m);
+            for p in st.paths.values_mut() {
+                if let Some((m, _)) = &mut p.map {
+                    if m == old {
+                        *m = new.to_string();
+                    }
+                }
+            }
+            wwid
+        };
+        self.pathless.rename(old, new);
+        if let Some(dev) = self.ublk.rename(&wwid, new) {
+            if let Err(e) = crate::ublk::names::link(new, &wwid, &dev) {
+                warn!(map = %new, "stable names: {e}");
+            }
+            crate::ublk::names::unlink(old, &wwid, &dev);
+        }
+        info!(map = %new, "map {old} renamed {new}");
+        self.record(
+            Some(new),
+            None,
+            "map-renamed",
+            format!("{old} -> {new}: its exports and device names carry the new name; connections and open files go on"),
+        );
+        Ok(())
     }
 
     pub fn path_info(&self, name: &str, target: &str, lu: &LuInfo, priority: u32) -> PathInfo {
@@ -1090,6 +1159,13 @@ impl Pathless {
         self.changed.notify_one();
     }
 
+    fn rename(&self, old: &str, new: &str) {
+        let mut m = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        if m.remove(old) {
+            m.insert(new.to_string());
+        }
+    }
+
     fn snapshot(&self) -> BTreeSet<String> {
         self.maps.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -1098,13 +1174,14 @@ impl Pathless {
 /// A map's event loop is over (the map is gone): it no longer wants its logins hurried.
 struct LeavePathless<'a> {
     me: &'a std::sync::Weak<Shared>,
-    map: &'a str,
+    map: &'a std::sync::RwLock<String>,
 }
 
 impl Drop for LeavePathless<'_> {
     fn drop(&mut self) {
         if let Some(me) = self.me.upgrade() {
-            me.pathless.set(self.map, false);
+            let map = self.map.read().unwrap_or_else(|e| e.into_inner()).clone();
+            me.pathless.set(&map, false);
         }
     }
 }
@@ -1152,11 +1229,14 @@ struct Coalesced {
 /// Forward a map's events into the daemon's timeline until the map stops.
 async fn forward_map_events(
     me: std::sync::Weak<Shared>,
-    map: String,
+    name: Arc<std::sync::RwLock<String>>,
     mut rx: broadcast::Receiver<mpath_policy::Event>,
 ) {
     let mut floods: BTreeMap<&'static str, Coalesced> = BTreeMap::new();
-    let _leave = LeavePathless { me: &me, map: &map };
+    let _leave = LeavePathless {
+        me: &me,
+        map: &name,
+    };
     loop {
         let flush_at = floods
             .values()
@@ -1169,6 +1249,8 @@ async fn forward_map_events(
                 None => std::future::pending().await,
             }
         };
+        // The map's name now (a rename changes it).
+        let map = name.read().unwrap_or_else(|e| e.into_inner()).clone();
         tokio::select! {
             r = rx.recv() => match r {
                 Ok(ev) => {

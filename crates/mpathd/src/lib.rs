@@ -418,8 +418,8 @@ impl Shared {
     /// (`MultipathDevice::set_config`: regroup, a fresh selector for the next I/O, the
     /// rest for later decisions; an operator's `disablequeueing` stays in force), and
     /// priorities (a changed prioritizer or its arguments) regroup the map. A changed
-    /// alias is reported as pending: renaming a map renames its exports, which clients
-    /// hold open. One line per map that changed.
+    /// alias renames the map and its exports at once (`rename_map`; connections and open
+    /// files go on). One line per map that changed.
     async fn apply_policies(self: &Arc<Self>) -> Vec<String> {
         let cfg = self.cfg();
         let maps: Vec<_> = {
@@ -489,16 +489,22 @@ impl Shared {
                     Err(e) => pending.extend(changes.into_iter().map(|c| format!("{c} ({e})"))),
                 }
             }
-            if let Some(alias) = cfg
-                .multipaths
-                .iter()
-                .find(|m| m.wwid == wwid)
-                .and_then(|m| m.alias.clone())
-            {
-                if alias != name {
-                    pending.push(format!("alias {alias}"));
+            // A new alias (or none: the friendly name or the WWID again) renames the map.
+            let want_name = self.map_name(&cfg, &wwid);
+            let name = if want_name != name {
+                match self.rename_map(&name, &want_name) {
+                    Ok(()) => {
+                        applied.push(format!("renamed {name} -> {want_name}"));
+                        want_name
+                    }
+                    Err(e) => {
+                        pending.push(format!("name {want_name} ({e})"));
+                        name
+                    }
                 }
-            }
+            } else {
+                name
+            };
             let reprioritized = self.reprioritize(&name, &dev, &cfg).await;
             if reprioritized > 0 {
                 applied.push(format!("{reprioritized} path(s) re-prioritized"));

@@ -123,6 +123,18 @@ impl UblkDevices {
     pub fn state(&self, wwid: &str) -> Option<UblkState> {
         self.lock_all().get(wwid).map(|e| e.state.clone())
     }
+
+    /// The map of `wwid` is now called `map`: its device's name (`ublkbN`) when it has a
+    /// live one, whose links follow.
+    pub(crate) fn rename(&self, wwid: &str, map: &str) -> Option<String> {
+        let mut all = self.lock_all();
+        let e = all.get_mut(wwid)?;
+        e.map = map.to_string();
+        match e.state {
+            UblkState::Live { dev_id, .. } => Some(format!("ublkb{dev_id}")),
+            _ => None,
+        }
+    }
 }
 
 impl Shared {

@@ -90,18 +90,24 @@ async fn reconfigure_applies_changes_and_leaves_unchanged_maps_alone() {
     let out = reconfigure(&c).await;
     assert!(out.contains(&moving_map), "{out}");
     assert!(!out.contains(&steady_map), "{out}");
-    // The selector applies to the running map; what it cannot take (an alias) is said,
-    // not silently dropped.
+    // The selector applies to the running map, and so does the alias: the map and its
+    // export are renamed at once, and the timeline says so.
     assert!(
         out.contains("applied") && out.contains("selector round-robin"),
         "{out}"
     );
     assert!(
-        out.contains("pending") && out.contains("alias renamed"),
+        out.contains(&format!("renamed {moving_map} -> renamed")) && !out.contains("pending"),
         "{out}"
     );
-    let text = ask(&c, Request::ShowTopology).await.text;
-    assert!(text.contains("pending (takes effect"), "{text}");
+    let renamed_dev = device(&d, "renamed");
+    assert!(d.exports().get("renamed").is_some());
+    assert!(d.exports().get(&moving_map).is_none());
+    assert_eq!(events_of(&c, "map-renamed").await, 1);
+    workload::BlockClient::read(&renamed_dev, 0, 4096)
+        .await
+        .unwrap();
+    let moving_map = "renamed".to_string();
     let top = topology_of(&c, &moving_map).await;
     assert_eq!(top["queue_if_no_path"], false, "{top:#}");
     assert_eq!(top["groups"][0]["priority"], 1, "{top:#}");
