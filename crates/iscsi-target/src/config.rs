@@ -31,7 +31,6 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -40,6 +39,9 @@ use toml::Spanned;
 
 use crate::backend::BackingSpec;
 pub use scsi::StpgPolicy;
+
+// Shared with the daemon's configuration.
+pub use confkit::{check_name, closest, parse_portal, read_file, suggest, ConfigError, Ctx};
 
 /// ALUA access state of a target port group (SPC-4 §5.15.2.4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -243,31 +245,6 @@ impl ServerConfig {
     }
 }
 
-/// A configuration error: what is wrong, where.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigError {
-    pub file: Option<PathBuf>,
-    pub line: Option<usize>,
-    pub key: String,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.file, self.line) {
-            (Some(p), Some(l)) => write!(f, "{}:{}: ", p.display(), l)?,
-            (Some(p), None) => write!(f, "{}: ", p.display())?,
-            (None, Some(l)) => write!(f, "line {}: ", l)?,
-            (None, None) => {}
-        }
-        if self.key.is_empty() {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "{}: {}", self.key, self.message)
-        }
-    }
-}
-
 // ---- the file format ------------------------------------------------------------------
 
 #[derive(Deserialize)]
@@ -334,89 +311,6 @@ struct LunSection {
     serial: Option<Spanned<String>>,
     vendor: Option<Spanned<String>>,
     product: Option<Spanned<String>>,
-}
-
-/// A TOML text being read, for errors that name the file, the line and the key (the
-/// daemon's configuration reads the same way).
-pub struct Ctx<'a> {
-    pub file: Option<&'a Path>,
-    pub src: &'a str,
-}
-
-impl Ctx<'_> {
-    /// An error about `key`, at the line of `span` when known.
-    pub fn err(
-        &self,
-        span: Option<Range<usize>>,
-        key: &str,
-        message: impl Into<String>,
-    ) -> ConfigError {
-        ConfigError {
-            file: self.file.map(Path::to_path_buf),
-            line: span.map(|s| {
-                self.src[..s.start.min(self.src.len())]
-                    .matches('\n')
-                    .count()
-                    + 1
-            }),
-            key: key.to_string(),
-            message: message.into(),
-        }
-    }
-
-    /// Deserialize the text; a syntax or shape error names its line and key.
-    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
-        toml::from_str(self.src).map_err(|e| {
-            let key = e.message().split('`').nth(1).unwrap_or("").to_string();
-            let mut message = e.message().trim().to_string();
-            if let Some(s) = suggest(&message) {
-                message = format!("{message}; did you mean `{s}`?");
-            }
-            self.err(e.span(), &key, message)
-        })
-    }
-}
-
-/// For serde's "unknown field `x`, expected one of `a`, `b`" (or "unknown variant"), the
-/// expected name closest to `x`, when it is close enough to be a typo.
-pub fn suggest(message: &str) -> Option<String> {
-    let rest = message
-        .strip_prefix("unknown field `")
-        .or_else(|| message.strip_prefix("unknown variant `"))?;
-    let (got, rest) = rest.split_once('`')?;
-    let expected = rest.split_once("expected ")?.1;
-    closest(got, expected.split('`').skip(1).step_by(2))
-}
-
-/// The candidate closest to `got` when it is a plausible typo of it (a few edits, or the
-/// same words in another order or spelling), else `None`.
-pub fn closest<'a>(got: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
-    let norm = |s: &str| s.to_ascii_lowercase().replace(['-', '_', ' '], "");
-    let g = norm(got);
-    candidates
-        .into_iter()
-        .map(|c| {
-            let n = norm(c);
-            let score = if n == g {
-                1.0
-            } else {
-                strsim::jaro_winkler(&g, &n)
-            };
-            (score, strsim::levenshtein(&g, &n), c)
-        })
-        .filter(|&(score, dist, _)| score >= 0.85 || dist <= 2)
-        .max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)))
-        .map(|(_, _, c)| c.to_string())
-}
-
-/// The text of a configuration file, or an error naming it.
-pub fn read_file(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: Some(path.to_path_buf()),
-        line: None,
-        key: String::new(),
-        message: format!("cannot read: {e}"),
-    })
 }
 
 /// Read and validate a TOML configuration file.
@@ -679,40 +573,6 @@ pub fn validate(cfg: &ServerConfig) -> Result<(), (String, String)> {
         if t.mutual_chap.is_some() && t.chap.is_none() {
             return Err((key("mutual_chap"), "mutual CHAP needs chap as well".into()));
         }
-    }
-    Ok(())
-}
-
-/// Parse `IP:PORT` or `[IPv6]:PORT`; a bare IP gets port 3260.
-pub fn parse_portal(s: &str) -> Result<SocketAddr, String> {
-    if let Ok(a) = s.parse::<SocketAddr>() {
-        return Ok(a);
-    }
-    if let Ok(ip) = s
-        .trim_matches(|c| c == '[' || c == ']')
-        .parse::<std::net::IpAddr>()
-    {
-        return Ok(SocketAddr::new(ip, 3260));
-    }
-    Err(format!("{s:?} is not IP:PORT"))
-}
-
-/// An iSCSI name: `iqn.`, `eui.` or `naa.` form, at most 223 bytes (RFC 7143 §4.2.7).
-pub fn check_name(name: &str) -> Result<(), String> {
-    let lower = name.to_ascii_lowercase();
-    if name.len() > 223 {
-        return Err("iSCSI names are at most 223 bytes".into());
-    }
-    if !(lower.starts_with("iqn.") || lower.starts_with("eui.") || lower.starts_with("naa.")) {
-        return Err(format!(
-            "{name:?} is not an iSCSI name (iqn.YYYY-MM.domain:id)"
-        ));
-    }
-    if name
-        .chars()
-        .any(|c| c.is_whitespace() || c == ',' || c.is_control())
-    {
-        return Err(format!("{name:?} contains characters iSCSI names may not"));
     }
     Ok(())
 }

@@ -53,7 +53,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use iscsi_target::config::Ctx;
+use confkit::Ctx;
 use mpath_policy::{
     Failback, FlapDamping, Grouping, HstParams, MapConfig, NoPathPolicy, SelectorKind,
 };
@@ -578,7 +578,7 @@ pub fn default_bindings_file() -> PathBuf {
 
 /// A configuration error: what is wrong, where (file, line, key) — the same as the
 /// target's.
-pub use iscsi_target::config::ConfigError;
+pub use confkit::ConfigError;
 
 /// A value written as a string or a bare number (`polling_interval = 5`, as
 /// multipath-tools writes it, or `checker_interval = "5s"`).
@@ -633,6 +633,8 @@ impl<'de> Deserialize<'de> for Text {
 }
 
 type Str = Spanned<Text>;
+/// A name (a selector, a checker…): a string only.
+type Name = Spanned<String>;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -665,17 +667,17 @@ macro_rules! layered_section {
         #[serde(deny_unknown_fields)]
         struct $name {
             #[serde(alias = "path_selector")]
-            selector: Option<Str>,
+            selector: Option<Name>,
             rr_min_io: Option<Spanned<u32>>,
             #[serde(alias = "path_grouping_policy")]
-            grouping: Option<Str>,
+            grouping: Option<Name>,
             failback: Option<Str>,
             no_path_retry: Option<Str>,
             #[serde(alias = "prio")]
-            prioritizer: Option<Str>,
+            prioritizer: Option<Name>,
             prio_args: Option<Spanned<Vec<(String, u32)>>>,
             #[serde(alias = "path_checker")]
-            checker: Option<Str>,
+            checker: Option<Name>,
             $($extra)*
         }
 
@@ -698,14 +700,14 @@ macro_rules! layered_section {
 
 /// A section's layered settings, as written.
 struct Layer<'a> {
-    selector: Option<&'a Str>,
+    selector: Option<&'a Name>,
     rr_min_io: Option<&'a Spanned<u32>>,
-    grouping: Option<&'a Str>,
+    grouping: Option<&'a Name>,
     failback: Option<&'a Str>,
     no_path_retry: Option<&'a Str>,
-    prioritizer: Option<&'a Str>,
+    prioritizer: Option<&'a Name>,
     prio_args: Option<&'a Spanned<Vec<(String, u32)>>>,
-    checker: Option<&'a Str>,
+    checker: Option<&'a Name>,
 }
 
 layered_section!(Defaults {
@@ -804,7 +806,7 @@ struct ExportsSection {
 /// Read and validate a configuration file: mpath's TOML, or a multipath-tools
 /// `multipath.conf` (with its `config_dir`), translated as `mpath config import` does.
 pub fn load_file(path: &Path) -> Result<DaemonConfig, ConfigError> {
-    let text = iscsi_target::config::read_file(path)?;
+    let text = confkit::read_file(path)?;
     if crate::mpconf::looks_like(&text) {
         let imported = crate::mpconf::import_text(&text, path, None)?;
         return parse_str(&imported.toml, Some(path)).map_err(|mut e| {
@@ -834,7 +836,7 @@ pub fn parse_str(src: &str, file: Option<&Path>) -> Result<DaemonConfig, ConfigE
     }
     for (i, p) in raw.portal.into_iter().enumerate() {
         let key = format!("portal[{i}].address");
-        let address = iscsi_target::config::parse_portal(p.address.get_ref())
+        let address = confkit::parse_portal(p.address.get_ref())
             .map_err(|m| ctx.err(Some(p.address.span()), &key, m))?;
         if c.portals.iter().any(|q| q.address == address) {
             return Err(ctx.err(
@@ -936,7 +938,7 @@ pub fn parse_str(src: &str, file: Option<&Path>) -> Result<DaemonConfig, ConfigE
             c.nbd_listen = match n.get_ref().as_str() {
                 "off" | "false" | "none" | "" => None,
                 s => Some(
-                    iscsi_target::config::parse_portal(s)
+                    confkit::parse_portal(s)
                         .map(|mut a| {
                             if !s.contains(':') || s.ends_with(']') {
                                 a.set_port(10809);
@@ -1094,7 +1096,7 @@ fn layer(
     Ok(s)
 }
 
-fn checker(ctx: &Ctx, s: &Str, key: &str) -> Result<CheckerKind, ConfigError> {
+fn checker(ctx: &Ctx, s: &Name, key: &str) -> Result<CheckerKind, ConfigError> {
     Ok(match s.get_ref().as_str() {
         "tur" => CheckerKind::Tur,
         "readsector0" => CheckerKind::Readsector0,
@@ -1114,7 +1116,7 @@ fn checker(ctx: &Ctx, s: &Str, key: &str) -> Result<CheckerKind, ConfigError> {
 
 /// "; did you mean `x`?" when `got` is a near miss of one of `known`, else "".
 fn did_you_mean(got: &str, known: &[&str]) -> String {
-    match iscsi_target::config::closest(got, known.iter().copied()) {
+    match confkit::closest(got, known.iter().copied()) {
         Some(s) => format!("; did you mean {s:?}?"),
         None => String::new(),
     }
@@ -1153,7 +1155,7 @@ fn apply_defaults(ctx: &Ctx, d: Defaults, c: &mut DaemonConfig) -> Result<(), Co
         c.bindings_file = (!b.as_os_str().is_empty()).then_some(b);
     }
     if let Some(n) = &d.initiator_name {
-        iscsi_target::config::check_name(n.get_ref())
+        confkit::check_name(n.get_ref())
             .map_err(|m| ctx.err(Some(n.span()), "defaults.initiator_name", m))?;
         c.initiator_name = n.get_ref().to_string();
     }
@@ -1227,7 +1229,7 @@ fn apply_defaults(ctx: &Ctx, d: Defaults, c: &mut DaemonConfig) -> Result<(), Co
     Ok(())
 }
 
-fn selector(ctx: &Ctx, s: &Str, key: &str, rr: u32) -> Result<SelectorKind, ConfigError> {
+fn selector(ctx: &Ctx, s: &Name, key: &str, rr: u32) -> Result<SelectorKind, ConfigError> {
     // multipath-tools writes the kernel selector's argument count: "service-time 0".
     let name = s.get_ref().trim();
     let name = name.strip_suffix(" 0").unwrap_or(name).trim();
@@ -1256,7 +1258,7 @@ fn selector(ctx: &Ctx, s: &Str, key: &str, rr: u32) -> Result<SelectorKind, Conf
     })
 }
 
-fn grouping(ctx: &Ctx, s: &Str, key: &str) -> Result<Grouping, ConfigError> {
+fn grouping(ctx: &Ctx, s: &Name, key: &str) -> Result<Grouping, ConfigError> {
     Ok(match s.get_ref().as_str() {
         "failover" => Grouping::Failover,
         "multibus" => Grouping::Multibus,
@@ -1335,7 +1337,7 @@ fn no_path(
 
 fn prioritizer(
     ctx: &Ctx,
-    s: &Str,
+    s: &Name,
     key: &str,
     args: &[(String, u32)],
 ) -> Result<PrioritizerKind, ConfigError> {

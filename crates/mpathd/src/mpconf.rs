@@ -59,7 +59,7 @@ pub fn looks_like(text: &str) -> bool {
 /// Read `file` (and the `*.conf` files of `conf_dir`, else of the file's `config_dir`,
 /// else of [`DEFAULT_CONF_DIR`]; a missing directory is fine) and translate it.
 pub fn import(file: &Path, conf_dir: Option<&Path>) -> Result<Imported, ConfigError> {
-    let text = iscsi_target::config::read_file(file)?;
+    let text = confkit::read_file(file)?;
     import_text(&text, file, conf_dir)
 }
 
@@ -93,7 +93,7 @@ pub fn import_text(
         };
         extra.sort();
         for f in extra {
-            let t = iscsi_target::config::read_file(&f)?;
+            let t = confkit::read_file(&f)?;
             nodes.extend(parse(&t, &f)?);
             files.push(f);
         }
@@ -424,7 +424,7 @@ fn known_keys() -> impl Iterator<Item = &'static str> {
 }
 
 fn unknown_key(at: &At, key: &str) -> ConfigError {
-    let hint = match iscsi_target::config::closest(key, known_keys()) {
+    let hint = match confkit::closest(key, known_keys()) {
         Some(s) => format!("; did you mean {s}?"),
         None => String::new(),
     };
@@ -564,7 +564,7 @@ impl Translator {
                     "blacklist" => self.blacklist(0, body)?,
                     "blacklist_exceptions" => self.blacklist(1, body)?,
                     other => {
-                        let hint = match iscsi_target::config::closest(
+                        let hint = match confkit::closest(
                             other,
                             [
                                 "defaults",

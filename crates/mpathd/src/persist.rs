@@ -437,8 +437,18 @@ impl Shared {
                 if let Ok((_, d)) = first_answer(&up, pr_in(PrInAction::READ_RESERVATION)).await {
                     if let Ok((_, Some((held, t)))) = decode_reservation(&d) {
                         if held == key {
+                            let down: Vec<&str> = paths
+                                .iter()
+                                .filter(|p| !p.path.session().is_up())
+                                .map(|p| p.name.as_str())
+                                .collect();
+                            let why = if down.is_empty() {
+                                "none of the map's paths is the I_T nexus that reserved it (a target that takes a logged-in-again session for a new nexus, as tgt does, keeps it with the old one); clear or preempt it".to_string()
+                            } else {
+                                format!("the path that holds it may be one that is down now ({}): release again when it is back, or clear or preempt it", down.join(", "))
+                            };
                             return Err(format!(
-                                "the reservation (key 0x{key:x}, {}) is still held: none of the map's paths is the I_T nexus that reserved it (a target that takes a logged-in-again session for a new nexus, as tgt does, keeps it with the old one); clear or preempt it",
+                                "the reservation (key 0x{key:x}, {}) is still held: {why}",
                                 type_name(t)
                             ));
                         }

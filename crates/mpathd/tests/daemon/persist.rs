@@ -156,7 +156,14 @@ async fn keys_on_every_path_a_reservation_across_a_failover_and_a_preempted_host
     );
     r.t.ctl.set_fault(r.t.portals[0], Fault::None).unwrap();
 
-    // Release, after the failover: one of the paths holds it.
+    // Release, after the failover, with both paths back: one of them holds it.
+    wait_for("both sessions up again", 20, async || {
+        let r = c.handle(Request::ShowPaths).await;
+        r.data["paths"]
+            .as_array()
+            .is_some_and(|a| a.len() == 2 && a.iter().all(|p| p["connection"] == "running"))
+    })
+    .await;
     let rel = persist(
         &c,
         &map,
