@@ -8,24 +8,13 @@ use mpathd::{control, Daemon, Listeners, Request};
 
 use sd_notify::NotifyState;
 
-use crate::{service, ClientOpts, Command, DaemonCmd};
+use crate::{service, ClientOpts, Command, DaemonCmd, ShowCmd};
 
 pub async fn run(c: Command) -> Result<()> {
     match c {
         Command::Daemon(d) => daemon(d).await,
         Command::Show(s) => {
-            let req = match s.what.as_str() {
-                "topology" => Request::ShowTopology,
-                "paths" => Request::ShowPaths,
-                "maps" => Request::ShowMaps,
-                "status" => Request::ShowStatus,
-                "stats" => Request::ShowStats,
-                "config" => Request::ShowConfig,
-                _ => Request::ShowEvents {
-                    follow: s.follow,
-                    last: s.last,
-                },
-            };
+            let req = show_request(&s)?;
             call(&s.client, req).await
         }
         Command::Fail(p) => call(&p.client, Request::FailPath { path: p.path }).await,
@@ -43,6 +32,40 @@ pub async fn run(c: Command) -> Result<()> {
         Command::Shutdown { client } => call(&client, Request::Shutdown).await,
         _ => unreachable!("dispatched in main"),
     }
+}
+
+/// The request a `show` command line asks for; a malformed one is a usage error (exit 2).
+fn show_request(s: &ShowCmd) -> Result<Request> {
+    let args: Vec<&str> = s.args.iter().map(String::as_str).collect();
+    let req = match (s.what.as_str(), args.as_slice()) {
+        ("map", [m]) => Request::ShowMap { map: m.to_string() },
+        ("path", [p]) => Request::ShowPath {
+            path: p.to_string(),
+        },
+        ("map", _) => usage("mpath show map MAP (one map, by name or WWID)"),
+        ("path", _) => usage("mpath show path PATH (as show paths names it, or a unique prefix)"),
+        (_, [_, ..]) => usage(&format!(
+            "mpath show {} takes no argument {:?}",
+            s.what, s.args
+        )),
+        ("topology", []) => Request::ShowTopology,
+        ("paths", []) => Request::ShowPaths,
+        ("maps", []) => Request::ShowMaps,
+        ("status", []) => Request::ShowStatus,
+        ("stats", []) => Request::ShowStats,
+        ("config", []) => Request::ShowConfig,
+        _ => Request::ShowEvents {
+            follow: s.follow,
+            last: s.last,
+        },
+    };
+    Ok(req)
+}
+
+/// A usage error: said on stderr, exit 2 (as clap's own).
+fn usage(what: &str) -> ! {
+    eprintln!("error: usage: {what}");
+    std::process::exit(2)
 }
 
 fn socket(o: &ClientOpts) -> PathBuf {

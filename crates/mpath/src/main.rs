@@ -339,9 +339,15 @@ struct DaemonCmd {
 }
 
 #[derive(Args)]
+#[command(
+    after_help = "Examples:\n  mpath show map mpatha          one map's record (name or WWID)\n  mpath show path 127.0.0.2      one path's record (name or unique prefix)"
+)]
 struct ShowCmd {
-    #[arg(value_parser = ["topology", "paths", "maps", "status", "stats", "config", "events"])]
+    #[arg(value_parser = ["topology", "paths", "path", "maps", "map", "status", "stats", "config", "events"])]
     what: String,
+    /// With `map`: the map (name or WWID); with `path`: the path (name or unique prefix).
+    #[arg(value_name = "ARGS")]
+    args: Vec<String>,
     /// With `events`: keep printing events as they happen.
     #[arg(long)]
     follow: bool,

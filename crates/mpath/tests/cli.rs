@@ -247,3 +247,139 @@ fn portals_may_be_host_names() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A target (one portal, one LUN) and a daemon logged in to it, with its control socket;
+/// both stopped when dropped.
+struct Rig {
+    target: std::process::Child,
+    daemon: std::process::Child,
+    dir: std::path::PathBuf,
+    sock: String,
+    port: u16,
+}
+
+impl Rig {
+    fn start(tag: &str) -> Rig {
+        let iqn = format!("iqn.2026-01.io.mpath:{tag}");
+        let (target, port) = start_target(&iqn);
+        let dir = std::env::temp_dir().join(format!("mpath-cli-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("mpath.sock");
+        let config = dir.join("mpath.toml");
+        std::fs::write(
+            &config,
+            format!("[defaults]\nbindings_file = {:?}\n", dir.join("bindings")),
+        )
+        .unwrap();
+        let daemon = Command::new(env!("CARGO_BIN_EXE_mpath"))
+            .args([
+                "daemon",
+                "--nbd",
+                "off",
+                "--portal",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .arg("-c")
+            .arg(&config)
+            .arg("--socket")
+            .arg(&sock)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let rig = Rig {
+            target,
+            daemon,
+            dir,
+            sock: sock.to_str().unwrap().to_string(),
+            port,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let o = rig.show(&["status", "--json"]);
+            if o.status.success() {
+                let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+                if v["maps"] == 1 && v["sessions_up"] == 1 {
+                    break;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "no map: {o:?}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        rig
+    }
+
+    /// `mpath ARGS --socket SOCK`.
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let mut a = args.to_vec();
+        a.extend(["--socket", self.sock.as_str()]);
+        mpath(&a)
+    }
+
+    /// `mpath show ARGS --socket SOCK`.
+    fn show(&self, args: &[&str]) -> std::process::Output {
+        let mut a = vec!["show"];
+        a.extend_from_slice(args);
+        self.run(&a)
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = self.run(&["shutdown"]);
+        let _ = self.daemon.wait();
+        let _ = self.target.kill();
+        let _ = self.target.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn show_one_map_and_one_path() {
+    let rig = Rig::start("show-one");
+    let path = format!("127.0.0.1:{}/1", rig.port);
+    let o = rig.show(&["map", "mpatha"]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(stdout(&o).contains("name: mpatha"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains(&format!("127.0.0.1:{} ", rig.port)),
+        "{}",
+        stdout(&o)
+    );
+    let o = rig.show(&["map", "mpatha", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["name"], "mpatha");
+    assert_eq!(v["active_paths"], 1);
+
+    let o = rig.show(&["path", "127.0.0.1", "--json"]);
+    assert!(o.status.success(), "{o:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["path"], path);
+    assert_eq!(v["map"], "mpatha");
+    let o = rig.show(&["path", &path]);
+    assert!(stdout(&o).contains("dm_state: active"), "{o:?}");
+
+    // Not there: said once on stderr, exit 1; nothing on stdout.
+    for (args, says) in [
+        (&["map", "mpathz"][..], "no map \"mpathz\""),
+        (&["path", "10.1.2.3"], "no path \"10.1.2.3\""),
+    ] {
+        let o = rig.show(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {o:?}");
+        assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
+        assert!(o.stdout.is_empty(), "{o:?}");
+    }
+    // No name given: a usage error.
+    for args in [&["map"][..], &["path"], &["path", "a", "b"], &["maps", "x"]] {
+        let o = rig.show(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {o:?}");
+        assert!(stderr(&o).contains("usage"), "{}", stderr(&o));
+    }
+}

@@ -27,6 +27,14 @@ pub enum Request {
     /// Every path with multipathd's columns.
     ShowPaths,
     ShowMaps,
+    /// One map's full record: its topology block, state, devices and policy.
+    ShowMap {
+        map: String,
+    },
+    /// One path's full record (PATH as `show paths` names it, or a unique prefix).
+    ShowPath {
+        path: String,
+    },
     ShowStatus,
     /// I/O counters and latency per map and path.
     ShowStats,
@@ -119,6 +127,128 @@ pub struct Control {
     pub(crate) shared: Arc<Shared>,
 }
 
+/// One path as every view shows it. In a map, the engine's state is the one in force (what
+/// I/O acts on); a path in no map has only its checker's.
+#[derive(Clone)]
+pub(crate) struct PathSnap {
+    pub name: String,
+    pub portal: String,
+    pub target: String,
+    pub lun: u16,
+    pub tsih: u16,
+    pub conn: &'static str,
+    pub session: iscsi_initiator::Session,
+    pub map: Option<String>,
+    /// The engine's view of the path (in a map that answered).
+    pub view: Option<mpath_policy::PathView>,
+    pub in_flight: Option<usize>,
+    /// `active`, `failed`, `-` (in no map) or `?` (its map did not answer).
+    pub dm: &'static str,
+    pub checker: CheckerState,
+    pub priority: u32,
+    pub next_check: Instant,
+    pub last_check: Option<Instant>,
+    pub latency: Option<std::time::Duration>,
+    pub excluded: Option<String>,
+    pub lu: iscsi_initiator::probe::LuInfo,
+}
+
+impl PathSnap {
+    /// The path's fields in the order `show path` prints them.
+    fn fields(&self) -> Vec<(&'static str, Value)> {
+        let now = Instant::now();
+        let v = self.view.as_ref();
+        let s = self.session.stats();
+        let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        vec![
+            ("path", json!(self.name)),
+            ("portal", json!(self.portal)),
+            ("target", json!(self.target)),
+            ("lun", json!(self.lun)),
+            ("map", json!(self.map)),
+            ("dm_state", json!(self.dm)),
+            ("checker_state", json!(checker_word(self.checker))),
+            ("connection", json!(self.conn)),
+            ("tsih", json!(self.tsih)),
+            ("priority", json!(self.priority)),
+            ("group", json!(v.and_then(|v| v.group).map(|g| g + 1))),
+            ("in_flight", json!(self.in_flight)),
+            ("failures", json!(v.map(|v| v.failures))),
+            (
+                "last_failure",
+                json!(v.and_then(|v| v.last_failure.as_ref().map(|r| r.to_string()))),
+            ),
+            (
+                "operator_failed",
+                json!(v.is_some_and(|v| v.operator_failed)),
+            ),
+            (
+                "held_s",
+                json!(v
+                    .and_then(|v| v.reinstate_at)
+                    .map(|at| at.saturating_duration_since(now).as_secs_f64())),
+            ),
+            (
+                "state_since_s",
+                json!(v.map(|v| now.saturating_duration_since(v.since).as_secs_f64())),
+            ),
+            (
+                "last_check_s_ago",
+                json!(self
+                    .last_check
+                    .map(|t| now.saturating_duration_since(t).as_secs_f64())),
+            ),
+            (
+                "next_check_s",
+                json!(self.next_check.saturating_duration_since(now).as_secs_f64()),
+            ),
+            (
+                "latency_us",
+                json!(self.latency.map(|l| l.as_micros() as u64)),
+            ),
+            ("excluded", json!(self.excluded)),
+            ("wwid", json!(self.lu.wwid)),
+            ("serial", json!(self.lu.serial)),
+            ("vendor", json!(self.lu.vendor)),
+            ("product", json!(self.lu.product)),
+            ("revision", json!(self.lu.revision)),
+            (
+                "size",
+                json!(self.lu.blocks.saturating_mul(self.lu.block_size as u64)),
+            ),
+            ("block_size", json!(self.lu.block_size)),
+            ("target_port_group", json!(self.lu.target_port_group)),
+            ("relative_target_port", json!(self.lu.relative_target_port)),
+            (
+                "alua_state",
+                json!(self.lu.alua.map(|(a, _)| a.to_string())),
+            ),
+            (
+                "alua_preferred",
+                json!(self.lu.alua.is_some_and(|(_, p)| p)),
+            ),
+            ("session_logins", json!(n(&s.logins))),
+            ("session_failures", json!(n(&s.failures))),
+            ("session_commands", json!(n(&s.commands))),
+            ("session_srtt_us", json!(n(&s.srtt_us))),
+        ]
+    }
+
+    fn record(&self) -> Value {
+        Value::Object(
+            self.fields()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        )
+    }
+}
+
+/// A setting as the configuration file writes it, without TOML's quotes.
+fn unquote(s: String) -> String {
+    s.trim_matches('"').to_string()
+}
+
 fn human_size(b: u64) -> String {
     let units = ["", "K", "M", "G", "T", "P"];
     let mut v = b as f64;
@@ -175,6 +305,8 @@ impl Control {
             Request::ShowTopology => self.topology().await,
             Request::ShowPaths => self.paths().await,
             Request::ShowMaps => self.maps().await,
+            Request::ShowMap { map } => self.show_map(&map).await,
+            Request::ShowPath { path } => self.show_path(&path).await,
             Request::ShowStatus => self.status(),
             Request::ShowStats => self.stats(),
             Request::ShowConfig => {
@@ -207,10 +339,16 @@ impl Control {
 
     /// The `multipath -ll` layout, one block per map.
     pub async fn topology(&self) -> Response {
+        self.topology_of(None).await
+    }
+
+    /// The topology of every map, or of `only`.
+    async fn topology_of(&self, only: Option<&str>) -> Response {
         let maps: Vec<_> = {
             let st = self.shared.state();
             st.maps
                 .values()
+                .filter(|m| only.is_none_or(|o| m.name == o))
                 .map(|m| {
                     (
                         m.name.clone(),
@@ -452,10 +590,16 @@ impl Control {
     }
 
     pub async fn maps(&self) -> Response {
+        self.maps_of(None).await
+    }
+
+    /// The `show maps` rows of every map, or of `only`.
+    async fn maps_of(&self, only: Option<&str>) -> Response {
         let maps: Vec<_> = {
             let st = self.shared.state();
             st.maps
                 .values()
+                .filter(|m| only.is_none_or(|o| m.name == o))
                 .map(|m| {
                     (
                         m.name.clone(),
@@ -636,6 +780,201 @@ impl Control {
         Response::ok(text, json!({ "events": evs }))
     }
 
+    /// Every path as the views show it, with the engine's view of the maps they are in
+    /// (asked once per map).
+    pub(crate) async fn snapshot(&self) -> Vec<PathSnap> {
+        let devices: Vec<_> = {
+            let st = self.shared.state();
+            st.maps
+                .values()
+                .map(|m| (m.name.clone(), m.device.clone()))
+                .collect()
+        };
+        let mut views = std::collections::BTreeMap::new();
+        for (name, dev) in devices {
+            if let Ok(s) = dev.status().await {
+                views.insert(name, s);
+            }
+        }
+        let st = self.shared.state();
+        st.paths
+            .values()
+            .map(|p| {
+                let session = p.path.session().clone();
+                let (view, in_flight, dm) = match &p.map {
+                    Some((m, id)) => match views.get(m) {
+                        Some(s) => {
+                            let i = s.view.paths.iter().position(|v| v.id == *id);
+                            let pv = i.map(|i| s.view.paths[i].clone());
+                            let dm = match &pv {
+                                Some(v) if v.state.dm == DmState::Active => "active",
+                                Some(_) => "failed",
+                                None => "?",
+                            };
+                            (pv, i.and_then(|i| s.in_flight.get(i).copied()), dm)
+                        }
+                        None => (None, None, "?"),
+                    },
+                    None => (None, None, "-"),
+                };
+                PathSnap {
+                    name: p.name.clone(),
+                    portal: p.portal.to_string(),
+                    target: p.target.clone(),
+                    lun: p.lun,
+                    tsih: session.tsih().map(|t| t.0).unwrap_or(0),
+                    conn: conn_word(&session.state()),
+                    session,
+                    map: p.map.as_ref().map(|(m, _)| m.clone()),
+                    // The engine's checker state is the one in force: it hears the checker
+                    // and the transport, which reports a dead connection before the next
+                    // check does.
+                    checker: view.as_ref().map_or(p.checker, |v| v.state.checker),
+                    view,
+                    in_flight,
+                    dm,
+                    priority: p.priority,
+                    next_check: p.next_check,
+                    last_check: p.last_check,
+                    latency: p.latency,
+                    excluded: p.excluded.clone(),
+                    lu: p.lu.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// A path's name from its name or a unique prefix of it (a portal, say).
+    fn resolve_path(&self, q: &str) -> Result<String, String> {
+        let st = self.shared.state();
+        if st.paths.contains_key(q) {
+            return Ok(q.to_string());
+        }
+        let matches: Vec<&String> = st.paths.keys().filter(|n| n.starts_with(q)).collect();
+        match matches.as_slice() {
+            [n] => Ok((*n).clone()),
+            [] => Err(format!("no path {q:?} (mpath show paths lists them)")),
+            many => Err(format!(
+                "{q:?} matches {} paths: {}",
+                many.len(),
+                many.iter()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
+    /// A map's name from its name or its WWID.
+    fn resolve_map(&self, q: &str) -> Result<String, String> {
+        let st = self.shared.state();
+        if st.maps.contains_key(q) {
+            return Ok(q.to_string());
+        }
+        st.maps
+            .values()
+            .find(|m| m.wwid == q)
+            .map(|m| m.name.clone())
+            .ok_or_else(|| {
+                format!(
+                    "no map {q:?} (maps: {})",
+                    st.maps.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
+            })
+    }
+
+    /// `show map MAP`: its `show maps` row, its topology block and the policy in force.
+    async fn show_map(&self, q: &str) -> Response {
+        let name = match self.resolve_map(q) {
+            Ok(n) => n,
+            Err(e) => return Response::err(e),
+        };
+        let (row, topo_resp) = (
+            self.maps_of(Some(&name)).await,
+            self.topology_of(Some(&name)).await,
+        );
+        let (Some(row), Some(topo)) = (
+            row.data["maps"].get(0).cloned(),
+            topo_resp.data["maps"].get(0).cloned(),
+        ) else {
+            return Response::err(format!("map {name:?} is gone"));
+        };
+        let policy = match self.map(&name) {
+            Ok(d) => d.status().await.ok().map(|s| s.config),
+            Err(e) => return Response::err(e),
+        };
+        let mut data = topo.clone();
+        for k in ["block_size", "active_paths", "paths", "state", "device"] {
+            data[k] = row[k].clone();
+        }
+        if let Some(p) = &policy {
+            data["grouping"] = json!(config::grouping_name(p.grouping));
+            data["failback"] = json!(unquote(config::failback_name(&p.failback)));
+            data["no_path_retry"] = json!(unquote(config::no_path_name(&p.no_path)));
+        }
+        let mut text = String::new();
+        let _ = writeln!(text, "name: {name}");
+        let _ = writeln!(text, "wwid: {}", data["wwid"].as_str().unwrap_or_default());
+        let _ = writeln!(
+            text,
+            "vendor/product: {},{}",
+            data["vendor"].as_str().unwrap_or_default(),
+            data["product"].as_str().unwrap_or_default()
+        );
+        let _ = writeln!(
+            text,
+            "size: {} ({} bytes, {}-byte blocks)",
+            human_size(data["size"].as_u64().unwrap_or(0)),
+            data["size"],
+            data["block_size"]
+        );
+        let _ = writeln!(
+            text,
+            "state: {} ({}/{} paths active, {} queued)",
+            row["state"].as_str().unwrap_or_default(),
+            row["active_paths"],
+            row["paths"],
+            row["queued"]
+        );
+        let _ = writeln!(text, "device: {}", row["device"].as_str().unwrap_or("-"));
+        if let Some(p) = &policy {
+            let _ = writeln!(
+                text,
+                "policy: selector {}, grouping {}, failback {}, no_path_retry {}",
+                selector_name(&p.selector),
+                config::grouping_name(p.grouping),
+                unquote(config::failback_name(&p.failback)),
+                unquote(config::no_path_name(&p.no_path))
+            );
+        }
+        let _ = writeln!(text, "topology:");
+        for l in topo_resp.text.lines() {
+            let _ = writeln!(text, "  {l}");
+        }
+        Response::ok(text, data)
+    }
+
+    /// `show path PATH`: everything known about one path.
+    async fn show_path(&self, q: &str) -> Response {
+        let name = match self.resolve_path(q) {
+            Ok(n) => n,
+            Err(e) => return Response::err(e),
+        };
+        let Some(p) = self.snapshot().await.into_iter().find(|p| p.name == name) else {
+            return Response::err(format!("path {name:?} is gone"));
+        };
+        let mut text = String::new();
+        for (k, v) in p.fields() {
+            let v = match v {
+                Value::Null => "-".to_string(),
+                Value::String(s) => s,
+                v => v.to_string(),
+            };
+            let _ = writeln!(text, "{k}: {v}");
+        }
+        Response::ok(text, p.record())
+    }
+
     /// Find a path by its name, or by a unique prefix (a portal, say).
     fn find_path(
         &self,
@@ -648,36 +987,22 @@ impl Control {
         ),
         String,
     > {
+        let name = self.resolve_path(q)?;
         let st = self.shared.state();
-        let matches: Vec<&crate::daemon::PathRec> = match st.paths.get(q) {
-            Some(p) => vec![p],
-            None => st
-                .paths
-                .values()
-                .filter(|p| p.name.starts_with(q))
-                .collect(),
-        };
-        match matches.as_slice() {
-            [p] => match &p.map {
-                Some((m, id)) => st
-                    .maps
-                    .get(m)
-                    .map(|mr| (p.name.clone(), mr.device.clone(), *id))
-                    .ok_or_else(|| format!("map {m} is gone")),
-                None => Err(format!(
-                    "path {} is in no map ({})",
-                    p.name,
-                    p.excluded.clone().unwrap_or_default()
-                )),
-            },
-            [] => Err(format!("no path {q:?} (mpath show paths lists them)")),
-            many => Err(format!(
-                "{q:?} matches {} paths: {}",
-                many.len(),
-                many.iter()
-                    .map(|p| p.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+        let p = st
+            .paths
+            .get(&name)
+            .ok_or_else(|| format!("path {name:?} is gone"))?;
+        match &p.map {
+            Some((m, id)) => st
+                .maps
+                .get(m)
+                .map(|mr| (p.name.clone(), mr.device.clone(), *id))
+                .ok_or_else(|| format!("map {m} is gone")),
+            None => Err(format!(
+                "path {} is in no map ({})",
+                p.name,
+                p.excluded.clone().unwrap_or_default()
             )),
         }
     }
@@ -911,6 +1236,8 @@ mod tests {
             Request::ShowTopology,
             Request::ShowPaths,
             Request::ShowMaps,
+            Request::ShowMap { map: "m".into() },
+            Request::ShowPath { path: "p".into() },
             Request::ShowStatus,
             Request::ShowStats,
             Request::ShowConfig,

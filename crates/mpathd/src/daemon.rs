@@ -151,6 +151,8 @@ pub(crate) struct State {
     pub paths: BTreeMap<String, PathRec>,
     pub maps: BTreeMap<String, MapRec>,
     pub bindings: Bindings,
+    /// Reservation keys by WWID, kept beside the bindings file.
+    pub prkeys: crate::prkeys::PrKeys,
     /// Portals whose discovery has not succeeded yet, with the last error.
     pub portal_errors: BTreeMap<SocketAddr, String>,
 }
@@ -695,7 +697,7 @@ impl Shared {
         }
         let Some(wwid) = wwid else { return };
         let info = self.path_info(&name, target, &lu, priority);
-        let spec = PathSpec::new(info, Arc::new(path));
+        let spec = PathSpec::new(info, Arc::new(path.clone()));
         // Existing map: join it. New WWID: create the map, then take in the paths that
         // were waiting for it.
         let existing = self
@@ -707,6 +709,13 @@ impl Shared {
         match existing {
             Some((map, device)) => self.join_map(&map, &device, &name, target, &lu, spec).await,
             None => {
+                // A key registered before a restart: on the first path too, before the
+                // map can send it I/O.
+                let key = self.state().prkeys.get(&wwid);
+                if let Some(key) = key {
+                    let label = self.map_name(&cfg, &wwid);
+                    self.register_key(key, &label, &name, &path).await;
+                }
                 self.create_map(&cfg, &wwid, &name, &lu, spec);
                 drop(membership);
                 self.adopt_waiting(&wwid).await;
@@ -937,6 +946,13 @@ impl Shared {
         };
         let id = PathId(0);
         let name_cell = Arc::new(std::sync::RwLock::new(name.clone()));
+        // A key registered before a restart: go on registering it on new paths, which the
+        // checker reinstates (see `persist`).
+        let pr_key = self.state().prkeys.get(wwid);
+        if pr_key.is_some() {
+            let d = device.clone();
+            tokio::spawn(async move { d.set_reinstate_on_recovery(false).await });
+        }
         {
             let mut st = self.state();
             st.maps.insert(
@@ -952,7 +968,7 @@ impl Shared {
                     policy,
                     paths: vec![(id, path.to_string())],
                     pending: None,
-                    pr_key: None,
+                    pr_key,
                     name_cell: name_cell.clone(),
                 },
             );

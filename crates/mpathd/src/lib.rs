@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod mpconf;
 mod nbd_device;
 pub mod persist;
+mod prkeys;
 mod probe;
 mod ublk;
 
@@ -142,6 +143,10 @@ impl Daemon {
         for w in warnings {
             warn!("{w}");
         }
+        let (prkeys, warnings) = prkeys::PrKeys::load(cfg.bindings_file.as_deref());
+        for w in warnings {
+            warn!("{w}");
+        }
         let (events, _) = tokio::sync::broadcast::channel(1024);
         let shared = Arc::new(Shared {
             cfg: Mutex::new(cfg.clone()),
@@ -150,6 +155,7 @@ impl Daemon {
                 paths: BTreeMap::new(),
                 maps: BTreeMap::new(),
                 bindings,
+                prkeys,
                 portal_errors: BTreeMap::new(),
             }),
             exports: Exports::new(),

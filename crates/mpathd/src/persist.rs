@@ -21,9 +21,8 @@
 //! reservation that survives a failover: with `write-exclusive` or `exclusive-access`
 //! only the I_T nexus that reserved holds it, and I/O through any other path conflicts.
 //!
-//! The key a map registered is kept in memory: a restarted daemon does not know it (the
-//! target still has the paths' registrations; register again to resume registering new
-//! paths).
+//! The key a map registered is kept beside the bindings file (`prkeys`, multipath-tools'
+//! format): a restarted or upgraded daemon goes on registering it on new paths.
 
 use std::sync::Arc;
 
@@ -525,7 +524,11 @@ impl Shared {
                 return;
             };
             m.pr_key = key;
-            m.device.clone()
+            let (device, wwid) = (m.device.clone(), m.wwid.clone());
+            if let Err(e) = st.prkeys.set(&wwid, key) {
+                warn!(%map, "reservation key file: {e}; the key is kept in memory only");
+            }
+            device
         };
         if let Err(e) = device.set_reinstate_on_recovery(key.is_none()).await {
             warn!(%map, "cannot change how the map reinstates paths: {e}");
@@ -539,6 +542,11 @@ impl Shared {
         let Some(key) = self.pr_key(map) else {
             return;
         };
+        self.register_key(key, map, name, path).await;
+    }
+
+    /// Register `key` on `path` (of map `map`, or of the map about to be created).
+    pub(crate) async fn register_key(&self, key: u64, map: &str, name: &str, path: &IscsiPath) {
         let p = PrOutParams {
             service_action_key: key,
             ..PrOutParams::default()

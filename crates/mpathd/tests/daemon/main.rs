@@ -14,3 +14,4 @@ mod prio;
 mod reconfigure;
 mod socket;
 mod startup;
+mod views;

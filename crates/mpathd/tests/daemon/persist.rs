@@ -239,3 +239,54 @@ fn persist_requests_travel_as_json() {
     };
     assert!(!read.mutates());
 }
+
+/// The key a map registered outlives the daemon (`prkeys` beside the bindings file): the
+/// next daemon reserves with it and goes on registering it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registered_key_survives_a_daemon_restart() {
+    use iscsi_target::config::AluaState::ActiveOptimized as AO;
+    let dir = testkit::TempDir::new("prkeys");
+    let t = Target::start(
+        "iqn.2026-01.io.mpath:prkeys",
+        vec![group([127, 0, 0, 2], 0, AO), group([127, 0, 0, 3], 0, AO)],
+        &[(1, 1 << 20)],
+    )
+    .await;
+    let (mut d, c) = start(config(&dir, &t.portals[..1]));
+    let map = wait_map_by_wwid(&c, &t.wwid(1), 2, Duration::from_secs(10)).await;
+    let reg = persist(
+        &c,
+        &map,
+        PersistOp::Register {
+            old: None,
+            key: 0x5eed,
+            ignore_existing: false,
+            aptpl: false,
+        },
+    )
+    .await;
+    assert!(reg.ok, "{}", reg.text);
+    d.stop().await;
+    let file = std::fs::read_to_string(dir.path().join("prkeys")).unwrap();
+    assert!(file.contains(&format!("0x5eed {}", t.wwid(1))), "{file}");
+
+    let (mut d, c) = start(config(&dir, &t.portals[..1]));
+    let map = wait_map_by_wwid(&c, &t.wwid(1), 2, Duration::from_secs(10)).await;
+    // No key given: the map's, from before the restart.
+    let res = persist(
+        &c,
+        &map,
+        PersistOp::Reserve {
+            key: None,
+            pr_type: 5,
+        },
+    )
+    .await;
+    assert!(res.ok && res.text.contains("0x5eed"), "{}", res.text);
+    let clr = persist(&c, &map, PersistOp::Clear { key: None }).await;
+    assert!(clr.ok, "{}", clr.text);
+    d.stop().await;
+    let file = std::fs::read_to_string(dir.path().join("prkeys")).unwrap();
+    assert!(!file.contains("0x5eed"), "{file}");
+    t.stop().await;
+}
