@@ -1893,6 +1893,30 @@ nbd = "127.0.0.1:10900"
     }
 
     #[test]
+    fn the_system_socket_is_roots_alone() {
+        let root = unsafe { libc::geteuid() } == 0;
+        let d = default_control_socket();
+        if root {
+            assert_eq!(d, PathBuf::from(SYSTEM_CONTROL_SOCKET));
+            assert_eq!(client_control_socket(), d);
+            assert_eq!(
+                DaemonConfig::default().bindings_file,
+                std::env::var_os("STATE_DIRECTORY")
+                    .map(|_| default_bindings_file())
+                    .or(Some(PathBuf::from("/var/lib/mpath/bindings")))
+            );
+        } else {
+            // Another user's daemon never takes the system's socket.
+            assert!(!d.starts_with("/run/mpath"), "{}", d.display());
+        }
+        // "" keeps names in memory only; the default has a file.
+        let c = parse_str("[defaults]\nbindings_file = \"\"\n", None).unwrap();
+        assert_eq!(c.bindings_file, None);
+        assert!(DaemonConfig::default().bindings_file.is_some());
+        assert_eq!(parse_str(&render(&c), None).unwrap(), c);
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));

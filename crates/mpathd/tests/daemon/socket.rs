@@ -170,3 +170,60 @@ async fn show_events_follow_streams_the_backlog_then_live_events() {
     d.stop().await;
     t.stop().await;
 }
+
+/// The control socket is mode 0660: the daemon's user and, with `control_socket_group`,
+/// that group's members (who may read, not change); nobody else can connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_is_0660_and_its_group_reads() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = testkit::TempDir::new("sockmode");
+    let mut cfg = config(&dir, &[]);
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        cfg.control_socket_group = Some("nogroup".into());
+    }
+    let sock = cfg.control_socket.clone();
+    let listeners = Listeners::bind(&cfg).await.unwrap();
+    let mut d = Daemon::start(cfg, listeners, None).unwrap();
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o660, "mode {:o}", meta.mode());
+    assert_eq!(meta.uid(), unsafe { libc::geteuid() });
+    if !root {
+        if testkit::peers_required() {
+            panic!("not root: the group half needs root, and MPATH_REQUIRE_PEERS=1 forbids skipping it");
+        }
+        eprintln!("not root: the socket's group is not tested");
+    } else {
+        assert_eq!(meta.gid(), 65534, "the configured group");
+        // A member of the group reads; a changing request is still refused.
+        let show = serde_json::to_string(&Request::ShowStatus).unwrap();
+        let out = call_as(65534, &sock, &show).expect("setpriv");
+        let r: Response = serde_json::from_str(&out).unwrap();
+        assert!(r.ok, "{out}");
+        let stop = serde_json::to_string(&Request::Shutdown).unwrap();
+        let r: Response = serde_json::from_str(&call_as(65534, &sock, &stop).unwrap()).unwrap();
+        assert!(!r.ok && r.text.contains("permission denied"), "{}", r.text);
+        // Anyone else cannot even connect.
+        let other = Command::new("/usr/bin/setpriv")
+            .args([
+                "--reuid=1",
+                "--regid=1",
+                "--clear-groups",
+                "/usr/bin/python3",
+                "-c",
+            ])
+            .arg(format!(
+                "import socket\ns=socket.socket(socket.AF_UNIX)\ns.connect({:?})",
+                sock.display().to_string()
+            ))
+            .output()
+            .unwrap();
+        assert!(!other.status.success());
+        assert!(
+            String::from_utf8_lossy(&other.stderr).contains("Permission denied"),
+            "{}",
+            String::from_utf8_lossy(&other.stderr)
+        );
+    }
+    d.stop().await;
+}
