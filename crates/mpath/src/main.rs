@@ -519,11 +519,11 @@ struct TargetServe {
 
 #[derive(Args)]
 struct CtlCmd {
-    /// Control socket of the target.
-    #[arg(long, value_name = "PATH")]
+    /// Control socket of the target (before or after the operation).
+    #[arg(long, value_name = "PATH", global = true)]
     socket: Option<PathBuf>,
     /// Print the raw JSON answer.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
     op: CtlOp,

@@ -258,7 +258,14 @@ pub async fn target_ctl(c: CtlCmd) -> Result<()> {
     let socket = c.socket.clone().unwrap_or_else(|| {
         crate::service::client_socket(default_socket(), crate::service::SERVICE_TARGET_SOCKET)
     });
-    let resp = ctl::call(&socket, &req).await?;
+    let resp = match ctl::call(&socket, &req).await {
+        Ok(r) => r,
+        Err(e) => {
+            // As for the daemon: "no target there" (3) is not "the target said no" (1).
+            eprintln!("Error: {e}");
+            std::process::exit(crate::daemon_cmd::EXIT_UNREACHABLE);
+        }
+    };
     if c.json {
         println!("{}", serde_json::to_string_pretty(&resp)?);
         if let CtlResponse::Error { .. } = resp {
