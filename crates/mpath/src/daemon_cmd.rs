@@ -77,8 +77,12 @@ fn socket(o: &ClientOpts) -> PathBuf {
 pub(crate) async fn call(o: &ClientOpts, req: Request) -> Result<()> {
     let mut failed = None;
     let json = o.json;
+    // `show events --follow --json` is NDJSON: one event per line.
+    let follow = matches!(req, Request::ShowEvents { follow: true, .. });
     let called = control::call(&socket(o), &req, |r| {
-        if json {
+        if json && follow {
+            println!("{}", serde_json::to_string(&r.data).unwrap_or_default());
+        } else if json {
             println!(
                 "{}",
                 serde_json::to_string_pretty(&r.data).unwrap_or_default()

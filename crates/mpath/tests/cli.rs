@@ -383,3 +383,57 @@ fn show_one_map_and_one_path() {
         assert!(stderr(&o).contains("usage"), "{}", stderr(&o));
     }
 }
+
+#[test]
+fn followed_events_as_json_are_ndjson() {
+    use std::io::BufRead;
+    let rig = Rig::start("follow-json");
+    let o = rig.show(&["events", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let backlog = v["events"].as_array().unwrap().len().min(5);
+    assert!(backlog >= 2, "{v}");
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_mpath"))
+        .args(["show", "events", "--follow", "--json", "--last", "5"])
+        .args(["--socket", rig.sock.as_str()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(out).lines() {
+            if tx.send(l.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let next = || {
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("a line within 10 s")
+    };
+    let keys = |l: &str| -> Vec<String> {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON object: {l:?}: {e}"));
+        let mut k: Vec<String> = v.as_object().expect("an object").keys().cloned().collect();
+        k.sort();
+        k
+    };
+    let want = ["detail", "kind", "map", "path", "t_ms", "time"];
+    // The backlog: up to 5 lines, one event each.
+    for _ in 0..backlog {
+        assert_eq!(keys(&next()), want);
+    }
+    let p = format!("127.0.0.1:{}", rig.port);
+    assert!(rig.run(&["fail", "path", &p]).status.success());
+    assert!(rig.run(&["reinstate", "path", &p]).status.success());
+    let mut operator = 0;
+    while operator < 2 {
+        let l = next();
+        assert_eq!(keys(&l), want, "{l}");
+        if l.contains("\"kind\":\"operator\"") {
+            operator += 1;
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+}

@@ -765,14 +765,31 @@ impl Control {
         Response::ok(text, json!({ "maps": data }))
     }
 
-    pub fn events(&self, last: Option<usize>) -> Response {
+    /// The last `last` events of the timeline (all of them with `None`).
+    pub fn backlog(&self, last: Option<usize>) -> Vec<crate::daemon::TimelineEvent> {
         let t = self
             .shared
             .timeline
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let n = last.unwrap_or(t.len()).min(t.len());
-        let evs: Vec<_> = t.iter().skip(t.len() - n).cloned().collect();
+        t.iter().skip(t.len() - n).cloned().collect()
+    }
+
+    /// An event of the control connection's own (not in the timeline), stamped now.
+    fn notice(&self, kind: &str, detail: String) -> crate::daemon::TimelineEvent {
+        crate::daemon::TimelineEvent {
+            t_ms: self.shared.epoch.elapsed().as_millis() as u64,
+            time: crate::daemon::rfc3339(std::time::SystemTime::now()),
+            map: None,
+            path: None,
+            kind: kind.into(),
+            detail,
+        }
+    }
+
+    pub fn events(&self, last: Option<usize>) -> Response {
+        let evs = self.backlog(last);
         let mut text = String::new();
         for e in &evs {
             let _ = writeln!(text, "{}", format_event(e));
@@ -1162,25 +1179,29 @@ async fn serve_one(stream: UnixStream, control: Control) -> std::io::Result<()> 
             write_resp(&mut w, &Response::err(format!("permission denied: {req:?} needs root or the daemon's user (uid {me}); you are uid {}", uid.map(|u| u.to_string()).unwrap_or_else(|| "?".into())))).await?;
             continue;
         }
+/// One event of `show events --follow`: its line, and the event as data.
+pub fn event_response(e: &crate::daemon::TimelineEvent) -> Response {
+    Response::ok(
+        format!("{}\n", format_event(e)),
+        serde_json::to_value(e).unwrap_or(Value::Null),
+    )
+}
+
         if let Request::ShowEvents { follow: true, last } = req {
             let mut rx = control.shared.events.subscribe();
-            write_resp(&mut w, &control.events(last.or(Some(20)))).await?;
+            for e in control.backlog(last.or(Some(20))) {
+                write_resp(&mut w, &event_response(&e)).await?;
+            }
             loop {
                 match rx.recv().await {
-                    Ok(e) => {
-                        let r =
-                            Response::ok(format!("{}\n", format_event(&e)), json!({ "event": e }));
-                        write_resp(&mut w, &r).await?;
-                    }
+                    Ok(e) => write_resp(&mut w, &event_response(&e)).await?,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        write_resp(
-                            &mut w,
-                            &Response::ok(
-                                format!("({n} events skipped: too slow a reader)\n"),
-                                json!({ "skipped": n }),
-                            ),
-                        )
-                        .await?;
+                        // Said as an event too, so that every line has the same shape.
+                        let e = control.notice(
+                            "events-skipped",
+                            format!("{n} events skipped: too slow a reader"),
+                        );
+                        write_resp(&mut w, &event_response(&e)).await?;
                     }
                     Err(_) => return Ok(()),
                 }
@@ -1199,9 +1220,12 @@ async fn write_resp(w: &mut tokio::net::unix::OwnedWriteHalf, r: &Response) -> s
 }
 
 /// Send one request to a daemon's control socket; for `ShowEvents { follow: true }` call
-/// `on_line` for every response until the connection closes.
+/// `on_line` for every response (one per event, its data the event) until the connection
+/// closes.
 pub async fn call(
     socket: &std::path::Path,
+            // One response per event, the backlog's and the live ones alike: its data is
+            // the event itself (NDJSON for `--json`).
     req: &Request,
     mut on_line: impl FnMut(Response),
 ) -> std::io::Result<()> {
