@@ -706,7 +706,9 @@ impl Translator {
                 }
                 "rr_min_io" | "rr_min_io_rq" => {
                     let sel = get("path_selector").map(|(v, _)| v.starts_with("round-robin"));
-                    if sel != Some(true) {
+                    if sel == Some(true) && key == "rr_min_io" && get("rr_min_io_rq").is_some() {
+                        self.note(Some(t), at, &src, "rr_min_io_rq of the same section is the one request-based multipath uses, and is carried over");
+                    } else if sel != Some(true) {
                         self.note(Some(t), at, &src, "used only with path_selector \"round-robin 0\" in the same section");
                     }
                 }

@@ -56,6 +56,45 @@ fn import(name: &str, conf_dir: &Path) -> (mpconf::Imported, DaemonConfig) {
     (imported, c)
 }
 
+/// multipath-tools' own view of its configuration — `multipath -t`: its defaults, its
+/// built-in table of every array it knows (100+ device entries) and its blacklists, every
+/// keyword with a value — comes along whole: every line carried over or listed, and the
+/// result reads back.
+#[test]
+fn multipath_tools_whole_builtin_table() {
+    if !testkit::require("multipath_tools_whole_builtin_table", &["multipath"]) {
+        return;
+    }
+    let out = std::process::Command::new("multipath")
+        .arg("-t")
+        .output()
+        .expect("multipath -t");
+    assert!(out.status.success(), "{out:?}");
+    let dir = no_conf_dir();
+    let file = dir.path().join("multipath-t.conf");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let empty = no_conf_dir();
+    let imported = mpconf::import(&file, Some(empty.path())).unwrap_or_else(|e| panic!("{e}"));
+    let src = String::from_utf8_lossy(&out.stdout);
+    for (i, line) in src.lines().enumerate() {
+        let l = line.trim();
+        if l.is_empty() || l.starts_with('#') || l.ends_with('{') || l == "}" {
+            continue;
+        }
+        let origin = format!("({}:{})", file.display(), i + 1);
+        assert!(
+            imported.toml.contains(&origin),
+            "{l:?} {origin} is neither carried over nor listed"
+        );
+    }
+    let c = config::parse_str(&imported.toml, None).unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.devices.len() >= 100, "{} device entries", c.devices.len());
+    // Every entry stands for a vendor it matches.
+    for d in &c.devices {
+        assert!(!d.vendor.as_str().is_empty());
+    }
+}
+
 #[test]
 fn a_rhel_default_keeps_names_in_multipathds_bindings_file() {
     let d = no_conf_dir();
