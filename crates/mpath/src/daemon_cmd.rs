@@ -195,11 +195,21 @@ async fn daemon(d: DaemonCmd) -> Result<()> {
         _ = &mut stop_signal => true,
     };
     if !stopped_early {
-        let line = status_line(&control);
+        let line = status_line(&control).await;
         service::notify(&[NotifyState::Ready, NotifyState::Status(&line)]);
         tracing::info!("ready: {line}");
-        let c = control.clone();
-        service::spawn_keepalive(move || status_line(&c));
+        // The keepalive reads the line a task refreshes every second (the maps answer
+        // asynchronously).
+        let latest = std::sync::Arc::new(std::sync::Mutex::new(line));
+        let (c, l) = (control.clone(), latest.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let line = status_line(&c).await;
+                *l.lock().unwrap_or_else(|e| e.into_inner()) = line;
+            }
+        });
+        service::spawn_keepalive(move || latest.lock().unwrap_or_else(|e| e.into_inner()).clone());
     }
     // SIGHUP: reconfigure.
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -211,7 +221,7 @@ async fn daemon(d: DaemonCmd) -> Result<()> {
                 r if r.ok => tracing::info!("SIGHUP: {}", r.text.trim()),
                 r => tracing::warn!("SIGHUP: reconfigure failed: {}", r.text.trim()),
             }
-            let line = status_line(&c);
+            let line = status_line(&c).await;
             service::notify(&[NotifyState::Ready, NotifyState::Status(&line)]);
         }
     });
@@ -229,8 +239,8 @@ async fn daemon(d: DaemonCmd) -> Result<()> {
 
 /// The daemon in one line, for `systemctl status`: maps, paths by checker state, sessions,
 /// unreachable portals.
-fn status_line(control: &mpathd::Control) -> String {
-    let s = control.status().data;
+async fn status_line(control: &mpathd::Control) -> String {
+    let s = control.status().await.data;
     let n = |k: &str| s[k].as_u64().unwrap_or(0);
     let mut line = format!("{} map(s), {} path(s)", n("maps"), n("paths"),);
     if let Some(by) = s["paths_by_checker"].as_object().filter(|b| !b.is_empty()) {

@@ -244,6 +244,26 @@ impl PathSnap {
     }
 }
 
+/// A map's state as `show maps` says it, from the same engine view `show topology` and
+/// `show paths` read: `ok` only while every path is active; `degraded (N failed)` while
+/// some path is failed and another carries I/O; without an active path, `queueing (no
+/// path)` or `failing (no path)` as the map does with I/O, or `no path` before any I/O
+/// came.
+pub(crate) fn map_state(v: &mpath_policy::MapView) -> String {
+    let failed = v
+        .paths
+        .iter()
+        .filter(|p| p.state.dm == DmState::Failed)
+        .count();
+    match v.queueing {
+        QueueingView::Queueing { .. } => "queueing (no path)".into(),
+        QueueingView::Failing { .. } => "failing (no path)".into(),
+        QueueingView::Usable if failed == v.paths.len() => "no path".into(),
+        QueueingView::Usable if failed > 0 => format!("degraded ({failed} failed)"),
+        QueueingView::Usable => "ok".into(),
+    }
+}
+
 /// A setting as the configuration file writes it, without TOML's quotes.
 fn unquote(s: String) -> String {
     s.trim_matches('"').to_string()
@@ -307,7 +327,7 @@ impl Control {
             Request::ShowMaps => self.maps().await,
             Request::ShowMap { map } => self.show_map(&map).await,
             Request::ShowPath { path } => self.show_path(&path).await,
-            Request::ShowStatus => self.status(),
+            Request::ShowStatus => self.status().await,
             Request::ShowStats => self.stats(),
             Request::ShowConfig => {
                 let c = self.shared.cfg();
@@ -488,80 +508,43 @@ impl Control {
 
     /// multipathd's `show paths` columns.
     pub async fn paths(&self) -> Response {
-        let rows: Vec<_> = {
-            let st = self.shared.state();
-            st.paths
-                .values()
-                .map(|p| {
-                    let dev = p.map.as_ref().and_then(|(m, id)| {
-                        st.maps.get(m).map(|mr| (mr.device.clone(), *id, m.clone()))
-                    });
-                    (
-                        p.name.clone(),
-                        p.target.clone(),
-                        p.priority,
-                        p.checker,
-                        conn_word(&p.path.session().state()),
-                        p.next_check,
-                        p.excluded.clone(),
-                        p.latency,
-                        dev,
-                    )
-                })
-                .collect()
-        };
         let mut text = format!(
             "{:<26} {:<36} {:>4} {:<7} {:<11} {:<11} {:>10} {:<10} {}\n",
             "path", "target", "pri", "dm_st", "chk_st", "conn_st", "next_check", "map", "note"
         );
         let mut data = Vec::new();
-        for (name, target, prio, chk, conn, next, excluded, latency, dev) in rows {
-            let (dm, map, note, failure) = match &dev {
-                Some((d, id, m)) => {
-                    match d.status().await {
-                        Ok(s) => {
-                            let pv = s.view.paths.iter().find(|p| p.id == *id).cloned();
-                            let dm = pv
-                                .as_ref()
-                                .map(|p| {
-                                    if p.state.dm == DmState::Active {
-                                        "active"
-                                    } else {
-                                        "failed"
-                                    }
-                                })
-                                .unwrap_or("?");
-                            let mut note = String::new();
-                            if let Some(p) = &pv {
-                                if let Some(at) = p.reinstate_at {
-                                    let _ = write!(note, "marginal: {} failures, reinstated only after {:.1}s healthy", p.failures, at.saturating_duration_since(Instant::now()).as_secs_f64());
-                                } else if p.operator_failed {
-                                    note.push_str("failed by operator");
-                                } else if p.state.dm == DmState::Failed {
-                                    if let Some(r) = &p.last_failure {
-                                        note = r.to_string();
-                                    }
-                                }
-                            }
-                            let failure = pv
-                                .as_ref()
-                                .and_then(|p| p.last_failure.as_ref().map(|r| r.to_string()));
-                            (dm, m.clone(), note, failure)
+        let now = Instant::now();
+        for p in self.snapshot().await {
+            let mut note = String::new();
+            match &p.view {
+                Some(v) => {
+                    if let Some(at) = v.reinstate_at {
+                        let _ = write!(
+                            note,
+                            "marginal: {} failures, reinstated only after {:.1}s healthy",
+                            v.failures,
+                            at.saturating_duration_since(now).as_secs_f64()
+                        );
+                    } else if v.operator_failed {
+                        note.push_str("failed by operator");
+                    } else if v.state.dm == DmState::Failed {
+                        if let Some(r) = &v.last_failure {
+                            note = r.to_string();
                         }
-                        Err(_) => ("?", m.clone(), String::new(), None),
                     }
                 }
-                None => (
-                    "-",
-                    "-".to_string(),
-                    excluded.clone().unwrap_or_default(),
-                    None,
-                ),
-            };
-            let next_s = if next > Instant::now() {
+                None if p.map.is_none() => note = p.excluded.clone().unwrap_or_default(),
+                None => {}
+            }
+            let failure = p
+                .view
+                .as_ref()
+                .and_then(|v| v.last_failure.as_ref().map(|r| r.to_string()));
+            let map = p.map.clone().unwrap_or_else(|| "-".into());
+            let next_s = if p.next_check > now {
                 format!(
                     "{:.1}s",
-                    next.saturating_duration_since(Instant::now()).as_secs_f64()
+                    p.next_check.saturating_duration_since(now).as_secs_f64()
                 )
             } else {
                 "now".into()
@@ -569,21 +552,22 @@ impl Control {
             let _ = writeln!(
                 text,
                 "{:<26} {:<36} {:>4} {:<7} {:<11} {:<11} {:>10} {:<10} {}",
-                name,
-                target,
-                prio,
-                dm,
-                checker_word(chk),
-                conn,
+                p.name,
+                p.target,
+                p.priority,
+                p.dm,
+                checker_word(p.checker),
+                p.conn,
                 next_s,
                 map,
                 note
             );
             data.push(json!({
-                "path": name, "target": target, "priority": prio, "dm_state": dm,
-                "checker_state": checker_word(chk), "connection": conn, "next_check_s": next.saturating_duration_since(Instant::now()).as_secs_f64(),
+                "path": p.name, "target": p.target, "priority": p.priority, "dm_state": p.dm,
+                "checker_state": checker_word(p.checker), "connection": p.conn,
+                "next_check_s": p.next_check.saturating_duration_since(now).as_secs_f64(),
                 "map": map, "note": note, "last_failure": failure,
-                "latency_us": latency.map(|l| l.as_micros() as u64),
+                "latency_us": p.latency.map(|l| l.as_micros() as u64),
             }));
         }
         Response::ok(text, json!({ "paths": data }))
@@ -625,12 +609,7 @@ impl Control {
                         .iter()
                         .filter(|p| p.state.dm == DmState::Active)
                         .count();
-                    let state = match s.view.queueing {
-                        QueueingView::Usable => "ok".to_string(),
-                        QueueingView::Queueing { .. } => "queueing (no path)".to_string(),
-                        QueueingView::Failing { .. } => "failing (no path)".to_string(),
-                    };
-                    (active, s.view.paths.len(), s.queued, state)
+                    (active, s.view.paths.len(), s.queued, map_state(&s.view))
                 }
                 Err(e) => (0, 0, 0, e.to_string()),
             };
@@ -662,12 +641,19 @@ impl Control {
         Response::ok(text, json!({ "maps": data }))
     }
 
-    pub fn status(&self) -> Response {
-        let st = self.shared.state();
+    /// Counts, paths by checker state (the state in force, as `show paths` gives it),
+    /// sessions down and why, unreachable portals.
+    pub async fn status(&self) -> Response {
+        let snap = self.snapshot().await;
         let mut by_state = std::collections::BTreeMap::new();
-        for p in st.paths.values() {
+        let mut by_dm = std::collections::BTreeMap::new();
+        for p in &snap {
             *by_state.entry(checker_word(p.checker)).or_insert(0usize) += 1;
+            if p.map.is_some() {
+                *by_dm.entry(p.dm).or_insert(0usize) += 1;
+            }
         }
+        let st = self.shared.state();
         let sessions_up = st.sessions.values().filter(|s| s.is_up()).count();
         let uptime = self.shared.epoch.elapsed();
         let mut text = format!(
@@ -680,6 +666,9 @@ impl Control {
         );
         for (k, v) in &by_state {
             let _ = writeln!(text, "paths {k}: {v}");
+        }
+        for (k, v) in &by_dm {
+            let _ = writeln!(text, "paths {k} in maps: {v}");
         }
         for (p, e) in &st.portal_errors {
             let _ = writeln!(text, "portal {p} unreachable: {e}");
@@ -705,6 +694,7 @@ impl Control {
             json!({
                 "uptime_s": uptime.as_secs(), "maps": st.maps.len(), "paths": st.paths.len(),
                 "sessions": st.sessions.len(), "sessions_up": sessions_up, "paths_by_checker": by_state,
+                "paths_by_dm_state": by_dm,
                 "unreachable_portals": st.portal_errors.iter().map(|(p, e)| json!({"portal": p.to_string(), "error": e})).collect::<Vec<_>>(),
                 "sessions_down": down,
             }),
@@ -1140,6 +1130,14 @@ pub fn format_event(e: &crate::daemon::TimelineEvent) -> String {
     )
 }
 
+/// One event of `show events --follow`: its line, and the event as data.
+pub fn event_response(e: &crate::daemon::TimelineEvent) -> Response {
+    Response::ok(
+        format!("{}\n", format_event(e)),
+        serde_json::to_value(e).unwrap_or(Value::Null),
+    )
+}
+
 /// Serve the control socket until the daemon stops.
 pub async fn serve(listener: UnixListener, control: Control) {
     let mut stop = control.shared.stop.subscribe();
@@ -1179,15 +1177,9 @@ async fn serve_one(stream: UnixStream, control: Control) -> std::io::Result<()> 
             write_resp(&mut w, &Response::err(format!("permission denied: {req:?} needs root or the daemon's user (uid {me}); you are uid {}", uid.map(|u| u.to_string()).unwrap_or_else(|| "?".into())))).await?;
             continue;
         }
-/// One event of `show events --follow`: its line, and the event as data.
-pub fn event_response(e: &crate::daemon::TimelineEvent) -> Response {
-    Response::ok(
-        format!("{}\n", format_event(e)),
-        serde_json::to_value(e).unwrap_or(Value::Null),
-    )
-}
-
         if let Request::ShowEvents { follow: true, last } = req {
+            // One response per event, the backlog's and the live ones alike: its data is
+            // the event itself (NDJSON for `--json`).
             let mut rx = control.shared.events.subscribe();
             for e in control.backlog(last.or(Some(20))) {
                 write_resp(&mut w, &event_response(&e)).await?;
@@ -1224,8 +1216,6 @@ async fn write_resp(w: &mut tokio::net::unix::OwnedWriteHalf, r: &Response) -> s
 /// closes.
 pub async fn call(
     socket: &std::path::Path,
-            // One response per event, the backlog's and the live ones alike: its data is
-            // the event itself (NDJSON for `--json`).
     req: &Request,
     mut on_line: impl FnMut(Response),
 ) -> std::io::Result<()> {

@@ -186,3 +186,168 @@ async fn followed_events_are_one_event_per_line() {
     d.stop().await;
     t.stop().await;
 }
+
+/// What each view says of the map and of `path`, taken together.
+struct Views {
+    /// `show topology`: (dm, checker) of the path.
+    topology: (String, String),
+    /// `show paths`: (dm, checker) of the path.
+    paths: (String, String),
+    /// `show path`: (dm, checker).
+    path: (String, String),
+    /// `show maps`: (state, active paths).
+    map: (String, u64),
+    /// `show status`: paths by checker state, paths by dm state.
+    status: Value,
+}
+
+async fn views(c: &mpathd::Control, map: &str, path: &str) -> Views {
+    let topo = topology_of(c, map).await;
+    let tp = topo["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["paths"].as_array().unwrap().clone())
+        .find(|p| p["path"] == path)
+        .unwrap_or_else(|| panic!("{path} in {topo}"));
+    let pr = paths_of(c, map)
+        .await
+        .into_iter()
+        .find(|p| p["path"] == path)
+        .unwrap();
+    let one = ask(c, Request::ShowPath { path: path.into() }).await.data;
+    let m = map_entry(c, map).await.unwrap();
+    let st = ask(c, Request::ShowStatus).await.data;
+    let pair = |v: &Value| {
+        (
+            v["dm_state"].as_str().unwrap().to_string(),
+            v["checker_state"].as_str().unwrap().to_string(),
+        )
+    };
+    Views {
+        topology: pair(&tp),
+        paths: pair(&pr),
+        path: pair(&one),
+        map: (
+            m["state"].as_str().unwrap().to_string(),
+            m["active_paths"].as_u64().unwrap(),
+        ),
+        status: st,
+    }
+}
+
+/// Wait until every view says `dm`/`checker` of `path` at the same moment (taken twice in
+/// a row, so that a change between two views is not taken for a disagreement); the views.
+async fn settled(c: &mpathd::Control, map: &str, path: &str, dm: &str) -> Views {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let v = views(c, map, path).await;
+        if v.topology.0 == dm && v.topology == v.paths && v.paths == v.path {
+            let again = views(c, map, path).await;
+            if again.topology == v.topology {
+                return again;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "views of {path} never agreed on {dm}: topology {:?}, paths {:?}, path {:?}",
+            v.topology,
+            v.paths,
+            v.path
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A blackholed path, then every path: `show maps` and `show status` say what `show
+/// topology` and `show paths` say — no `ok` and no `ready` for a failed path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_agree_during_a_blackhole() {
+    use iscsi_target::Fault;
+    // Healthy paths checked once a minute: the failure is found by I/O, not by a check.
+    let r = TwoPaths::start("views-agree", IQN, |cfg| {
+        cfg.checker_interval_ok = std::time::Duration::from_secs(60);
+    })
+    .await;
+    let (t, c, map) = (&r.t, &r.c, r.map.as_str());
+    let dev = r.device();
+    let (p0, p1) = (format!("{}/1", t.portals[0]), format!("{}/1", t.portals[1]));
+    let v = settled(c, map, &p0, "active").await;
+    assert_eq!(v.map, ("ok".into(), 2));
+    assert_eq!(v.status["paths_by_checker"]["ready"], 2);
+
+    // One path blackholed; reads find it out.
+    t.ctl.set_fault(t.portals[0], Fault::Blackhole).unwrap();
+    let reads = reader(dev.clone(), 3);
+    let v = settled(c, map, &p0, "failed").await;
+    assert_ne!(v.topology.1, "ready", "{:?}", v.topology);
+    assert_eq!(v.map, ("degraded (1 failed)".into(), 1), "show maps");
+    assert_eq!(v.status["paths_by_dm_state"]["failed"], 1, "{}", v.status);
+    assert_eq!(v.status["paths_by_dm_state"]["active"], 1, "{}", v.status);
+    assert_eq!(
+        v.status["paths_by_checker"]["ready"], 1,
+        "show status counts the blackholed path as ready: {}",
+        v.status
+    );
+    let text = ask(c, Request::ShowStatus).await.text;
+    assert!(text.contains("paths ready: 1"), "{text}");
+    assert!(reads.await.unwrap() > 0);
+
+    // Every path down: no view calls anything ready or ok.
+    t.ctl.set_fault(t.portals[1], Fault::Blackhole).unwrap();
+    let probe = tokio::spawn({
+        let dev = dev.clone();
+        async move {
+            use workload::BlockClient;
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(30), dev.read(0, 4096)).await;
+        }
+    });
+    let v = settled(c, map, &p1, "failed").await;
+    let w = settled(c, map, &p0, "failed").await;
+    assert_eq!(v.map.1, 0);
+    assert!(
+        v.map.0.contains("no path"),
+        "show maps with every path down: {:?}",
+        v.map
+    );
+    assert_eq!(w.status["paths_by_dm_state"]["failed"], 2, "{}", w.status);
+    assert!(
+        w.status["paths_by_checker"].get("ready").is_none(),
+        "{}",
+        w.status
+    );
+
+    // Back: every view agrees again.
+    t.ctl.set_fault(t.portals[0], Fault::None).unwrap();
+    t.ctl.set_fault(t.portals[1], Fault::None).unwrap();
+    settled(c, map, &p0, "active").await;
+    settled(c, map, &p1, "active").await;
+    // A reinstated path may be `i/o pending` until its checker confirms it: if so, in
+    // every view, and `show status` counts it so.
+    wait_for(
+        std::time::Duration::from_secs(10),
+        "both paths active, the same in every view",
+        || async {
+            let (a, b) = (views(c, map, &p0).await, views(c, map, &p1).await);
+            let agree = a.topology == a.paths
+                && a.paths == a.path
+                && b.topology == b.paths
+                && b.paths == b.path;
+            let mut tally = std::collections::BTreeMap::new();
+            for (_, chk) in [&a.topology, &b.topology] {
+                *tally.entry(chk.clone()).or_insert(0u64) += 1;
+            }
+            agree
+                && a.topology.0 == "active"
+                && b.topology.0 == "active"
+                && b.map == ("ok".into(), 2)
+                && tally
+                    .iter()
+                    .all(|(k, n)| b.status["paths_by_checker"][k] == *n)
+        },
+    )
+    .await;
+    let _ = probe.await;
+    r.stop().await;
+}
