@@ -42,6 +42,33 @@ fn show_request(s: &ShowCmd) -> Result<Request> {
         ("path", [p]) => Request::ShowPath {
             path: p.to_string(),
         },
+        ("paths", []) => Request::ShowPaths,
+        ("maps", []) => Request::ShowMaps,
+        ("paths", ["format", f]) => Request::ShowPathsFormat {
+            format: f.to_string(),
+            raw: false,
+        },
+        ("paths", ["raw", "format", f]) => Request::ShowPathsFormat {
+            format: f.to_string(),
+            raw: true,
+        },
+        ("maps", ["format", f]) => Request::ShowMapsFormat {
+            format: f.to_string(),
+            raw: false,
+        },
+        ("maps", ["raw", "format", f]) => Request::ShowMapsFormat {
+            format: f.to_string(),
+            raw: true,
+        },
+        ("paths" | "maps", _) => usage(&format!(
+            "mpath show {} [[raw] format FORMAT] (multipathd's wildcards, e.g. {:?})",
+            s.what,
+            if s.what == "paths" {
+                "%d %w %t %T %p"
+            } else {
+                "%n %w %d %N"
+            }
+        )),
         ("map", _) => usage("mpath show map MAP (one map, by name or WWID)"),
         ("path", _) => usage("mpath show path PATH (as show paths names it, or a unique prefix)"),
         (_, [_, ..]) => usage(&format!(
@@ -49,8 +76,6 @@ fn show_request(s: &ShowCmd) -> Result<Request> {
             s.what, s.args
         )),
         ("topology", []) => Request::ShowTopology,
-        ("paths", []) => Request::ShowPaths,
-        ("maps", []) => Request::ShowMaps,
         ("status", []) => Request::ShowStatus,
         ("stats", []) => Request::ShowStats,
         ("config", []) => Request::ShowConfig,

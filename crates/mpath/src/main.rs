@@ -340,12 +340,13 @@ struct DaemonCmd {
 
 #[derive(Args)]
 #[command(
-    after_help = "Examples:\n  mpath show map mpatha          one map's record (name or WWID)\n  mpath show path 127.0.0.2      one path's record (name or unique prefix)"
+    after_help = "Examples:\n  mpath show map mpatha          one map's record (name or WWID)\n  mpath show path 127.0.0.2      one path's record (name or unique prefix)\n  mpath show paths format \"%d %w %t %T %p\"\n  mpath show maps raw format \"%n %w %N\"    no header line"
 )]
 struct ShowCmd {
     #[arg(value_parser = ["topology", "paths", "path", "maps", "map", "status", "stats", "config", "events"])]
     what: String,
-    /// With `map`: the map (name or WWID); with `path`: the path (name or unique prefix).
+    /// With `map`: the map (name or WWID); with `path`: the path (name or unique prefix);
+    /// with `paths` or `maps`: `[raw] format FORMAT`, multipathd's wildcards.
     #[arg(value_name = "ARGS")]
     args: Vec<String>,
     /// With `events`: keep printing events as they happen.

@@ -437,3 +437,42 @@ fn followed_events_as_json_are_ndjson() {
     let _ = follow.kill();
     let _ = follow.wait();
 }
+
+#[test]
+fn paths_and_maps_in_a_format() {
+    let rig = Rig::start("format");
+    let path = format!("127.0.0.1:{}/1", rig.port);
+    let o = rig.show(&["paths", "format", "%d %t %T %m"]);
+    assert!(o.status.success(), "{o:?}");
+    let out = stdout(&o);
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            vec!["dev", "dm_st", "chk_st", "multipath"],
+            vec![path.as_str(), "active", "ready", "mpatha"]
+        ],
+        "{out}"
+    );
+    let o = rig.show(&["maps", "raw", "format", "%n:%N"]);
+    assert_eq!(stdout(&o), "mpatha:1\n", "{o:?}");
+    // --json: the view's data, whatever the format.
+    let o = rig.show(&["paths", "format", "%d", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["paths"][0]["path"], path);
+
+    // A wildcard with no meaning here: exit 1, the known ones listed.
+    let o = rig.show(&["paths", "format", "%d %D"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        stderr(&o).contains("%D has no meaning") && stderr(&o).contains("%w uuid"),
+        "{}",
+        stderr(&o)
+    );
+    // No format after `format`: a usage error.
+    let o = rig.show(&["maps", "format"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+}

@@ -27,6 +27,17 @@ pub enum Request {
     /// Every path with multipathd's columns.
     ShowPaths,
     ShowMaps,
+    /// `show paths format FMT`: multipathd's wildcards (`%d %w %t %T %p`...), a header
+    /// line (none when `raw`), one line per path.
+    ShowPathsFormat {
+        format: String,
+        raw: bool,
+    },
+    /// `show maps format FMT` (`%n %w %d %N`...), as `ShowPathsFormat`.
+    ShowMapsFormat {
+        format: String,
+        raw: bool,
+    },
     /// One map's full record: its topology block, state, devices and policy.
     ShowMap {
         map: String,
@@ -244,6 +255,169 @@ impl PathSnap {
     }
 }
 
+/// multipathd's `show paths format` wildcards that mean something here: (wildcard, header,
+/// the `show path` field it prints).
+const PATH_WILDCARDS: &[(char, &str, &str)] = &[
+    ('w', "uuid", "wwid"),
+    ('i', "hcil", "hcil"),
+    ('d', "dev", "path"),
+    ('t', "dm_st", "dm_state"),
+    ('o', "dev_st", "connection"),
+    ('T', "chk_st", "checker_state"),
+    ('s', "vend/prod/rev", "vpr"),
+    ('c', "checker", "checker"),
+    ('C', "next_check", "next_check"),
+    ('p', "pri", "priority"),
+    ('S', "size", "hsize"),
+    ('z', "serial", "serial"),
+    ('M', "marginal_st", "marginal"),
+    ('m', "multipath", "map"),
+    ('N', "host WWNN", "initiator"),
+    ('n', "target WWNN", "target"),
+    ('P', "protocol", "protocol"),
+    ('0', "failures", "failures"),
+    ('L', "LUN hex", "lun_hex"),
+];
+
+/// multipathd's path wildcards with no meaning for mpath's paths, and why.
+const PATH_NOT_HERE: &[(char, &str)] = &[
+    ('D', "dev_t: a path is a session, not a block device"),
+    ('a', "host adapter: no SCSI host"),
+    ('r', "target WWPN: a Fibre Channel name"),
+    ('R', "host WWPN: a Fibre Channel name"),
+    ('G', "foreign: there are no foreign libraries"),
+    ('g', "vpd page data: not kept"),
+    ('I', "init_st: no udev initialisation"),
+    ('u', "path group: see %C and show topology"),
+];
+
+/// multipathd's `show maps format` wildcards that mean something here.
+const MAP_WILDCARDS: &[(char, &str, &str)] = &[
+    ('n', "name", "name"),
+    ('w', "uuid", "wwid"),
+    ('d', "sysfs", "device"),
+    ('F', "failback", "failback"),
+    ('Q', "queueing", "queueing"),
+    ('N', "paths", "paths"),
+    ('r', "write_prot", "write_prot"),
+    ('t', "dm-st", "state"),
+    ('S', "size", "hsize"),
+    ('f', "features", "features"),
+    ('x', "failures", "failures"),
+    ('h', "hwhandler", "hwhandler"),
+    ('0', "path_faults", "failures"),
+    ('3', "total_q_time", "no_path_seconds"),
+    ('s', "vend/prod/rev", "vpr"),
+    ('v', "vend", "vendor"),
+    ('p', "prod", "product"),
+    ('e', "rev", "revision"),
+];
+
+const MAP_NOT_HERE: &[(char, &str)] = &[
+    ('A', "action: maps are not reloaded"),
+    ('1', "switch_grp: see show events"),
+    ('2', "map_loads: maps are not reloaded"),
+    ('4', "q_timeouts: see show events"),
+    ('G', "foreign: there are no foreign libraries"),
+    ('g', "vpd page data: not kept"),
+    ('k', "max_sectors_kb: no kernel queue"),
+];
+
+enum Piece {
+    Text(String),
+    Field(&'static str, &'static str),
+}
+
+/// Parse a multipathd format string (`%%` is a `%`).
+fn parse_format(
+    fmt: &str,
+    known: &[(char, &'static str, &'static str)],
+    not_here: &[(char, &str)],
+    what: &str,
+) -> Result<Vec<Piece>, String> {
+    let mut out = Vec::new();
+    let mut text = String::new();
+    let mut chars = fmt.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            text.push(c);
+            continue;
+        }
+        let Some(w) = chars.next() else {
+            return Err(format!("format {fmt:?} ends with a lone %"));
+        };
+        if w == '%' {
+            text.push('%');
+            continue;
+        }
+        if let Some((_, header, key)) = known.iter().find(|(k, _, _)| *k == w) {
+            if !text.is_empty() {
+                out.push(Piece::Text(std::mem::take(&mut text)));
+            }
+            out.push(Piece::Field(header, key));
+            continue;
+        }
+        let list = known
+            .iter()
+            .map(|(k, h, _)| format!("%{k} {h}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(match not_here.iter().find(|(k, _)| *k == w) {
+            Some((_, why)) => {
+                format!("%{w} has no meaning for mpath's {what} ({why}); known: {list}")
+            }
+            None => format!("unknown wildcard %{w} for {what}; known: {list}"),
+        });
+    }
+    if !text.is_empty() {
+        out.push(Piece::Text(text));
+    }
+    Ok(out)
+}
+
+/// Lay rows out as multipathd does: a header line (unless `raw`), then one line per row;
+/// every column as wide as its widest cell.
+fn render_format(pieces: &[Piece], rows: &[Value], raw: bool) -> String {
+    let cell = |row: &Value, key: &str| match &row[key] {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        v => v.to_string(),
+    };
+    let widths: Vec<usize> = pieces
+        .iter()
+        .map(|p| match p {
+            Piece::Text(_) => 0,
+            Piece::Field(h, k) => rows
+                .iter()
+                .map(|r| cell(r, k).chars().count())
+                .chain([if raw { 0 } else { h.chars().count() }])
+                .max()
+                .unwrap_or(0),
+        })
+        .collect();
+    let line = |cells: &dyn Fn(&'static str, &'static str) -> String| {
+        let mut l = String::new();
+        for (p, w) in pieces.iter().zip(&widths) {
+            match p {
+                Piece::Text(t) => l.push_str(t),
+                Piece::Field(h, k) if raw => l.push_str(&cells(h, k)),
+                Piece::Field(h, k) => {
+                    let _ = write!(l, "{:<w$}", cells(h, k));
+                }
+            }
+        }
+        l.trim_end().to_string()
+    };
+    let mut text = String::new();
+    if !raw {
+        let _ = writeln!(text, "{}", line(&|h, _| h.to_string()));
+    }
+    for r in rows {
+        let _ = writeln!(text, "{}", line(&|_, k| cell(r, k)));
+    }
+    text
+}
+
 /// A map's state as `show maps` says it, from the same engine view `show topology` and
 /// `show paths` read: `ok` only while every path is active; `degraded (N failed)` while
 /// some path is failed and another carries I/O; without an active path, `queueing (no
@@ -326,6 +500,8 @@ impl Control {
             Request::ShowPaths => self.paths().await,
             Request::ShowMaps => self.maps().await,
             Request::ShowMap { map } => self.show_map(&map).await,
+            Request::ShowPathsFormat { format, raw } => self.paths_format(&format, raw).await,
+            Request::ShowMapsFormat { format, raw } => self.maps_format(&format, raw).await,
             Request::ShowPath { path } => self.show_path(&path).await,
             Request::ShowStatus => self.status().await,
             Request::ShowStats => self.stats(),
@@ -508,13 +684,17 @@ impl Control {
 
     /// multipathd's `show paths` columns.
     pub async fn paths(&self) -> Response {
+        self.paths_of_snapshot(self.snapshot().await)
+    }
+
+    fn paths_of_snapshot(&self, snap: Vec<PathSnap>) -> Response {
         let mut text = format!(
             "{:<26} {:<36} {:>4} {:<7} {:<11} {:<11} {:>10} {:<10} {}\n",
             "path", "target", "pri", "dm_st", "chk_st", "conn_st", "next_check", "map", "note"
         );
         let mut data = Vec::new();
         let now = Instant::now();
-        for p in self.snapshot().await {
+        for p in snap {
             let mut note = String::new();
             match &p.view {
                 Some(v) => {
@@ -890,6 +1070,117 @@ impl Control {
             })
     }
 
+    /// `show paths format FMT`: the text laid out by the format; the data as `show paths`.
+    async fn paths_format(&self, fmt: &str, raw: bool) -> Response {
+        let pieces = match parse_format(fmt, PATH_WILDCARDS, PATH_NOT_HERE, "paths") {
+            Ok(p) => p,
+            Err(e) => return Response::err(e),
+        };
+        let snap = self.snapshot().await;
+        let cfg = self.shared.cfg();
+        let rows: Vec<Value> = snap
+            .iter()
+            .map(|p| {
+                let mut r = p.record();
+                let checker = cfg
+                    .resolve(p.lu.wwid.as_deref(), &p.lu.vendor, &p.lu.product)
+                    .checker;
+                let now = Instant::now();
+                r["hcil"] = json!(format!("{}/{}", p.target, p.lun));
+                r["vpr"] = json!(format!(
+                    "{},{},{}",
+                    p.lu.vendor, p.lu.product, p.lu.revision
+                ));
+                r["checker"] = json!(config::checker_name(checker));
+                r["next_check"] = json!(if p.next_check > now {
+                    format!(
+                        "{:.1}s",
+                        p.next_check.saturating_duration_since(now).as_secs_f64()
+                    )
+                } else {
+                    "now".into()
+                });
+                r["hsize"] = json!(human_size(
+                    p.lu.blocks.saturating_mul(p.lu.block_size as u64)
+                ));
+                r["marginal"] = json!(
+                    if p.view.as_ref().is_some_and(|v| v.reinstate_at.is_some()) {
+                        "marginal"
+                    } else {
+                        "normal"
+                    }
+                );
+                r["initiator"] = json!(cfg.initiator_name);
+                r["protocol"] = json!("iscsi");
+                r["lun_hex"] = json!(format!("0x{:04x}", p.lun));
+                r
+            })
+            .collect();
+        let text = render_format(&pieces, &rows, raw);
+        Response::ok(text, self.paths_of_snapshot(snap).data)
+    }
+
+    /// `show maps format FMT`: the text laid out by the format; the data as `show maps`.
+    async fn maps_format(&self, fmt: &str, raw: bool) -> Response {
+        let pieces = match parse_format(fmt, MAP_WILDCARDS, MAP_NOT_HERE, "maps") {
+            Ok(p) => p,
+            Err(e) => return Response::err(e),
+        };
+        let maps = self.maps_of(None).await;
+        let mut rows = Vec::new();
+        for m in maps.data["maps"].as_array().cloned().unwrap_or_default() {
+            let name = m["name"].as_str().unwrap_or_default().to_string();
+            let (dev, vendor, product, revision) = {
+                let st = self.shared.state();
+                let Some(mr) = st.maps.get(&name) else {
+                    continue;
+                };
+                let revision = st
+                    .paths
+                    .values()
+                    .find(|p| p.map.as_ref().is_some_and(|(n, _)| *n == name))
+                    .map(|p| p.lu.revision.clone())
+                    .unwrap_or_default();
+                (
+                    mr.device.clone(),
+                    mr.vendor.clone(),
+                    mr.product.clone(),
+                    revision,
+                )
+            };
+            let mut r = m.clone();
+            r["vendor"] = json!(vendor);
+            r["product"] = json!(product);
+            r["revision"] = json!(revision);
+            r["vpr"] = json!(format!("{vendor},{product},{revision}"));
+            r["hsize"] = json!(human_size(m["size"].as_u64().unwrap_or(0)));
+            r["write_prot"] = json!("rw");
+            r["no_path_seconds"] =
+                json!(format!("{:.0}", dev.counters().no_path_time.as_secs_f64()));
+            if let Ok(s) = dev.status().await {
+                let queue =
+                    s.view.queue_if_no_path && !matches!(s.config.no_path, NoPathPolicy::Fail);
+                let alua = s.view.paths.iter().any(|p| p.info.alua.is_some());
+                r["failback"] = json!(unquote(config::failback_name(&s.config.failback)));
+                r["queueing"] = json!(match s.view.queueing {
+                    QueueingView::Queueing { until: Some(t), .. } => format!(
+                        "{:.0}s left",
+                        t.saturating_duration_since(Instant::now()).as_secs_f64()
+                    ),
+                    QueueingView::Queueing { until: None, .. } => "on".into(),
+                    QueueingView::Failing { .. } => "off".into(),
+                    QueueingView::Usable if !queue => "off".into(),
+                    QueueingView::Usable => unquote(config::no_path_name(&s.config.no_path)),
+                });
+                r["features"] = json!(if queue { "1 queue_if_no_path" } else { "0" });
+                r["hwhandler"] = json!(if alua { "1 alua" } else { "0" });
+                r["failures"] = json!(s.view.paths.iter().map(|p| p.failures).sum::<u64>());
+            }
+            rows.push(r);
+        }
+        Response::ok(render_format(&pieces, &rows, raw), maps.data)
+    }
+
     /// `show map MAP`: its `show maps` row, its topology block and the policy in force.
     async fn show_map(&self, q: &str) -> Response {
         let name = match self.resolve_map(q) {
@@ -1251,6 +1542,14 @@ mod tests {
             Request::ShowPaths,
             Request::ShowMaps,
             Request::ShowMap { map: "m".into() },
+            Request::ShowPathsFormat {
+                format: "%d".into(),
+                raw: false,
+            },
+            Request::ShowMapsFormat {
+                format: "%n".into(),
+                raw: true,
+            },
             Request::ShowPath { path: "p".into() },
             Request::ShowStatus,
             Request::ShowStats,

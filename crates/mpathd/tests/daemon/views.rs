@@ -351,3 +351,139 @@ async fn views_agree_during_a_blackhole() {
     let _ = probe.await;
     r.stop().await;
 }
+
+/// `show paths format` / `show maps format`: multipathd's wildcards, a header line, one
+/// aligned line per row; `raw` leaves the header out; a wildcard with no meaning here or
+/// an unknown one is refused with the list of known ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_and_maps_in_multipathds_formats() {
+    let r = TwoPaths::start("views-format", IQN, |_| {}).await;
+    let (t, c, map) = (&r.t, &r.c, r.map.as_str());
+    let wwid = t.wwid(1);
+    let fmt = |format: &str, raw| Request::ShowPathsFormat {
+        format: format.into(),
+        raw,
+    };
+
+    let p = ask(c, fmt("%d %w %t %T %p %o %m %s %P %L", false)).await;
+    let lines: Vec<&str> = p.text.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", p.text);
+    let head: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(
+        head,
+        [
+            "dev",
+            "uuid",
+            "dm_st",
+            "chk_st",
+            "pri",
+            "dev_st",
+            "multipath",
+            "vend/prod/rev",
+            "protocol",
+            "LUN",
+            "hex"
+        ],
+        "{}",
+        p.text
+    );
+    for (line, portal) in lines[1..].iter().zip(&t.portals) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols[0], format!("{portal}/1"), "{line}");
+        assert_eq!(cols[1], wwid);
+        assert_eq!(cols[2..7], ["active", "ready", "50", "running", map]);
+        assert!(cols[7].starts_with("MPATH,VIRTUAL-DISK,"), "{line}");
+        assert_eq!(cols[8..], ["iscsi", "0x0001"]);
+    }
+    // Columns line up: the second column starts at the same place on every line.
+    let at: Vec<usize> = lines
+        .iter()
+        .map(|l| {
+            l.find(" uuid")
+                .unwrap_or_else(|| l.find(&wwid).unwrap() - 1)
+        })
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] == w[1]), "{}", p.text);
+    // The data is `show paths`'s.
+    assert_eq!(p.data["paths"].as_array().unwrap().len(), 2);
+    assert_eq!(p.data["paths"][0]["dm_state"], "active");
+
+    let raw = ask(c, fmt("%d|%T", true)).await;
+    assert_eq!(
+        raw.text,
+        format!("{}/1|ready\n{}/1|ready\n", t.portals[0], t.portals[1])
+    );
+    let pct = ask(c, fmt("%d 100%%", true)).await;
+    assert!(
+        pct.text.lines().all(|l| l.ends_with(" 100%")),
+        "{}",
+        pct.text
+    );
+
+    let m = ask(
+        c,
+        Request::ShowMapsFormat {
+            format: "%n %w %d %N %t %F %Q %S %f %h %v %p".into(),
+            raw: false,
+        },
+    )
+    .await;
+    let lines: Vec<&str> = m.text.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", m.text);
+    assert!(lines[0].starts_with("name "), "{}", m.text);
+    for h in [
+        "uuid", "sysfs", "paths", "dm-st", "failback", "queueing", "size",
+    ] {
+        assert!(lines[0].contains(h), "{h} in {}", lines[0]);
+    }
+    let cols: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        cols,
+        [
+            map,
+            wwid.as_str(),
+            "-",
+            "2",
+            "ok",
+            "immediate",
+            "60s",
+            "4M",
+            "1",
+            "queue_if_no_path",
+            "1",
+            "alua",
+            "MPATH",
+            "VIRTUAL-DISK"
+        ],
+        "{}",
+        m.text
+    );
+    assert_eq!(m.data["maps"][0]["name"], map);
+
+    // Refusals name the wildcard and list the known ones.
+    let no = c.handle(fmt("%d %D", false)).await;
+    assert!(!no.ok);
+    assert!(no.text.contains("%D has no meaning"), "{}", no.text);
+    assert!(
+        no.text.contains("%w uuid") && no.text.contains("%T chk_st"),
+        "{}",
+        no.text
+    );
+    let no = c.handle(fmt("%d %Y", false)).await;
+    assert!(!no.ok);
+    assert!(no.text.contains("unknown wildcard %Y"), "{}", no.text);
+    let no = c
+        .handle(Request::ShowMapsFormat {
+            format: "%n %G".into(),
+            raw: false,
+        })
+        .await;
+    assert!(!no.ok);
+    assert!(
+        no.text.contains("%G has no meaning for mpath's maps"),
+        "{}",
+        no.text
+    );
+    assert!(no.text.contains("%n name"), "{}", no.text);
+    r.stop().await;
+}
