@@ -31,7 +31,7 @@ use tokio::time::Instant;
 
 use crate::clock::Clock;
 use crate::config::{EngineConfig, IoLimits, PathSpec};
-use crate::counters::{IoCounters, MapCounters};
+use crate::counters::{IoCounters, IoOp, MapCounters};
 use crate::fence::Fence;
 use crate::inflight::{Attempt, Inflight, InflightTable, CLOSED};
 use crate::message::{MapStatus, Message, MessageError, Reply};
@@ -375,8 +375,11 @@ impl Shared {
                 ..
             }) => {
                 if self.io_stats {
-                    path.counters
-                        .completed(cmd.bytes, end.saturating_sub(start));
+                    path.counters.completed(
+                        IoOp::of_data(&cmd.data),
+                        cmd.bytes,
+                        end.saturating_sub(start),
+                    );
                 }
                 Ok((data, end))
             }
@@ -441,7 +444,8 @@ impl Shared {
             let err = match attempt {
                 Attempt::Done(Ok(data)) => {
                     if self.io_stats {
-                        path.counters.completed(cmd.bytes, latency);
+                        path.counters
+                            .completed(IoOp::of_data(&cmd.data), cmd.bytes, latency);
                     }
                     return Ok((data, end));
                 }
@@ -467,7 +471,8 @@ impl Shared {
             let (reason, alua, inferred) = match classify(&err) {
                 ErrorClass::Target | ErrorClass::Invalid => {
                     if self.io_stats {
-                        path.counters.completed(cmd.bytes, latency);
+                        path.counters
+                            .completed(IoOp::of_data(&cmd.data), cmd.bytes, latency);
                     }
                     return Err(err);
                 }
@@ -490,7 +495,8 @@ impl Shared {
                         continue;
                     }
                     if self.io_stats {
-                        path.counters.completed(cmd.bytes, latency);
+                        path.counters
+                            .completed(IoOp::of_data(&cmd.data), cmd.bytes, latency);
                     }
                     return Err(IoError {
                         detail: format!(
@@ -587,6 +593,7 @@ impl Shared {
         let t0 = self.now_ns();
         let size = self.size.load(Ordering::Relaxed);
         let is_read = matches!(op, BlockOp::Read { .. });
+        let io_op = IoOp::of_block(&op);
         let len = op.transfer_len();
         let planned = plan_sized(&op, &self.device, size, &self.limits);
         drop(op);
@@ -601,7 +608,7 @@ impl Shared {
         match result {
             Ok((data, end)) => {
                 if self.io_stats {
-                    self.counters.completed(len, end.saturating_sub(t0));
+                    self.counters.completed(io_op, len, end.saturating_sub(t0));
                 }
                 Ok(if is_read {
                     Outcome::Data(data)

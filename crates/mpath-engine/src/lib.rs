@@ -32,7 +32,9 @@ mod plan;
 pub use config::{
     EngineConfig, IoLimits, PathSpec, DEFAULT_MAX_UNMAP_BLOCKS, DEFAULT_MAX_WRITE_SAME_BLOCKS,
 };
-pub use counters::{Histogram, IoStats, LatencyHistogram, MapCounters, LATENCY_BUCKETS};
+pub use counters::{
+    Histogram, IoOp, IoStats, LatencyHistogram, MapCounters, LATENCY_BOUNDS_NS, LATENCY_BUCKETS,
+};
 pub use device::{MultipathDevice, StartError};
 pub use message::{MapStatus, Message, MessageError, Reply};
 pub use mpath_policy;

@@ -11,6 +11,10 @@
 //!   moving the same bytes (P8).
 //! - `engine`: the engine's cost on a real path — 4 KiB random reads on one iSCSI session
 //!   to the in-process target, through a one-path map against the path called directly.
+//! - `metrics`: the Prometheus scrape's size and encoding time at 32 × 2 and 1024 × 4
+//!   paths, on synthetic counters with every series populated, against every engine bucket
+//!   exposed and the layout before (40 log2 buckets, estimated sum), all from the same
+//!   counters; and the cost of recording a latency against the log2 histogram it replaced.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +53,7 @@ pub async fn run(b: BenchCmd) -> Result<()> {
         BenchWhat::Seqread { seconds, depth } => seqread(*seconds, *depth).await?,
         BenchWhat::Engine { seconds, depth } => engine(*seconds, *depth).await?,
         BenchWhat::Scale { luns, portals } => scale(*luns, *portals).await?,
+        BenchWhat::Metrics { rounds } => metrics(*rounds)?,
     };
     if b.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -932,5 +937,246 @@ async fn scale(luns: u16, portals: usize) -> Result<Value> {
         "paths": luns as usize * portals, "assembly_s": assembly.as_secs_f64(),
         "idle_cpu_core_fraction": idle_cpu, "rss_bytes": rss_total,
         "rss_host_side_bytes": after.saturating_sub(before), "show_topology_ms": topo,
+    }))
+}
+
+/// CPU time the calling thread has used: the work of a step, without the waits for a
+/// CPU that other processes on a shared machine add to its wall time.
+fn thread_cpu_time() -> Duration {
+    // SAFETY: clock_gettime fills the struct it is given; the clock id is valid on Linux.
+    let ts = unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts);
+        ts
+    };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// The median and the range of some timings (ms), sorted in place.
+fn spread(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (quantile(v, 0.5), v[0], v[v.len() - 1])
+}
+
+/// The exposition as it was before the storage-sized histograms: one family after the
+/// other, per path and per map a histogram of 40 log2 buckets from 2 ns with a sum
+/// estimated from the buckets' midpoints, written by hand with `format!`. Kept here, on
+/// the same synthetic counters, as the baseline of `mpath bench metrics`.
+fn metrics_before(s: &mpathd::metrics::Scrape) -> String {
+    const BUCKETS: usize = 40;
+    // The old histograms' counts, spread over 40 buckets from the new ones' total.
+    let log2 = |h: &mpath_engine::Histogram| -> [u64; BUCKETS] {
+        let n = h.count();
+        std::array::from_fn(|i| n / (i as u64 + 2))
+    };
+    let hist = |o: &mut String, name: &str, labels: &str, b: &[u64; BUCKETS]| {
+        let (mut cum, mut sum) = (0u64, 0f64);
+        for (i, n) in b.iter().enumerate() {
+            cum += n;
+            sum += *n as f64 * 1.5 * (1u64 << i) as f64 / 1e9;
+            let le = if i + 1 < BUCKETS {
+                format!("{:.9}", (1u64 << (i + 1)) as f64 / 1e9)
+            } else {
+                "+Inf".into()
+            };
+            let _ = writeln!(o, "{name}_bucket{{{labels},le=\"{le}\"}} {cum}");
+        }
+        let _ = writeln!(o, "{name}_sum{{{labels}}} {sum:.9}");
+        let _ = writeln!(o, "{name}_count{{{labels}}} {cum}");
+    };
+    type PathF = fn(&mpathd::metrics::PathMetrics) -> u64;
+    type MapF = fn(&mpathd::metrics::MapMetrics) -> String;
+    let path_fams: [(&str, &str, PathF); 9] = [
+        ("mpath_path_up", "gauge", |p| p.up.into()),
+        ("mpath_path_failed", "gauge", |p| p.failed.into()),
+        ("mpath_path_priority", "gauge", |p| p.priority.into()),
+        ("mpath_path_ios_total", "counter", |p| p.stats.ios),
+        ("mpath_path_bytes_total", "counter", |p| p.stats.bytes),
+        ("mpath_path_errors_total", "counter", |p| p.stats.errors),
+        ("mpath_path_requeues_total", "counter", |p| p.stats.requeues),
+        ("mpath_path_busy_total", "counter", |p| p.stats.busy),
+        ("mpath_path_failures_total", "counter", |p| p.failures),
+    ];
+    let map_fams: [(&str, &str, MapF); 9] = [
+        ("mpath_map_paths", "gauge", |m| m.paths.len().to_string()),
+        ("mpath_map_active_paths", "gauge", |m| {
+            m.paths.iter().filter(|p| !p.failed).count().to_string()
+        }),
+        ("mpath_map_ios_total", "counter", |m| {
+            m.stats.ios.to_string()
+        }),
+        ("mpath_map_bytes_total", "counter", |m| {
+            m.stats.bytes.to_string()
+        }),
+        ("mpath_map_errors_total", "counter", |m| {
+            m.stats.errors.to_string()
+        }),
+        ("mpath_map_queued", "gauge", |m| m.queued.to_string()),
+        ("mpath_map_failovers_total", "counter", |m| {
+            m.failovers.to_string()
+        }),
+        ("mpath_map_group_switches_total", "counter", |m| {
+            m.group_switches.to_string()
+        }),
+        ("mpath_map_no_path_seconds_total", "counter", |m| {
+            format!("{:.3}", m.no_path_seconds)
+        }),
+    ];
+    let mut o = String::new();
+    for (name, ty, f) in path_fams {
+        let _ = writeln!(o, "# HELP {name} help\n# TYPE {name} {ty}");
+        for m in &s.maps {
+            for p in &m.paths {
+                let _ = writeln!(
+                    o,
+                    "{name}{{map=\"{}\",path=\"{}\"}} {}",
+                    m.name,
+                    p.name,
+                    f(p)
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        o,
+        "# HELP mpath_path_latency_seconds help\n# TYPE mpath_path_latency_seconds histogram"
+    );
+    for m in &s.maps {
+        for p in &m.paths {
+            let l = format!("map=\"{}\",path=\"{}\"", m.name, p.name);
+            hist(
+                &mut o,
+                "mpath_path_latency_seconds",
+                &l,
+                &log2(&p.stats.latency),
+            );
+        }
+    }
+    for (name, ty, f) in map_fams {
+        let _ = writeln!(o, "# HELP {name} help\n# TYPE {name} {ty}");
+        for m in &s.maps {
+            let _ = writeln!(o, "{name}{{map=\"{}\"}} {}", m.name, f(m));
+        }
+    }
+    let _ = writeln!(
+        o,
+        "# HELP mpath_map_latency_seconds help\n# TYPE mpath_map_latency_seconds histogram"
+    );
+    for m in &s.maps {
+        let l = format!("map=\"{}\"", m.name);
+        hist(
+            &mut o,
+            "mpath_map_latency_seconds",
+            &l,
+            &log2(&m.stats.latency),
+        );
+    }
+    o
+}
+
+/// The log2 histogram the storage-sized one replaced: one `fetch_add`, bucket by
+/// `leading_zeros` (the baseline of the recording cost).
+struct Log2Histogram([AtomicU64; 40]);
+
+impl Log2Histogram {
+    #[inline]
+    fn record_ns(&self, ns: u64) {
+        let bucket = (63 - (ns | 1).leading_zeros() as usize).min(39);
+        self.0[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// `mpath bench metrics`: the scrape at 32 × 2 and 1024 × 4 paths, every series populated
+/// (synthetic counters: no target, no daemon), encoded `rounds` times each, now and in
+/// the layout before; then the recording cost per I/O completion.
+fn metrics(rounds: usize) -> Result<Value> {
+    let rounds = rounds.max(1);
+    println!("# mpath bench metrics — {}", machine());
+    println!(
+        "# synthetic counters, every series non-zero; {rounds} encodings per size; \
+         times in ms, wall and the thread's CPU: median [min–max]"
+    );
+    let mut out = Vec::new();
+    for (maps, paths) in [(32usize, 2usize), (1024, 4)] {
+        let scrape = Arc::new(mpathd::metrics::Scrape::synthetic(maps, paths));
+        // Three layouts of the same counters, each encoded then gzipped, `rounds` times:
+        // now (a handful of buckets), every engine bucket (17 bounds), and before.
+        type Encode = Box<dyn Fn(&Arc<mpathd::metrics::Scrape>) -> String>;
+        let layouts: [(&str, Encode); 3] = [
+            ("now", Box::new(|s| mpathd::metrics::encode(s.clone()))),
+            (
+                "all_engine_buckets",
+                Box::new(|s| {
+                    mpathd::metrics::encode_with_bounds(s.clone(), &mpath_engine::LATENCY_BOUNDS_NS)
+                }),
+            ),
+            ("before", Box::new(|s| metrics_before(s))),
+        ];
+        let mut row = serde_json::Map::new();
+        for (name, encode) in &layouts {
+            let (mut t_enc, mut t_all, mut t_cpu) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut text, mut gz) = (String::new(), Vec::new());
+            for _ in 0..rounds {
+                let (t, c) = (Instant::now(), thread_cpu_time());
+                text = encode(&scrape);
+                let enc = t.elapsed();
+                gz = mpathd::metrics::gzip(&text);
+                t_enc.push(enc.as_secs_f64() * 1e3);
+                t_all.push(t.elapsed().as_secs_f64() * 1e3);
+                t_cpu.push((thread_cpu_time() - c).as_secs_f64() * 1e3);
+            }
+            let (e, e_lo, e_hi) = spread(&mut t_enc);
+            let (g, g_lo, g_hi) = spread(&mut t_all);
+            let (u, u_lo, u_hi) = spread(&mut t_cpu);
+            println!(
+                "{maps} maps x {paths} paths, {name:>18}: {:>9} bytes, {:>6} lines, gzip {:>8} bytes; \
+                 encode {e:6.2} [{e_lo:.2}–{e_hi:.2}], encode + gzip {g:6.2} [{g_lo:.2}–{g_hi:.2}] \
+                 (CPU {u:.2} [{u_lo:.2}–{u_hi:.2}])",
+                text.len(),
+                text.lines().count(),
+                gz.len(),
+            );
+            row.insert(
+                name.to_string(),
+                json!({ "bytes": text.len(), "lines": text.lines().count(), "gzip_bytes": gz.len(),
+                        "encode_ms": { "median": e, "min": e_lo, "max": e_hi },
+                        "encode_gzip_ms": { "median": g, "min": g_lo, "max": g_hi },
+                        "encode_gzip_cpu_ms": { "median": u, "min": u_lo, "max": u_hi } }),
+            );
+        }
+        row.insert("maps".into(), json!(maps));
+        row.insert("paths_per_map".into(), json!(paths));
+        out.push(Value::Object(row));
+    }
+    // Recording: one thread, latencies spread over 1 µs..17 s, 10^7 per round.
+    let samples: Vec<u64> = (0..4096u64)
+        .map(|i| (1_000u64 << (i % 25)) | ((i * 7919) % 1_000))
+        .collect();
+    const N: usize = 10_000_000;
+    let now = mpath_engine::LatencyHistogram::default();
+    let before = Log2Histogram(std::array::from_fn(|_| AtomicU64::new(0)));
+    let (mut r_now, mut r_before) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let t = Instant::now();
+        for i in 0..N {
+            now.record_ns(std::hint::black_box(samples[i & 4095]));
+        }
+        r_now.push(t.elapsed().as_secs_f64() * 1e9 / N as f64);
+        let t = Instant::now();
+        for i in 0..N {
+            before.record_ns(std::hint::black_box(samples[i & 4095]));
+        }
+        r_before.push(t.elapsed().as_secs_f64() * 1e9 / N as f64);
+    }
+    let (rn, rn_lo, rn_hi) = spread(&mut r_now);
+    let (rb, rb_lo, rb_hi) = spread(&mut r_before);
+    println!(
+        "record one latency: now {rn:.2} ns [{rn_lo:.2}–{rn_hi:.2}] (bucket search + 2 fetch_add), \
+         before {rb:.2} ns [{rb_lo:.2}–{rb_hi:.2}] (1 fetch_add), 5 rounds of 10^7"
+    );
+    Ok(json!({
+        "machine": machine(), "rounds": rounds, "scrapes": out,
+        "record_ns": { "now": { "median": rn, "min": rn_lo, "max": rn_hi },
+                       "before": { "median": rb, "min": rb_lo, "max": rb_hi } },
     }))
 }

@@ -289,6 +289,15 @@ enum BenchWhat {
         #[arg(long, default_value_t = 4)]
         depth: usize,
     },
+    /// The Prometheus scrape at 32 maps x 2 paths and 1024 x 4, every series populated:
+    /// size (text and gzip) and time to encode, against every engine bucket exposed and
+    /// the layout before (40 log2 buckets from 2 ns); and the cost of recording one
+    /// latency, against the log2 histogram.
+    Metrics {
+        /// Encodings timed per size.
+        #[arg(long, default_value_t = 11)]
+        rounds: usize,
+    },
 }
 
 /// How a CLI command reaches the daemon.

@@ -889,21 +889,46 @@ impl Control {
                 .map(|m| (m.name.clone(), m.device.clone(), m.paths.clone()))
                 .collect()
         };
+        // A latency for people: µs below a millisecond, ms below a second.
+        let human = |d: std::time::Duration| {
+            let us = d.as_secs_f64() * 1e6;
+            if us < 1e3 {
+                format!("{us:.0}us")
+            } else if us < 1e6 {
+                format!("{:.2}ms", us / 1e3)
+            } else {
+                format!("{:.2}s", us / 1e6)
+            }
+        };
+        // p50, p99 (interpolated within their bucket) and the exact mean.
+        let lat = |h: &mpath_engine::Histogram| {
+            let q = |q: f64| h.quantile(q).map_or_else(|| "-".into(), human);
+            let mean = h.mean().map_or_else(|| "-".into(), human);
+            format!("p50 {} p99 {} mean {mean}", q(0.5), q(0.99))
+        };
+        let lat_json = |h: &mpath_engine::Histogram| {
+            let us = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64() * 1e6);
+            json!({ "count": h.count(), "sum_seconds": h.sum().as_secs_f64(), "mean_us": us(h.mean()),
+                    "p50_us": us(h.quantile(0.5)), "p99_us": us(h.quantile(0.99)) })
+        };
         let mut text = String::new();
         let mut data = Vec::new();
         for (name, dev, paths) in maps {
             let c = dev.counters();
-            let lat = |h: &mpath_engine::Histogram, q: f64| {
-                h.quantile(q)
-                    .map(|d| format!("{:.0}us", d.as_secs_f64() * 1e6))
-                    .unwrap_or_else(|| "-".into())
-            };
             let _ = writeln!(
                 text,
-                "{name}: ios {} bytes {} errors {} requeues {} p50 {} p99 {} no-path {:.1}s in-doubt writes {} fenced writes {}",
-                c.map.ios, c.map.bytes, c.map.errors, c.map.requeues, lat(&c.map.latency, 0.5), lat(&c.map.latency, 0.99),
+                "{name}: ios {} bytes {} errors {} requeues {} {} no-path {:.1}s in-doubt writes {} fenced writes {}",
+                c.map.ios, c.map.bytes, c.map.errors, c.map.requeues, lat(&c.map.latency),
                 c.no_path_time.as_secs_f64(), c.in_doubt_writes, c.fenced_writes
             );
+            let mut by_op = serde_json::Map::new();
+            for op in mpath_engine::IoOp::ALL {
+                let h = c.map.op(op);
+                if h.count() > 0 {
+                    let _ = writeln!(text, "  {}: ios {} {}", op.as_str(), h.count(), lat(h));
+                }
+                by_op.insert(op.as_str().into(), lat_json(h));
+            }
             let mut pj = Vec::new();
             for (id, s) in &c.paths {
                 let pn = paths
@@ -913,26 +938,40 @@ impl Control {
                     .unwrap_or_else(|| id.to_string());
                 let _ = writeln!(
                     text,
-                    "  {pn}: ios {} bytes {} errors {} requeues {} busy {} p50 {} p99 {}",
+                    "  {pn}: ios {} bytes {} errors {} requeues {} busy {} {}",
                     s.ios,
                     s.bytes,
                     s.errors,
                     s.requeues,
                     s.busy,
-                    lat(&s.latency, 0.5),
-                    lat(&s.latency, 0.99)
+                    lat(&s.latency)
                 );
-                pj.push(json!({ "path": pn, "ios": s.ios, "bytes": s.bytes, "errors": s.errors, "requeues": s.requeues, "busy": s.busy }));
+                pj.push(json!({ "path": pn, "ios": s.ios, "bytes": s.bytes, "errors": s.errors, "requeues": s.requeues, "busy": s.busy,
+                                "latency": lat_json(&s.latency) }));
             }
             data.push(json!({
                 "map": name, "ios": c.map.ios, "bytes": c.map.bytes, "errors": c.map.errors, "requeues": c.map.requeues,
-                "no_path_seconds": c.no_path_time.as_secs_f64(), "in_doubt_writes": c.in_doubt_writes, "fenced_writes": c.fenced_writes, "paths": pj,
+                "no_path_seconds": c.no_path_time.as_secs_f64(), "in_doubt_writes": c.in_doubt_writes, "fenced_writes": c.fenced_writes,
+                "latency": lat_json(&c.map.latency), "latency_by_op": by_op, "paths": pj,
             }));
         }
+        let bounds: Vec<String> = mpath_engine::LATENCY_BOUNDS_NS
+            .iter()
+            .map(|&ns| human(std::time::Duration::from_nanos(ns)))
+            .collect();
+        let resolution = format!(
+            "mean exact; p50/p99 interpolated within the bucket they fall in (bounds {}; above the last, given as it)",
+            bounds.join(" ")
+        );
         if text.is_empty() {
             text = "no maps\n".into();
+        } else {
+            let _ = writeln!(text, "latency: {resolution}");
         }
-        Response::ok(text, json!({ "maps": data }))
+        Response::ok(
+            text,
+            json!({ "maps": data, "latency_resolution": resolution }),
+        )
     }
 
     /// The last `last` events of the timeline (all of them with `None`).

@@ -118,6 +118,11 @@ fn split_labels(s: &str) -> Vec<String> {
     out
 }
 
+/// The `le` values of every latency histogram: 100 µs to 10 s, then +Inf.
+const LE: [&str; 9] = [
+    "0.0001", "0.00025", "0.001", "0.0025", "0.01", "0.1", "1", "10", "+Inf",
+];
+
 async fn scrape(addr: std::net::SocketAddr) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -129,6 +134,137 @@ async fn scrape(addr: std::net::SocketAddr) -> String {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.contains("text/plain; version=0.0.4"), "{head}");
     body.to_string()
+}
+
+/// The exposition of known latencies, without a daemon: well-formed, buckets cumulative up
+/// to `+Inf` == `_count`, `_sum` exact, one series per operation seen, label values escaped,
+/// the gzip form the same text.
+#[test]
+fn exposition_of_known_latencies_is_exact() {
+    use mpath_engine::{Histogram, IoStats, LatencyHistogram};
+    use mpathd::metrics::{encode, gzip, MapMetrics, PathMetrics, Scrape};
+    use std::io::Read as _;
+
+    let hist = |ns: &[u64]| {
+        let h = LatencyHistogram::default();
+        for &n in ns {
+            h.record_ns(n);
+        }
+        h.snapshot()
+    };
+    // Reads: two below 100 µs, one in (100, 250] µs, one in (2.5, 10] ms, one above 10 s.
+    // Writes: two at or below 1 ms (the bound is inclusive), one in (2.5, 10] ms.
+    let reads = [30_000, 50_000, 120_000, 7_000_000, 12_000_000_000];
+    let writes = [999_999, 1_000_000, 2_600_000];
+    let by_op = [hist(&reads), hist(&writes), Histogram::default()];
+    let mut latency = Histogram::default();
+    for h in &by_op {
+        latency.add(h);
+    }
+    let stats = IoStats {
+        ios: latency.count(),
+        bytes: 8 * 4096,
+        latency,
+        by_op,
+        ..IoStats::default()
+    };
+    let name = "odd \"map\"\\x";
+    let scrape = Scrape {
+        maps: vec![MapMetrics {
+            name: name.into(),
+            paths: vec![PathMetrics {
+                name: "10.0.0.1:3260/1".into(),
+                up: true,
+                priority: 50,
+                stats: stats.clone(),
+                ..PathMetrics::default()
+            }],
+            stats,
+            ..MapMetrics::default()
+        }],
+    };
+    let text = encode(std::sync::Arc::new(scrape));
+    let (samples, types) = parse(&text);
+    assert_eq!(types["mpath_path_latency_seconds"], "histogram");
+    assert_eq!(types["mpath_map_latency_seconds"], "histogram");
+    assert_eq!(types["mpath_path_ios_total"], "counter");
+    let escaped = "odd \\\"map\\\"\\\\x";
+    assert!(
+        samples.iter().all(|(_, l, _)| l["map"] == escaped),
+        "{text}"
+    );
+
+    let series = |name: &str, op: Option<&str>| -> Vec<(String, f64)> {
+        samples
+            .iter()
+            .filter(|(n, l, _)| n == name && l.get("op").map(String::as_str) == op)
+            .map(|(_, l, v)| (l.get("le").cloned().unwrap_or_default(), *v))
+            .collect()
+    };
+    let check = |fam: &str, op: Option<&str>, ns: &[u64], cumulative: [f64; 9]| {
+        let buckets = series(&format!("{fam}_bucket"), op);
+        let les: Vec<&str> = buckets.iter().map(|(le, _)| le.as_str()).collect();
+        assert_eq!(les, LE, "{fam} {op:?}\n{text}");
+        let counts: Vec<f64> = buckets.iter().map(|(_, v)| *v).collect();
+        assert_eq!(counts, cumulative, "{fam} {op:?}\n{text}");
+        let count = series(&format!("{fam}_count"), op);
+        assert_eq!(count.len(), 1);
+        assert_eq!(count[0].1, ns.len() as f64);
+        assert_eq!(count[0].1, *counts.last().unwrap());
+        let sum = series(&format!("{fam}_sum"), op);
+        assert_eq!(sum.len(), 1);
+        assert_eq!(sum[0].1, ns.iter().sum::<u64>() as f64 / 1e9, "{text}");
+    };
+    let all: Vec<u64> = reads.iter().chain(&writes).copied().collect();
+    check(
+        "mpath_path_latency_seconds",
+        None,
+        &all,
+        [2., 3., 5., 5., 7., 7., 7., 7., 8.],
+    );
+    let read = Some("read");
+    check(
+        "mpath_map_latency_seconds",
+        read,
+        &reads,
+        [2., 3., 3., 3., 4., 4., 4., 4., 5.],
+    );
+    let write = Some("write");
+    check(
+        "mpath_map_latency_seconds",
+        write,
+        &writes,
+        [0., 0., 2., 2., 3., 3., 3., 3., 3.],
+    );
+    // The read sum is 12.0072 s, to the nanosecond.
+    let read_sum = series("mpath_map_latency_seconds_sum", Some("read"))[0].1;
+    assert!((read_sum - 12.0072).abs() < 1e-12, "{read_sum}");
+    // An operation never seen has no series.
+    assert!(series("mpath_map_latency_seconds_count", Some("other")).is_empty());
+
+    let mut unzipped = String::new();
+    flate2::read::GzDecoder::new(&gzip(&text)[..])
+        .read_to_string(&mut unzipped)
+        .unwrap();
+    assert_eq!(unzipped, text);
+}
+
+/// A daemon's scrape at every size the bench measures: well-formed.
+#[test]
+fn synthetic_scrapes_are_well_formed() {
+    for (maps, paths) in [(1, 1), (32, 2), (30, 4)] {
+        let s = mpathd::metrics::Scrape::synthetic(maps, paths);
+        let text = mpathd::metrics::encode(std::sync::Arc::new(s));
+        let (samples, _) = parse(&text);
+        // Per path 9 samples and a histogram of 11 (9 buckets, sum, count), per map 9 and
+        // three histograms.
+        assert_eq!(samples.len(), maps * paths * (9 + 11) + maps * (9 + 3 * 11));
+        // Every engine bucket exposed: 18 of them.
+        let s = std::sync::Arc::new(mpathd::metrics::Scrape::synthetic(maps, paths));
+        let text = mpathd::metrics::encode_with_bounds(s, &mpath_engine::LATENCY_BOUNDS_NS);
+        let (samples, _) = parse(&text);
+        assert_eq!(samples.len(), maps * paths * (9 + 20) + maps * (9 + 3 * 20));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,7 +365,10 @@ async fn metrics_scrape_is_well_formed_and_complete() {
             one("mpath_path_latency_seconds_count", Some(p)),
             one("mpath_path_ios_total", Some(p))
         );
-        one("mpath_path_latency_seconds_sum", Some(p));
+        assert!(one("mpath_path_latency_seconds_sum", Some(p)) > 0.0);
+        // The storage-sized buckets.
+        let les: Vec<&str> = buckets.iter().map(|(le, _)| le.as_str()).collect();
+        assert_eq!(les, LE, "{body}");
     }
     let ios: f64 = get("mpath_path_ios_total", None).iter().sum();
     assert!(ios >= 40.0, "{body}");
@@ -240,7 +379,77 @@ async fn metrics_scrape_is_well_formed_and_complete() {
     assert_eq!(one("mpath_map_active_paths", None), 2.0);
     assert!(one("mpath_map_failovers_total", None) >= 2.0);
     assert!(one("mpath_map_no_path_seconds_total", None) > 0.0);
-    assert!(one("mpath_map_latency_seconds_count", None) >= 40.0);
+    // The map's latency per operation: only reads were issued here.
+    let ops: BTreeSet<String> = samples
+        .iter()
+        .filter(|(n, l, _)| n == "mpath_map_latency_seconds_count" && l["map"] == map)
+        .map(|(_, l, _)| l["op"].clone())
+        .collect();
+    assert!(ops.contains("read"), "{ops:?}");
+    assert!(
+        ops.iter()
+            .all(|o| ["read", "write", "other"].contains(&o.as_str())),
+        "{ops:?}"
+    );
+    let map_count: f64 = get("mpath_map_latency_seconds_count", None).iter().sum();
+    assert_eq!(map_count, one("mpath_map_ios_total", None));
+    assert!(map_count >= 40.0);
+    // The sum is exact: the mean lies between the bounds of the lowest and the highest
+    // bucket that counted anything (an estimate from midpoints would not have to).
+    for op in &ops {
+        let series = |suffix: &str| -> Vec<(BTreeMap<String, String>, f64)> {
+            samples
+                .iter()
+                .filter(|(n, l, _)| {
+                    *n == format!("mpath_map_latency_seconds{suffix}")
+                        && l["map"] == map
+                        && l["op"] == *op
+                })
+                .map(|(_, l, v)| (l.clone(), *v))
+                .collect()
+        };
+        let count = series("_count")[0].1;
+        let sum = series("_sum")[0].1;
+        let buckets = series("_bucket");
+        let le = |l: &BTreeMap<String, String>| -> f64 {
+            match l["le"].as_str() {
+                "+Inf" => f64::INFINITY,
+                v => v.parse().unwrap(),
+            }
+        };
+        let mut prev = (0.0, 0.0);
+        let (mut lowest, mut highest) = (None, 0.0);
+        for (l, cum) in &buckets {
+            if *cum > prev.1 {
+                lowest.get_or_insert(prev.0);
+                highest = le(l);
+            }
+            prev = (le(l), *cum);
+        }
+        let mean = sum / count;
+        assert!(
+            mean >= lowest.unwrap() && mean <= highest,
+            "{op}: mean {mean} outside [{lowest:?}, {highest}]\n{body}"
+        );
+    }
+
+    // Compressed when the client accepts it, as Prometheus does: the same families.
+    let mut s = tokio::net::TcpStream::connect(maddr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n")
+        .await
+        .unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).await.unwrap();
+    let at = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&resp[..at]).to_string();
+    assert!(head.contains("Content-Encoding: gzip"), "{head}");
+    let mut unzipped = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(&resp[at + 4..]),
+        &mut unzipped,
+    )
+    .unwrap();
+    assert_eq!(parse(&unzipped).1, types);
 
     // Anything else: 404.
     let mut s = tokio::net::TcpStream::connect(maddr).await.unwrap();
@@ -339,6 +548,36 @@ async fn show_commands_answer_in_text_and_json() {
     assert_eq!(s["paths"].as_array().unwrap().len(), 2);
     assert!(r.text.starts_with(&format!("{map}: ios ")), "{}", r.text);
     assert!(r.text.contains("p99"), "{}", r.text);
+    // Latency: quantiles interpolated (said so), the mean exact, reads apart.
+    assert!(r.text.contains(" mean "), "{}", r.text);
+    assert!(r.text.contains("\n  read: ios "), "{}", r.text);
+    assert!(
+        r.text.contains("latency: mean exact; p50/p99 interpolated"),
+        "{}",
+        r.text
+    );
+    assert!(r.data["latency_resolution"]
+        .as_str()
+        .unwrap()
+        .contains("50us"));
+    let l = &s["latency"];
+    assert_eq!(l["count"], s["ios"]);
+    assert_eq!(s["latency_by_op"]["read"]["count"], s["ios"]);
+    assert_eq!(s["latency_by_op"]["write"]["count"], 0);
+    let (p50, p99, mean) = (
+        l["p50_us"].as_f64().unwrap(),
+        l["p99_us"].as_f64().unwrap(),
+        l["mean_us"].as_f64().unwrap(),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && mean > 0.0, "{l}");
+    let sum_us = l["sum_seconds"].as_f64().unwrap() * 1e6;
+    assert!(
+        (mean * l["count"].as_f64().unwrap() - sum_us).abs() <= sum_us * 1e-3 + 1.0,
+        "{l}"
+    );
+    for p in s["paths"].as_array().unwrap() {
+        assert_eq!(p["latency"]["count"], p["ios"], "{p}");
+    }
 
     // show config: the effective values, parseable again.
     let r = ask(&c, Request::ShowConfig).await;
