@@ -97,6 +97,17 @@ struct Shared {
     portal: std::net::SocketAddr,
     target: String,
     tsih: Mutex<Option<Tsih>>,
+    /// What the current (or last) login negotiated.
+    negotiated: Mutex<Option<Negotiated>>,
+}
+
+/// The parameters a login negotiated: session-wide and of its connection, and the ISID it
+/// logged in with.
+#[derive(Clone, Debug)]
+pub struct Negotiated {
+    pub isid: iscsi_pdu::Isid,
+    pub session: iscsi_session::SessionParams,
+    pub connection: iscsi_session::ConnectionParams,
 }
 
 impl Shared {
@@ -157,6 +168,7 @@ impl Session {
             portal: cfg.portal,
             target: cfg.target.clone(),
             tsih: Mutex::new(None),
+            negotiated: Mutex::new(None),
         });
         let span = tracing::info_span!("session", portal = %cfg.portal, target = %cfg.target);
         let sup = Supervisor {
@@ -245,6 +257,15 @@ impl Session {
         *self.shared.tsih.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The parameters the current (or last) login negotiated; `None` before the first.
+    pub fn negotiated(&self) -> Option<Negotiated> {
+        self.shared
+            .negotiated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Wait until the session is up, or `timeout` passes (false).
     pub async fn wait_up(&self, timeout: Duration) -> bool {
         let mut w = self.watch_state();
@@ -303,6 +324,11 @@ impl Supervisor {
                 return;
             };
             *shared.tsih.lock().unwrap_or_else(|e| e.into_inner()) = Some(est.complete.tsih);
+            *shared.negotiated.lock().unwrap_or_else(|e| e.into_inner()) = Some(Negotiated {
+                isid: self.cfg.isid,
+                session: est.complete.session.clone(),
+                connection: est.complete.connection.clone(),
+            });
             shared.stats.logins.fetch_add(1, Ordering::Relaxed);
             shared.state.send_replace(SessionState::Up);
             if ever_up {

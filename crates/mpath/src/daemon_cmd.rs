@@ -79,6 +79,7 @@ fn show_request(s: &ShowCmd) -> Result<Request> {
         ("status", []) => Request::ShowStatus,
         ("stats", []) => Request::ShowStats,
         ("config", []) => Request::ShowConfig,
+        ("sessions", []) => Request::ShowSessions { verbose: s.verbose },
         _ => Request::ShowEvents {
             follow: s.follow,
             last: s.last,

@@ -67,8 +67,8 @@ enum Command {
     /// Run the multipath daemon: log in to every portal, group paths into maps by WWID,
     /// check paths, export each map (NBD, FUSE). SIGHUP re-reads the configuration.
     Daemon(DaemonCmd),
-    /// Show the daemon's view: topology (multipath -ll), paths, maps, status, stats,
-    /// config, events.
+    /// Show the daemon's view: topology (multipath -ll), paths, maps, one path or map,
+    /// status, stats, config, events, sessions.
     Show(ShowCmd),
     /// Fail a path (I/O stops using it; only an operator reinstates it).
     Fail(PathCmd),
@@ -352,7 +352,7 @@ struct DaemonCmd {
     after_help = "Examples:\n  mpath show map mpatha          one map's record (name or WWID)\n  mpath show path 127.0.0.2      one path's record (name or unique prefix)\n  mpath show paths format \"%d %w %t %T %p\"\n  mpath show maps raw format \"%n %w %N\"    no header line"
 )]
 struct ShowCmd {
-    #[arg(value_parser = ["topology", "paths", "path", "maps", "map", "status", "stats", "config", "events"])]
+    #[arg(value_parser = ["topology", "paths", "path", "maps", "map", "status", "stats", "config", "events", "sessions"])]
     what: String,
     /// With `map`: the map (name or WWID); with `path`: the path (name or unique prefix);
     /// with `paths` or `maps`: `[raw] format FORMAT`, multipathd's wildcards.
@@ -364,6 +364,10 @@ struct ShowCmd {
     /// With `events`: only the last N.
     #[arg(long)]
     last: Option<usize>,
+    /// With `sessions`: every negotiated parameter and the paths and maps each session
+    /// serves (iscsiadm -m session -P 3).
+    #[arg(long, short = 'v')]
+    verbose: bool,
     #[command(flatten)]
     client: ClientOpts,
 }

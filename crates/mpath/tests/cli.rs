@@ -476,3 +476,34 @@ fn paths_and_maps_in_a_format() {
     let o = rig.show(&["maps", "format"]);
     assert_eq!(o.status.code(), Some(2), "{o:?}");
 }
+
+#[test]
+fn sessions_as_iscsiadm_shows_them() {
+    let rig = Rig::start("sessions");
+    let iqn = "iqn.2026-01.io.mpath:sessions";
+    let o = rig.show(&["sessions"]);
+    assert!(o.status.success(), "{o:?}");
+    let out = stdout(&o);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        out.contains(&format!(" 127.0.0.1:{},1 {iqn} (running)", rig.port)),
+        "{out}"
+    );
+    let o = rig.show(&["sessions", "--verbose"]);
+    let out = stdout(&o);
+    for w in [
+        "Negotiated iSCSI params:",
+        "HeaderDigest: None",
+        "MaxBurstLength: ",
+        &format!(
+            "LUN 1: path 127.0.0.1:{}/1, map mpatha, active ready",
+            rig.port
+        ),
+    ] {
+        assert!(out.contains(w), "{w:?} in\n{out}");
+    }
+    let o = rig.show(&["sessions", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["sessions"][0]["target"], iqn);
+    assert_eq!(v["sessions"][0]["paths"][0]["map"], "mpatha");
+}

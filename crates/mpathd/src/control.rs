@@ -38,6 +38,11 @@ pub enum Request {
         format: String,
         raw: bool,
     },
+    /// iSCSI sessions, as `iscsiadm -m session` (`verbose`: `-P 3`, with the negotiated
+    /// parameters and the paths and maps each serves).
+    ShowSessions {
+        verbose: bool,
+    },
     /// One map's full record: its topology block, state, devices and policy.
     ShowMap {
         map: String,
@@ -500,6 +505,7 @@ impl Control {
             Request::ShowPaths => self.paths().await,
             Request::ShowMaps => self.maps().await,
             Request::ShowMap { map } => self.show_map(&map).await,
+            Request::ShowSessions { verbose } => self.sessions(verbose).await,
             Request::ShowPathsFormat { format, raw } => self.paths_format(&format, raw).await,
             Request::ShowMapsFormat { format, raw } => self.maps_format(&format, raw).await,
             Request::ShowPath { path } => self.show_path(&path).await,
@@ -1220,6 +1226,177 @@ impl Control {
         Response::ok(render_format(&pieces, &rows, raw), maps.data)
     }
 
+    /// `show sessions [--verbose]`: iscsiadm's `-m session` (one line each) and `-P 3`
+    /// (every negotiated parameter, the paths and maps each serves) views.
+    async fn sessions(&self, verbose: bool) -> Response {
+        let snap = self.snapshot().await;
+        let initiator = self.shared.cfg().initiator_name;
+        let sessions: Vec<_> = {
+            let st = self.shared.state();
+            st.sessions
+                .iter()
+                .map(|((portal, target), s)| (*portal, target.clone(), s.clone()))
+                .collect()
+        };
+        // The last failure of each portal's sessions, from the timeline.
+        let failures: std::collections::BTreeMap<String, (String, String)> = self
+            .backlog(None)
+            .into_iter()
+            .filter(|e| e.kind == "session-failed" || e.kind == "session-gave-up")
+            .filter_map(|e| Some((e.path?, (e.time, e.detail))))
+            .collect();
+        let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let yes = |b: bool| if b { "Yes" } else { "No" };
+        let digest = |b: bool| if b { "CRC32C" } else { "None" };
+        let mut text = String::new();
+        let mut data = Vec::new();
+        for (portal, target, s) in sessions {
+            let state = s.state();
+            let why = match &state {
+                SessionState::Recovering { reason, .. } => Some(reason.to_string()),
+                SessionState::GaveUp(r) => Some(r.to_string()),
+                _ => None,
+            };
+            let neg = s.negotiated();
+            let tsih = s.tsih().map(|t| t.0);
+            let tpgt = neg.as_ref().map(|n| n.session.target_portal_group_tag);
+            let isid = neg.as_ref().map(|n| {
+                n.isid
+                    .0
+                    .iter()
+                    .fold("0x".to_string(), |h, b| format!("{h}{b:02x}"))
+            });
+            let stats = s.stats();
+            let last_failure = failures.get(&portal.to_string());
+            let paths: Vec<Value> = snap
+                .iter()
+                .filter(|p| p.portal == portal.to_string() && p.target == target)
+                .map(|p| {
+                    json!({ "path": p.name, "lun": p.lun, "map": p.map, "dm_state": p.dm,
+                            "checker_state": checker_word(p.checker) })
+                })
+                .collect();
+            let negotiated = neg.as_ref().map(|n| {
+                let (c, s) = (&n.connection, &n.session);
+                json!({
+                    "header_digest": digest(c.header_digest), "data_digest": digest(c.data_digest),
+                    "max_recv_data_segment_length": c.max_recv_data_segment_length,
+                    "max_xmit_data_segment_length": c.max_send_data_segment_length,
+                    "first_burst_length": s.first_burst_length, "max_burst_length": s.max_burst_length,
+                    "immediate_data": s.immediate_data, "initial_r2t": s.initial_r2t,
+                    "max_outstanding_r2t": s.max_outstanding_r2t, "max_connections": s.max_connections,
+                    "default_time2wait": s.default_time2wait, "default_time2retain": s.default_time2retain,
+                    "data_pdu_in_order": s.data_pdu_in_order, "data_sequence_in_order": s.data_sequence_in_order,
+                    "error_recovery_level": s.error_recovery_level,
+                })
+            });
+            let _ = writeln!(
+                text,
+                "tcp: [{}] {portal},{} {target} ({})",
+                tsih.map_or("-".into(), |t| t.to_string()),
+                tpgt.map_or("-".into(), |t| t.to_string()),
+                conn_word(&state)
+            );
+            if verbose {
+                let _ = writeln!(text, "\tIface Initiatorname: {initiator}");
+                let _ = writeln!(text, "\tISID: {}", isid.as_deref().unwrap_or("-"));
+                let _ = writeln!(
+                    text,
+                    "\tTSIH: {}",
+                    tsih.map_or("-".into(), |t| t.to_string())
+                );
+                let _ = writeln!(
+                    text,
+                    "\tiSCSI Session State: {}{}",
+                    conn_word(&state),
+                    why.as_ref().map(|w| format!(" ({w})")).unwrap_or_default()
+                );
+                let _ = writeln!(
+                    text,
+                    "\tLogins: {}, connection failures: {}, last failure: {}",
+                    n(&stats.logins),
+                    n(&stats.failures),
+                    last_failure.map_or("-".into(), |(t, d)| format!("{t} {d}"))
+                );
+                let _ = writeln!(
+                    text,
+                    "\tCommands: {}, bytes in {}, bytes out {}, round trip {} us",
+                    n(&stats.commands),
+                    n(&stats.bytes_in),
+                    n(&stats.bytes_out),
+                    n(&stats.srtt_us)
+                );
+                let _ = writeln!(text, "\t************************");
+                let _ = writeln!(text, "\tNegotiated iSCSI params:");
+                let _ = writeln!(text, "\t************************");
+                match &neg {
+                    Some(ng) => {
+                        let (c, s) = (&ng.connection, &ng.session);
+                        for (k, v) in [
+                            ("HeaderDigest", digest(c.header_digest).to_string()),
+                            ("DataDigest", digest(c.data_digest).to_string()),
+                            (
+                                "MaxRecvDataSegmentLength",
+                                c.max_recv_data_segment_length.to_string(),
+                            ),
+                            (
+                                "MaxXmitDataSegmentLength",
+                                c.max_send_data_segment_length.to_string(),
+                            ),
+                            ("FirstBurstLength", s.first_burst_length.to_string()),
+                            ("MaxBurstLength", s.max_burst_length.to_string()),
+                            ("ImmediateData", yes(s.immediate_data).into()),
+                            ("InitialR2T", yes(s.initial_r2t).into()),
+                            ("MaxOutstandingR2T", s.max_outstanding_r2t.to_string()),
+                            ("MaxConnections", s.max_connections.to_string()),
+                            ("DefaultTime2Wait", s.default_time2wait.to_string()),
+                            ("DefaultTime2Retain", s.default_time2retain.to_string()),
+                            ("DataPDUInOrder", yes(s.data_pdu_in_order).into()),
+                            ("DataSequenceInOrder", yes(s.data_sequence_in_order).into()),
+                            ("ErrorRecoveryLevel", s.error_recovery_level.to_string()),
+                        ] {
+                            let _ = writeln!(text, "\t{k}: {v}");
+                        }
+                    }
+                    None => {
+                        let _ = writeln!(text, "\t(not logged in yet)");
+                    }
+                }
+                let _ = writeln!(text, "\t************************");
+                let _ = writeln!(text, "\tPaths and maps:");
+                let _ = writeln!(text, "\t************************");
+                if paths.is_empty() {
+                    let _ = writeln!(text, "\t(none)");
+                }
+                for p in &paths {
+                    let _ = writeln!(
+                        text,
+                        "\tLUN {}: path {}, map {}, {} {}",
+                        p["lun"],
+                        p["path"].as_str().unwrap_or_default(),
+                        p["map"].as_str().unwrap_or("-"),
+                        p["dm_state"].as_str().unwrap_or_default(),
+                        p["checker_state"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+            data.push(json!({
+                "portal": portal.to_string(), "target": target, "tpgt": tpgt, "isid": isid,
+                "tsih": tsih, "state": conn_word(&state), "state_reason": why,
+                "initiator": initiator, "logins": n(&stats.logins),
+                "connection_failures": n(&stats.failures),
+                "last_failure": last_failure.map(|(t, d)| json!({ "time": t, "reason": d })),
+                "commands": n(&stats.commands), "bytes_in": n(&stats.bytes_in),
+                "bytes_out": n(&stats.bytes_out), "srtt_us": n(&stats.srtt_us),
+                "negotiated": negotiated, "paths": paths,
+            }));
+        }
+        if text.is_empty() {
+            text = "no sessions\n".into();
+        }
+        Response::ok(text, json!({ "sessions": data }))
+    }
+
     /// `show map MAP`: its `show maps` row, its topology block and the policy in force.
     async fn show_map(&self, q: &str) -> Response {
         let name = match self.resolve_map(q) {
@@ -1581,6 +1758,7 @@ mod tests {
             Request::ShowPaths,
             Request::ShowMaps,
             Request::ShowMap { map: "m".into() },
+            Request::ShowSessions { verbose: true },
             Request::ShowPathsFormat {
                 format: "%d".into(),
                 raw: false,

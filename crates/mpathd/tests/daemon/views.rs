@@ -487,3 +487,103 @@ async fn paths_and_maps_in_multipathds_formats() {
     assert!(no.text.contains("%n name"), "{}", no.text);
     r.stop().await;
 }
+
+/// `show sessions`: iscsiadm's one line per session, and with `verbose` its `-P 3` view —
+/// ISID, TSIH, state, every negotiated parameter, logins and the last failure, the paths and
+/// maps the session serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_with_their_negotiated_parameters() {
+    use iscsi_target::Fault;
+    let r = TwoPaths::start("views-sessions", IQN, |cfg| {
+        cfg.portals[0].header_digest = true;
+    })
+    .await;
+    let (t, c, map) = (&r.t, &r.c, r.map.as_str());
+
+    let s = ask(c, Request::ShowSessions { verbose: false }).await;
+    let lines: Vec<&str> = s.text.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", s.text);
+    for (l, p) in lines.iter().zip(&t.portals) {
+        assert!(l.starts_with("tcp: ["), "{l}");
+        assert!(l.contains(&format!("] {p},")), "{l}");
+        assert!(l.ends_with(&format!(" {IQN} (running)")), "{l}");
+    }
+    let v = ask(c, Request::ShowSessions { verbose: true }).await;
+    for w in [
+        "ISID: 0x",
+        "iSCSI Session State: running",
+        "HeaderDigest: CRC32C",
+        "DataDigest: None",
+        "MaxRecvDataSegmentLength: ",
+        "MaxXmitDataSegmentLength: ",
+        "FirstBurstLength: ",
+        "MaxBurstLength: ",
+        "ImmediateData: ",
+        "InitialR2T: ",
+        "MaxOutstandingR2T: ",
+        "Logins: 1, connection failures: 0, last failure: -",
+        &format!("LUN 1: path {}/1, map {map}, active ready", t.portals[0]),
+        &format!("LUN 1: path {}/1, map {map}, active ready", t.portals[1]),
+    ] {
+        assert!(v.text.contains(w), "{w:?} in\n{}", v.text);
+    }
+    let sessions = v.data["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 2);
+    for s in sessions {
+        assert_eq!(s["target"], IQN);
+        assert_eq!(s["state"], "running");
+        assert!(s["tsih"].as_u64().unwrap() > 0, "{s}");
+        assert_eq!(s["isid"].as_str().unwrap().len(), 14, "{s}");
+        let n = &s["negotiated"];
+        assert_eq!(n["header_digest"], "CRC32C", "{n}");
+        assert_eq!(n["data_digest"], "None");
+        for k in [
+            "max_recv_data_segment_length",
+            "max_xmit_data_segment_length",
+            "first_burst_length",
+            "max_burst_length",
+            "max_outstanding_r2t",
+        ] {
+            assert!(n[k].as_u64().unwrap() > 0, "{k}: {n}");
+        }
+        assert!(
+            n["first_burst_length"].as_u64() <= n["max_burst_length"].as_u64(),
+            "{n}"
+        );
+        assert!(n["immediate_data"].is_boolean() && n["initial_r2t"].is_boolean());
+        assert_eq!(s["paths"][0]["map"], map);
+        assert_eq!(s["logins"], 1);
+    }
+    // The two sessions have their own ISIDs.
+    assert_ne!(sessions[0]["isid"], sessions[1]["isid"]);
+
+    // A blackhole ends the first session's connection; it logs in again once it clears:
+    // two logins, and the failure is said.
+    t.ctl.set_fault(t.portals[0], Fault::Blackhole).unwrap();
+    read_some(&r.device(), 4).await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    t.ctl.set_fault(t.portals[0], Fault::None).unwrap();
+    let first = t.portals[0].to_string();
+    wait_for(
+        std::time::Duration::from_secs(20),
+        "the first session logged in again, its failure said",
+        || async {
+            let v = ask(c, Request::ShowSessions { verbose: true }).await;
+            v.data["sessions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["portal"] == first)
+                .is_some_and(|s| {
+                    s["logins"] == 2
+                        && s["state"] == "running"
+                        && s["connection_failures"] == 1
+                        && s["last_failure"]["reason"].as_str().is_some()
+                })
+                && v.text
+                    .contains("Logins: 2, connection failures: 1, last failure: ")
+        },
+    )
+    .await;
+    r.stop().await;
+}
