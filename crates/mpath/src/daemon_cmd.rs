@@ -28,6 +28,22 @@ pub async fn run(c: Command) -> Result<()> {
         Command::Restorequeueing { map, client } => {
             call(&client, Request::Queueing { map, on: true }).await
         }
+        Command::Login {
+            portal,
+            target,
+            client,
+        } => {
+            let portal = portal_arg(&portal);
+            call(&client, Request::Login { portal, target }).await
+        }
+        Command::Logout {
+            portal,
+            target,
+            client,
+        } => {
+            let portal = portal_arg(&portal);
+            call(&client, Request::Logout { portal, target }).await
+        }
         Command::Reconfigure { client } => call(&client, Request::Reconfigure).await,
         Command::Shutdown { client } => call(&client, Request::Shutdown).await,
         _ => unreachable!("dispatched in main"),
@@ -86,6 +102,18 @@ fn show_request(s: &ShowCmd) -> Result<Request> {
         },
     };
     Ok(req)
+}
+
+/// A portal as the daemon takes it (IP:PORT): a host name is resolved here; one that does
+/// not resolve is a usage error.
+fn portal_arg(p: &str) -> String {
+    match crate::iscsi_cmd::resolve_portal(p) {
+        Ok(a) => a.to_string(),
+        Err(e) => {
+            eprintln!("error: PORTAL {p}: {e}");
+            std::process::exit(2)
+        }
+    }
 }
 
 /// A usage error: said on stderr, exit 2 (as clap's own).

@@ -93,6 +93,28 @@ enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Log in to a portal's targets, or to one of them (iscsiadm -m node -l), without
+    /// editing the configuration file; until a reconfigure re-reads it.
+    Login {
+        /// Portal: IP, IP:PORT, HOST or HOST:PORT (port 3260 by default).
+        portal: String,
+        /// Only this target of the portal.
+        #[arg(long, value_name = "IQN")]
+        target: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Log out of a portal, or of one target of it (iscsiadm -m node -u): its paths leave
+    /// their maps and I/O moves to the others.
+    Logout {
+        /// Portal: IP, IP:PORT, HOST or HOST:PORT (port 3260 by default).
+        portal: String,
+        /// Only this target of the portal.
+        #[arg(long, value_name = "IQN")]
+        target: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// Re-read the daemon's configuration file and apply it.
     Reconfigure {
         #[command(flatten)]

@@ -507,3 +507,34 @@ fn sessions_as_iscsiadm_shows_them() {
     assert_eq!(v["sessions"][0]["target"], iqn);
     assert_eq!(v["sessions"][0]["paths"][0]["map"], "mpatha");
 }
+
+#[test]
+fn logout_and_login_of_a_portal() {
+    let rig = Rig::start("login");
+    let portal = format!("127.0.0.1:{}", rig.port);
+    let o = rig.run(&["logout", &portal]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        stdout(&o).contains(&format!("logged out of {portal}: 1 session(s), 1 path(s)")),
+        "{o:?}"
+    );
+    // Its only path gone, the map is gone.
+    let o = rig.show(&["maps", "raw", "format", "%n"]);
+    assert_eq!(stdout(&o), "", "{o:?}");
+    // Not logged in: refused, exit 1.
+    let o = rig.run(&["logout", &portal]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(stderr(&o).contains("no session to"), "{}", stderr(&o));
+
+    let o = rig.run(&["login", &format!("localhost:{}", rig.port)]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(stdout(&o).contains("ok: logged in to"), "{o:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while stdout(&rig.show(&["maps", "raw", "format", "%n %N"])) != "mpatha 1\n" {
+        assert!(std::time::Instant::now() < deadline, "the map is not back");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // A host name that does not resolve: a usage error.
+    let o = rig.run(&["login", "no-such-host.invalid"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+}

@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{info, warn};
 
-use crate::config::{self, selector_name};
+use crate::config::{self, selector_name, PortalConfig};
 use crate::daemon::Shared;
 
 /// A command to the daemon.
@@ -78,6 +78,16 @@ pub enum Request {
         map: String,
         on: bool,
     },
+    /// Log in to a portal's targets (or to one of them) without editing the file.
+    Login {
+        portal: String,
+        target: Option<String>,
+    },
+    /// Log out of a portal (or of one target of it): its paths leave their maps.
+    Logout {
+        portal: String,
+        target: Option<String>,
+    },
     /// Re-read the configuration file and apply it.
     Reconfigure,
     Shutdown,
@@ -98,6 +108,8 @@ impl Request {
                 | Request::ReinstatePath { .. }
                 | Request::SwitchGroup { .. }
                 | Request::Queueing { .. }
+                | Request::Login { .. }
+                | Request::Logout { .. }
                 | Request::Reconfigure
                 | Request::Shutdown
         ) || matches!(self, Request::Persist { op, .. } if op.mutates())
@@ -443,6 +455,16 @@ pub(crate) fn map_state(v: &mpath_policy::MapView) -> String {
     }
 }
 
+/// A portal as `IP:PORT`, or `IP` (port 3260).
+fn parse_portal(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse()
+        .or_else(|_| {
+            s.parse::<std::net::IpAddr>()
+                .map(|ip| std::net::SocketAddr::new(ip, 3260))
+        })
+        .map_err(|_| format!("{s:?} is not a portal (IP or IP:PORT)"))
+}
+
 /// A setting as the configuration file writes it, without TOML's quotes.
 fn unquote(s: String) -> String {
     s.trim_matches('"').to_string()
@@ -523,6 +545,8 @@ impl Control {
             Request::ReinstatePath { path } => self.reinstate_path(&path).await,
             Request::SwitchGroup { map, group } => self.switch_group(&map, group).await,
             Request::Queueing { map, on } => self.queueing(&map, on).await,
+            Request::Login { portal, target } => self.login(&portal, target.as_deref()).await,
+            Request::Logout { portal, target } => self.logout(&portal, target.as_deref()).await,
             Request::Reconfigure => match self.shared.clone().reconfigure().await {
                 Ok(summary) => Response::ok(summary.clone(), json!({ "summary": summary })),
                 Err(e) => Response::err(e),
@@ -1397,6 +1421,221 @@ impl Control {
         Response::ok(text, json!({ "sessions": data }))
     }
 
+    /// `login PORTAL [--target IQN]` (iscsiadm -m node -l): log in to every target the
+    /// portal offers, or to one more of them, until the daemon stops or a reconfigure
+    /// re-reads the file. Answers once a session through the portal is up.
+    async fn login(&self, portal: &str, target: Option<&str>) -> Response {
+        let addr = match parse_portal(portal) {
+            Ok(a) => a,
+            Err(e) => return Response::err(e),
+        };
+        let (p, added) = {
+            let mut cfg = self.shared.cfg.lock().unwrap_or_else(|e| e.into_inner());
+            let i = cfg.portals.iter().position(|p| p.address == addr);
+            let mut p = i.map(|i| cfg.portals[i].clone()).unwrap_or(PortalConfig {
+                address: addr,
+                chap: None,
+                mutual_chap: None,
+                targets: vec![],
+                header_digest: false,
+                data_digest: false,
+            });
+            match target {
+                // Every target: no filter.
+                None => p.targets.clear(),
+                // One more target of a portal limited to some.
+                Some(t) if i.is_none() => p.targets = vec![t.to_string()],
+                Some(t) if !p.targets.is_empty() && !p.targets.iter().any(|x| x == t) => {
+                    p.targets.push(t.to_string())
+                }
+                Some(_) => {}
+            }
+            match i {
+                Some(i) => cfg.portals[i] = p.clone(),
+                None => cfg.portals.push(p.clone()),
+            }
+            (p, i.is_none())
+        };
+        self.shared.start_portals(std::slice::from_ref(&p));
+        let what = match target {
+            Some(t) => format!("{t} through {addr}"),
+            None => format!("{addr}"),
+        };
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        let failure = loop {
+            {
+                let st = self.shared.state();
+                let ours: Vec<_> = st
+                    .sessions
+                    .iter()
+                    .filter(|((a, t), _)| *a == addr && target.is_none_or(|x| x == t))
+                    .map(|(_, s)| s.state())
+                    .collect();
+                if ours.iter().any(|s| matches!(s, SessionState::Up)) {
+                    break None;
+                }
+                if let Some(e) = st.portal_errors.get(&addr) {
+                    break Some(format!("{addr} does not answer: {e}"));
+                }
+                if let Some(SessionState::GaveUp(r)) =
+                    ours.iter().find(|s| matches!(s, SessionState::GaveUp(_)))
+                {
+                    break Some(format!("login to {what} failed: {r}"));
+                }
+            }
+            if Instant::now() >= deadline {
+                break Some(format!(
+                    "no session to {what} after 10 s (does the portal offer it? mpath iscsi discover {addr})"
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        if let Some(e) = failure {
+            // A portal this login added leaves no trace.
+            if added {
+                self.shared
+                    .cfg
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .portals
+                    .retain(|p| p.address != addr);
+                self.logout_sessions(addr, None, "login failed").await;
+                self.shared.state().portal_errors.remove(&addr);
+            }
+            return Response::err(e);
+        }
+        let sessions: Vec<String> = {
+            let st = self.shared.state();
+            st.sessions
+                .iter()
+                .filter(|((a, t), s)| *a == addr && target.is_none_or(|x| x == t) && s.is_up())
+                .map(|((_, t), _)| t.clone())
+                .collect()
+        };
+        self.shared.record(
+            None,
+            Some(&addr.to_string()),
+            "operator",
+            format!("login {what}"),
+        );
+        Response::ok(
+            format!("ok: logged in to {addr}: {}\n", sessions.join(", ")),
+            json!({ "portal": addr.to_string(), "targets": sessions }),
+        )
+    }
+
+    /// `logout PORTAL [--target IQN]` (iscsiadm -m node -u): its paths leave their maps
+    /// (I/O moves to the other paths; a map left without paths is removed) and its sessions
+    /// log out; the portal (or the target of it) is not logged in again until a `login` or
+    /// a reconfigure that reads it from the file.
+    async fn logout(&self, portal: &str, target: Option<&str>) -> Response {
+        let addr = match parse_portal(portal) {
+            Ok(a) => a,
+            Err(e) => return Response::err(e),
+        };
+        let known = {
+            let st = self.shared.state();
+            st.sessions
+                .keys()
+                .any(|(a, t)| *a == addr && target.is_none_or(|x| x == t))
+        };
+        let configured = {
+            let mut cfg = self.shared.cfg.lock().unwrap_or_else(|e| e.into_inner());
+            let before = cfg.portals.clone();
+            match target {
+                None => cfg.portals.retain(|p| p.address != addr),
+                Some(t) => {
+                    for p in cfg.portals.iter_mut().filter(|p| p.address == addr) {
+                        p.targets.retain(|x| x != t);
+                    }
+                    // A portal limited to the target alone is logged out whole (an empty
+                    // list would mean every target).
+                    cfg.portals.retain(|p| {
+                        !(p.address == addr
+                            && p.targets.is_empty()
+                            && before
+                                .iter()
+                                .any(|b| b.address == addr && !b.targets.is_empty()))
+                    });
+                }
+            }
+            cfg.portals != before
+        };
+        if !known && !configured {
+            let st = self.shared.state();
+            let list: Vec<String> = st
+                .sessions
+                .keys()
+                .map(|(a, t)| format!("{a} {t}"))
+                .collect();
+            return Response::err(format!(
+                "no session to {}{addr} (sessions: {})",
+                target.map(|t| format!("{t} through ")).unwrap_or_default(),
+                if list.is_empty() {
+                    "none".to_string()
+                } else {
+                    list.join(", ")
+                }
+            ));
+        }
+        if target.is_none() {
+            self.shared.state().portal_errors.remove(&addr);
+        }
+        let (sessions, paths) = self
+            .logout_sessions(addr, target, "logged out by an operator")
+            .await;
+        let what = match target {
+            Some(t) => format!("{t} through {addr}"),
+            None => format!("{addr}"),
+        };
+        self.shared.record(
+            None,
+            Some(&addr.to_string()),
+            "operator",
+            format!("logout {what}"),
+        );
+        Response::ok(
+            format!("ok: logged out of {what}: {sessions} session(s), {paths} path(s) left their maps\n"),
+            json!({ "portal": addr.to_string(), "target": target, "sessions": sessions, "paths": paths }),
+        )
+    }
+
+    /// Take the paths of the sessions to `addr` (to `target` only, if given) out of their
+    /// maps and log the sessions out: (sessions, paths).
+    async fn logout_sessions(
+        &self,
+        addr: std::net::SocketAddr,
+        target: Option<&str>,
+        why: &str,
+    ) -> (usize, usize) {
+        let names: Vec<String> = self
+            .shared
+            .state()
+            .paths
+            .values()
+            .filter(|p| p.portal == addr && target.is_none_or(|t| t == p.target))
+            .map(|p| p.name.clone())
+            .collect();
+        let paths = self.shared.remove_paths(names, why).await;
+        let sessions: Vec<_> = {
+            let mut st = self.shared.state();
+            let keys: Vec<_> = st
+                .sessions
+                .keys()
+                .filter(|(a, t)| *a == addr && target.is_none_or(|x| x == t))
+                .cloned()
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| st.sessions.remove(&k))
+                .collect()
+        };
+        let n = sessions.len();
+        for s in sessions {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), s.logout()).await;
+        }
+        (n, paths)
+    }
+
     /// `show map MAP`: its `show maps` row, its topology block and the policy in force.
     async fn show_map(&self, q: &str) -> Response {
         let name = match self.resolve_map(q) {
@@ -1784,6 +2023,14 @@ mod tests {
             Request::Queueing {
                 map: "m".into(),
                 on: false,
+            },
+            Request::Login {
+                portal: "127.0.0.1".into(),
+                target: None,
+            },
+            Request::Logout {
+                portal: "127.0.0.1:3260".into(),
+                target: Some("iqn.2026-01.io.mpath:t".into()),
             },
             Request::Reconfigure,
             Request::Shutdown,

@@ -587,3 +587,143 @@ async fn sessions_with_their_negotiated_parameters() {
     .await;
     r.stop().await;
 }
+
+/// `logout` / `login` of one portal (or one target of it) at run time: its paths leave
+/// their map and come back, reads go on all along; a portal that does not answer is
+/// refused and leaves no trace; logging out what is not logged in is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_and_logout_of_one_portal() {
+    let r = TwoPaths::start("views-login", IQN, |_| {}).await;
+    let (t, c, map) = (&r.t, &r.c, r.map.as_str());
+    let second = t.portals[1].to_string();
+    let sessions = |c: &mpathd::Control| {
+        let c = c.clone();
+        async move {
+            ask(&c, Request::ShowSessions { verbose: false }).await.data["sessions"]
+                .as_array()
+                .unwrap()
+                .len()
+        }
+    };
+    assert!(Request::Login {
+        portal: second.clone(),
+        target: None
+    }
+    .mutates());
+    assert!(Request::Logout {
+        portal: second.clone(),
+        target: None
+    }
+    .mutates());
+
+    let reads = reader(r.device(), 4);
+    let out = ask(
+        c,
+        Request::Logout {
+            portal: second.clone(),
+            target: None,
+        },
+    )
+    .await;
+    assert!(
+        out.text
+            .contains(&format!("logged out of {second}: 1 session(s), 1 path(s)")),
+        "{}",
+        out.text
+    );
+    assert_eq!(active_paths(c, map).await, 1);
+    assert_eq!(paths_of(c, map).await.len(), 1);
+    assert_eq!(sessions(c).await, 1);
+    let again = c
+        .handle(Request::Logout {
+            portal: second.clone(),
+            target: None,
+        })
+        .await;
+    assert!(!again.ok);
+    assert!(
+        again.text.contains(&format!("no session to {second}")),
+        "{}",
+        again.text
+    );
+
+    // Back, for this target only.
+    let back = ask(
+        c,
+        Request::Login {
+            portal: second.clone(),
+            target: Some(IQN.into()),
+        },
+    )
+    .await;
+    assert!(
+        back.text.contains(&format!("logged in to {second}: {IQN}")),
+        "{}",
+        back.text
+    );
+    wait_for(
+        std::time::Duration::from_secs(10),
+        "the path back in its map",
+        || async { active_paths(c, map).await == 2 },
+    )
+    .await;
+    assert!(reads.await.expect("no read failed") > 0);
+
+    // One target of the configured portal: its path leaves, the other stays.
+    let first = t.portals[0].to_string();
+    ask(
+        c,
+        Request::Logout {
+            portal: first.clone(),
+            target: Some(IQN.into()),
+        },
+    )
+    .await;
+    assert_eq!(active_paths(c, map).await, 1);
+    let left = paths_of(c, map).await;
+    assert_eq!(left[0]["path"], format!("{second}/1"));
+    let ev = ask(
+        c,
+        Request::ShowEvents {
+            follow: false,
+            last: None,
+        },
+    )
+    .await;
+    assert!(
+        ev.text.contains("logged out by an operator") && ev.text.contains("logout "),
+        "{}",
+        ev.text
+    );
+
+    // A portal that does not answer: refused, and nothing left configured.
+    let dead = "127.0.0.1:9".to_string();
+    let no = c
+        .handle(Request::Login {
+            portal: dead.clone(),
+            target: None,
+        })
+        .await;
+    assert!(!no.ok);
+    assert!(
+        no.text.contains("127.0.0.1:9 does not answer"),
+        "{}",
+        no.text
+    );
+    let cfg = ask(c, Request::ShowConfig).await;
+    assert!(!cfg.text.contains(&dead), "{}", cfg.text);
+    let status = ask(c, Request::ShowStatus).await;
+    assert!(!status.text.contains("unreachable"), "{}", status.text);
+    let bad = c
+        .handle(Request::Login {
+            portal: "not-a-portal".into(),
+            target: None,
+        })
+        .await;
+    assert!(
+        !bad.ok && bad.text.contains("is not a portal"),
+        "{}",
+        bad.text
+    );
+    r.stop().await;
+}
