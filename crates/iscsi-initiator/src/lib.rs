@@ -30,4 +30,4 @@ pub use iscsi_session::initiator::{
 };
 pub use iscsi_session::ChapCredentials;
 pub use path::IscsiPath;
-pub use session::{Session, SessionError, SessionState, SessionStats};
+pub use session::{Negotiated, Session, SessionError, SessionState, SessionStats};

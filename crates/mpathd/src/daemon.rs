@@ -440,6 +440,15 @@ impl Shared {
                 // Logged in again (the target may have restarted with other LUNs): new
                 // LUNs join their maps without waiting for a reconfigure.
                 if matches!(ev, PathEvent::Recovered) {
+                    // Its paths are checked at the checker's next tick: the views (and a
+                    // map that waits for the checker to reinstate, `persist`) see them
+                    // ready within a tick rather than at the healthy-path interval.
+                    let now = Instant::now();
+                    for p in me.state().paths.values_mut() {
+                        if p.portal == addr && p.target == tgt {
+                            p.next_check = now;
+                        }
+                    }
                     let key = (addr, tgt.clone());
                     let session = me.state().sessions.get(&key).cloned();
                     if let Some(session) = session {
