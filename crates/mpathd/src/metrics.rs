@@ -56,11 +56,10 @@ pub(crate) async fn serve(l: TcpListener, shared: Arc<Shared>) {
             let scrape = Arc::new(gather(&shared).await);
             // Encoding thousands of series is milliseconds of CPU: off the runtime's threads.
             let Ok((body, encoding)) = tokio::task::spawn_blocking(move || {
-                let text = encode(scrape);
                 if gz {
-                    (gzip(&text), "Content-Encoding: gzip\r\n")
+                    (encode_gzip(scrape), "Content-Encoding: gzip\r\n")
                 } else {
-                    (text.into_bytes(), "")
+                    (encode(scrape).into_bytes(), "")
                 }
             })
             .await
@@ -299,15 +298,51 @@ pub fn encode(scrape: Arc<Scrape>) -> String {
 /// [`encode`] with other `le` bounds, each one of [`LATENCY_BOUNDS_NS`] (to measure the
 /// cost of more or fewer).
 pub fn encode_with_bounds(scrape: Arc<Scrape>, bounds: &'static [u64]) -> String {
+    // Sized at once: growing a String of megabytes copies it over and over.
+    let mut text = String::with_capacity(estimate(&scrape, bounds));
+    encode_into(&mut text, scrape, bounds);
+    text
+}
+
+/// [`encode`], gzip-compressed as it is written (the text is never whole in memory).
+pub fn encode_gzip(scrape: Arc<Scrape>) -> Vec<u8> {
+    encode_gzip_with_bounds(scrape, &EXPOSED_BOUNDS_NS)
+}
+
+/// [`encode_gzip`] with other `le` bounds.
+pub fn encode_gzip_with_bounds(scrape: Arc<Scrape>, bounds: &'static [u64]) -> Vec<u8> {
+    struct Gz(flate2::write::GzEncoder<Vec<u8>>);
+    impl std::fmt::Write for Gz {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            use std::io::Write as _;
+            self.0.write_all(s.as_bytes()).map_err(|_| std::fmt::Error)
+        }
+    }
+    let out = Vec::with_capacity(estimate(&scrape, bounds) / 8);
+    let mut gz = Gz(flate2::write::GzEncoder::new(
+        out,
+        flate2::Compression::fast(),
+    ));
+    encode_into(&mut gz, scrape, bounds);
+    gz.0.finish().expect("writing to a Vec")
+}
+
+/// About the size of a scrape's text: lines of about 80 bytes.
+fn estimate(scrape: &Scrape, bounds: &[u64]) -> usize {
+    let hist = bounds.len() + 3;
+    let paths: usize = scrape.maps.iter().map(|m| m.paths.len()).sum();
+    (paths * (PATH_FAMILIES.len() + hist) + scrape.maps.len() * (MAP_FAMILIES.len() + 3 * hist))
+        * 80
+}
+
+fn encode_into<W: std::fmt::Write>(out: &mut W, scrape: Arc<Scrape>, bounds: &'static [u64]) {
     assert!(
         bounds.iter().all(|b| LATENCY_BOUNDS_NS.contains(b)),
         "exposed bounds are engine bounds"
     );
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Collect(scrape, bounds)));
-    let mut text = String::new();
-    prometheus_text::encode(&mut text, &registry).expect("writing to a String");
-    text
+    prometheus_text::encode(out, &registry).expect("writing to memory");
 }
 
 /// The collector the registry calls once per scrape: one family after the other, every

@@ -259,6 +259,14 @@ fn synthetic_scrapes_are_well_formed() {
         // Per path 9 samples and a histogram of 11 (9 buckets, sum, count), per map 9 and
         // three histograms.
         assert_eq!(samples.len(), maps * paths * (9 + 11) + maps * (9 + 3 * 11));
+        // Compressed as it is written: the same text.
+        let gz = mpathd::metrics::encode_gzip(std::sync::Arc::new(
+            mpathd::metrics::Scrape::synthetic(maps, paths),
+        ));
+        let mut unzipped = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut unzipped)
+            .unwrap();
+        assert_eq!(unzipped, text);
         // Every engine bucket exposed: 18 of them.
         let s = std::sync::Arc::new(mpathd::metrics::Scrape::synthetic(maps, paths));
         let text = mpathd::metrics::encode_with_bounds(s, &mpath_engine::LATENCY_BOUNDS_NS);
