@@ -36,3 +36,46 @@ fn bench_engine_reads_through_the_path_and_the_map() {
     }
     assert!(s["ratio"].as_f64().is_some_and(|r| r > 0.0), "{s:#}");
 }
+
+/// `mpath bench metrics`: both sizes, the three layouts, each measured; the new layout is
+/// smaller than every engine bucket exposed, which is smaller than the layout before.
+#[test]
+fn bench_metrics_measures_every_layout_at_both_sizes() {
+    let o = run(
+        Command::new(Path::new(env!("CARGO_BIN_EXE_mpath")))
+            .args(["bench", "metrics", "--rounds", "1", "--json"]),
+        Duration::from_secs(300),
+    );
+    assert!(o.success(), "mpath bench metrics failed:\n{}", o.all());
+    let json = &o.stdout[o.stdout.find("\n{").expect("a JSON summary")..];
+    let s: serde_json::Value = serde_json::from_str(json)
+        .unwrap_or_else(|e| panic!("the summary is not JSON ({e}):\n{}", o.all()));
+    let scrapes = s["scrapes"].as_array().expect("scrapes");
+    let sizes: Vec<(u64, u64)> = scrapes
+        .iter()
+        .map(|r| {
+            (
+                r["maps"].as_u64().unwrap(),
+                r["paths_per_map"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(sizes, [(32, 2), (1024, 4)], "{s:#}");
+    for r in scrapes {
+        let bytes = |l: &str| {
+            r[l]["bytes"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{l}: {r:#}"))
+        };
+        assert!(bytes("now") < bytes("all_engine_buckets"), "{r:#}");
+        assert!(bytes("all_engine_buckets") < bytes("before"), "{r:#}");
+        for l in ["now", "all_engine_buckets", "before"] {
+            assert!(r[l]["gzip_bytes"].as_u64().unwrap() < bytes(l), "{r:#}");
+            assert!(r[l]["text_ms"]["median"].as_f64().unwrap() > 0.0, "{r:#}");
+        }
+    }
+    // 1024 x 4, every series: 9 + 11 lines per path, 9 + 3 x 11 per map, and 2 per family.
+    let lines = scrapes[1]["now"]["lines"].as_u64().unwrap();
+    assert_eq!(lines, 4096 * 20 + 1024 * 42 + 2 * 20, "{s:#}");
+    assert!(s["record_ns"]["now"]["median"].as_f64().unwrap() > 0.0);
+}
