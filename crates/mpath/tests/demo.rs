@@ -30,10 +30,13 @@ fn demo_survives_a_blackholed_portal_with_every_block_verified() {
     }
     let blocks = s["verify"]["blocks"].as_u64().unwrap();
     assert_eq!(blocks, (256 << 20) / 4096, "{s:#}");
-    assert!(
-        s["verify"]["verified"].as_u64().unwrap() > blocks / 2,
-        "most blocks were written and read back: {s:#}"
-    );
+    // Every block of the LU was read back and judged: the ones the workload wrote hold
+    // its last data, the rest were never written. (How many it wrote in 15 s depends on
+    // the machine's speed, which a test does not assert.)
+    let verified = s["verify"]["verified"].as_u64().unwrap();
+    let unwritten = s["verify"]["unwritten"].as_u64().unwrap();
+    assert!(verified > 0, "nothing was written and read back: {s:#}");
+    assert_eq!(verified + unwritten, blocks, "every block judged: {s:#}");
     assert_eq!(s["paths_recovered"], true, "{s:#}");
     // The blackhole was noticed and acted on (the detection itself is tested in simulated
     // time; here only that it happened, and well within the run).
