@@ -174,52 +174,69 @@ async fn daemon(d: DaemonCmd) -> Result<()> {
         Some(p) => config::load_file(p)?,
         None => DaemonConfig::default(),
     };
+    // What the flags say, resolved once: applied over the file now and at every
+    // reconfigure (a portal given with --portal stays logged in through a reload).
+    let mut portals = Vec::new();
     for p in &d.portal {
         let address = crate::iscsi_cmd::resolve_portal(p)
             .map_err(|m| anyhow::anyhow!("--portal {p}: {m}"))?;
-        if !cfg.portals.iter().any(|q| q.address == address) {
-            cfg.portals.push(PortalConfig {
-                address,
-                chap: None,
-                mutual_chap: None,
-                targets: vec![],
-                header_digest: false,
-                data_digest: false,
-            });
-        }
+        portals.push(address);
     }
+    let nbd = match &d.nbd {
+        None => None,
+        Some(n) if n == "off" => Some(None),
+        Some(a) => Some(Some(
+            a.parse::<std::net::SocketAddr>()
+                .with_context(|| format!("--nbd {a}: expected IP:PORT or off"))?,
+        )),
+    };
+    let metrics = match &d.metrics {
+        None => None,
+        Some(m) => Some(
+            m.parse::<std::net::SocketAddr>()
+                .with_context(|| format!("--metrics {m}: expected IP:PORT"))?,
+        ),
+    };
+    let (initiator, socket, fuse) = (d.initiator.clone(), d.socket.clone(), d.fuse.clone());
+    let (ublk, nbd_device) = (d.ublk, d.nbd_device);
+    let overlay: mpathd::ConfigOverlay = std::sync::Arc::new(move |cfg: &mut DaemonConfig| {
+        for &address in &portals {
+            if !cfg.portals.iter().any(|q| q.address == address) {
+                cfg.portals.push(PortalConfig {
+                    address,
+                    chap: None,
+                    mutual_chap: None,
+                    targets: vec![],
+                    header_digest: false,
+                    data_digest: false,
+                });
+            }
+        }
+        if let Some(i) = &initiator {
+            cfg.initiator_name = i.clone();
+        }
+        if let Some(s) = &socket {
+            cfg.control_socket = s.clone();
+        }
+        if let Some(n) = nbd {
+            cfg.nbd_listen = n;
+        }
+        if let Some(f) = &fuse {
+            cfg.fuse_dir = Some(f.clone());
+        }
+        if ublk {
+            cfg.ublk = true;
+        }
+        if nbd_device {
+            cfg.nbd_device = true;
+        }
+        if let Some(m) = metrics {
+            cfg.metrics = Some(m);
+        }
+    });
+    overlay(&mut cfg);
     if cfg.portals.is_empty() {
         bail!("no portal: give --portal ADDR or a [[portal]] in --config FILE");
-    }
-    if let Some(i) = &d.initiator {
-        cfg.initiator_name = i.clone();
-    }
-    if let Some(s) = &d.socket {
-        cfg.control_socket = s.clone();
-    }
-    if let Some(n) = &d.nbd {
-        cfg.nbd_listen = match n.as_str() {
-            "off" => None,
-            a => Some(
-                a.parse()
-                    .with_context(|| format!("--nbd {a}: expected IP:PORT or off"))?,
-            ),
-        };
-    }
-    if let Some(f) = &d.fuse {
-        cfg.fuse_dir = Some(f.clone());
-    }
-    if d.ublk {
-        cfg.ublk = true;
-    }
-    if d.nbd_device {
-        cfg.nbd_device = true;
-    }
-    if let Some(m) = &d.metrics {
-        cfg.metrics = Some(
-            m.parse()
-                .with_context(|| format!("--metrics {m}: expected IP:PORT"))?,
-        );
     }
     let listeners = Listeners::bind(&cfg).await?;
     eprintln!(
@@ -230,7 +247,7 @@ async fn daemon(d: DaemonCmd) -> Result<()> {
         eprintln!("mpath daemon: NBD on {a} (one export per map)");
     }
     let settle = cfg.settle;
-    let daemon = Daemon::start(cfg, listeners, d.config.clone())?;
+    let daemon = Daemon::start_with_overlay(cfg, listeners, d.config.clone(), Some(overlay))?;
     service::notify(&[NotifyState::Status("logging in, assembling maps")]);
     let control = daemon.control();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -168,6 +168,8 @@ pub(crate) struct Shared {
     pub stop: tokio::sync::watch::Sender<bool>,
     /// The file `reconfigure` re-reads.
     pub config_path: Option<std::path::PathBuf>,
+    /// Applied over the file at each `reconfigure` (the command line's settings).
+    pub overlay: Option<crate::ConfigOverlay>,
     /// Serialises "find the path's map or create it" (two sessions probed at once must
     /// not both create a map for one WWID). Held across map start-up and `add_path`, which
     /// talk to the map's owner task only — never across path I/O.

@@ -34,6 +34,10 @@ use tokio::net::{TcpListener, UnixListener};
 use tracing::{info, warn};
 
 pub use config::{ConfigError, DaemonConfig};
+
+/// Settings given outside the configuration file (the command line), applied over it at
+/// start and at every `reconfigure`.
+pub type ConfigOverlay = Arc<dyn Fn(&mut DaemonConfig) + Send + Sync>;
 pub use control::{Control, Request, Response};
 pub use daemon::TimelineEvent;
 
@@ -139,6 +143,18 @@ impl Daemon {
         listeners: Listeners,
         config_path: Option<PathBuf>,
     ) -> std::io::Result<Daemon> {
+        Daemon::start_with_overlay(cfg, listeners, config_path, None)
+    }
+
+    /// As [`start`](Self::start), with `overlay` applied to the configuration each time
+    /// `reconfigure` reads the file again: what the command line gave (`--portal`,
+    /// `--initiator`…) outlives a reload.
+    pub fn start_with_overlay(
+        cfg: DaemonConfig,
+        listeners: Listeners,
+        config_path: Option<PathBuf>,
+        overlay: Option<ConfigOverlay>,
+    ) -> std::io::Result<Daemon> {
         let (bindings, warnings) = Bindings::load(cfg.bindings_file.as_deref());
         for w in warnings {
             warn!("{w}");
@@ -165,6 +181,7 @@ impl Daemon {
             started: SystemTime::now(),
             stop: tokio::sync::watch::Sender::new(false),
             config_path: config_path.clone(),
+            overlay,
             membership: tokio::sync::Mutex::new(()),
             counts: Mutex::new(BTreeMap::new()),
             reconfiguring: tokio::sync::Mutex::new(()),
@@ -351,7 +368,12 @@ impl Shared {
                 "the daemon was started without a configuration file: nothing to re-read".into(),
             );
         };
-        let new = config::load_file(&path).map_err(|e| e.to_string())?;
+        let mut new = config::load_file(&path).map_err(|e| e.to_string())?;
+        // What the command line gave stays (a portal given with --portal is not logged
+        // out because the file does not list it).
+        if let Some(o) = &self.overlay {
+            o(&mut new);
+        }
         // One reconfigure at a time (SIGHUP and the socket may race).
         let _one = self.reconfiguring.lock().await;
         let old = self.cfg();

@@ -324,3 +324,30 @@ async fn reconfigure_follows_blacklist_portal_settings_and_removed_unreachable_p
     t.stop().await;
     late.stop().await;
 }
+
+/// What the command line gave (an overlay: `--portal`) outlives a reconfigure: the file
+/// lists no portal, the reload logs nothing out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_portal_from_the_command_line_survives_a_reconfigure() {
+    let dir = testkit::TempDir::new("reconf-overlay");
+    let t = Target::start(STEADY, vec![group([127, 0, 0, 2], 0, AO)], &[(1, 4 << 20)]).await;
+    let file = write_config(dir.path(), &[], "");
+    let portal = t.portals[0];
+    let overlay: mpathd::ConfigOverlay = Arc::new(move |c: &mut mpathd::DaemonConfig| {
+        if !c.portals.iter().any(|p| p.address == portal) {
+            c.portals.push(crate::common::portal(portal));
+        }
+    });
+    let mut cfg = mpathd::config::load_file(&file).unwrap();
+    overlay(&mut cfg);
+    let mut d =
+        Daemon::start_with_overlay(cfg, Listeners::default(), Some(file.clone()), Some(overlay))
+            .unwrap();
+    let c = d.control();
+    let map = wait_map_by_wwid(&c, &t.wwid(1), 1, Duration::from_secs(10)).await;
+    let out = reconfigure(&c).await;
+    assert!(out.contains("0 portal(s) added, 0 removed"), "{out}");
+    assert!(map_entry(&c, &map).await.is_some(), "{out}");
+    d.stop().await;
+    t.stop().await;
+}
