@@ -1318,7 +1318,10 @@ fn no_path(
     if let Some(n) = s.get_ref().integer {
         return match u32::try_from(n) {
             Ok(0) => Ok(NoPathPolicy::Fail),
-            Ok(n) => Ok(NoPathPolicy::Queue(checker_interval * n)),
+            Ok(n) => checker_interval
+                .checked_mul(n)
+                .map(NoPathPolicy::Queue)
+                .ok_or_else(|| ctx.err(Some(s.span()), key, "too many checker intervals")),
             Err(_) => Err(ctx.err(Some(s.span()), key, "must not be negative")),
         };
     }
@@ -1376,7 +1379,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         (t, 1000.0)
     };
     match num.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(Duration::from_secs_f64(v * mult_ms / 1000.0)),
+        Ok(v) if v.is_finite() && v >= 0.0 => Duration::try_from_secs_f64(v * mult_ms / 1000.0)
+            .map_err(|_| format!("{s:?} is too long a duration")),
         _ => Err(format!("{s:?} is not a duration (examples: 500ms, 2s, 1m)")),
     }
 }
@@ -1918,6 +1922,14 @@ nbd = "127.0.0.1:10900"
 
     #[test]
     fn durations() {
+        // Too long for a Duration: an error, not a panic.
+        assert!(parse_duration("1e300s").unwrap_err().contains("too long"));
+        let e = parse_str(
+            "[defaults]\npolling_interval = \"1e15\"\nno_path_retry = 4000000000\n",
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "defaults.no_path_retry", "{e}");
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
         assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));

@@ -734,7 +734,11 @@ impl Translator {
                                 q("fail")
                             } else {
                                 let poll = self.polling.unwrap_or(MPT_POLLING_INTERVAL);
-                                q(&fmt_duration(poll * n as u32))
+                                let total = u32::try_from(n)
+                                    .ok()
+                                    .and_then(|n| poll.checked_mul(n))
+                                    .ok_or_else(|| at.err(key, format!("{n} × polling_interval is too long")))?;
+                                q(&fmt_duration(total))
                             }
                         }
                     };
@@ -959,5 +963,97 @@ fn yes_no(v: &str, at: &At, key: &str) -> Result<bool, ConfigError> {
         "yes" | "1" | "on" | "true" => Ok(true),
         "no" | "0" | "off" | "false" => Ok(false),
         _ => Err(at.err(key, format!("{v:?}: expected yes or no"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Pieces of multipath.conf text, glued at random: braces anywhere, keywords in any
+    /// section, values of every shape (huge numbers, regexes, quotes left open).
+    fn piece() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("defaults {\n".to_string()),
+            Just("devices {\n device {\n".to_string()),
+            Just("multipaths {\n multipath {\n".to_string()),
+            Just("blacklist {\n".to_string()),
+            Just("blacklist_exceptions {\n".to_string()),
+            Just("overrides {\n".to_string()),
+            Just("}\n".to_string()),
+            Just("{".to_string()),
+            prop::sample::select(vec![
+                "path_selector",
+                "path_grouping_policy",
+                "failback",
+                "no_path_retry",
+                "features",
+                "prio",
+                "path_checker",
+                "rr_min_io",
+                "rr_min_io_rq",
+                "polling_interval",
+                "max_polling_interval",
+                "user_friendly_names",
+                "bindings_file",
+                "vendor",
+                "product",
+                "wwid",
+                "alias",
+                "protocol",
+                "devnode",
+                "dev_loss_tmo",
+                "prio_args",
+                "bogus_key",
+            ])
+            .prop_flat_map(|k| {
+                prop::sample::select(vec![
+                    "\"round-robin 0\"",
+                    "service-time",
+                    "multibus",
+                    "immediate",
+                    "12",
+                    "0",
+                    "18446744073709551615",
+                    "queue",
+                    "fail",
+                    "\"1 queue_if_no_path\"",
+                    "alua",
+                    "tur",
+                    "yes",
+                    "no",
+                    "\".*\"",
+                    "\"(x\"",
+                    "\"unclosed",
+                    "db",
+                    "a/b",
+                    "\"\"",
+                    "-3",
+                ])
+                .prop_map(move |v| format!("  {k} {v}\n"))
+            }),
+            "[ -~]{0,12}\n",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+        /// Any text: an error naming a line, or a translation that reads back.
+        #[test]
+        fn any_text_translates_or_is_refused_and_what_translates_reads_back(
+            pieces in prop::collection::vec(piece(), 0..24)
+        ) {
+            let text: String = pieces.concat();
+            let dir = std::env::temp_dir().join("mpath-mpconf-prop-none");
+            match import_text(&text, Path::new("p.conf"), Some(&dir)) {
+                Ok(i) => {
+                    if let Err(e) = crate::config::parse_str(&i.toml, None) {
+                        prop_assert!(false, "{e}\n--- from\n{text}\n--- to\n{}", i.toml);
+                    }
+                }
+                Err(e) => prop_assert!(e.file.is_some(), "{e}"),
+            }
+        }
     }
 }

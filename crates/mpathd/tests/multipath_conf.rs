@@ -318,6 +318,12 @@ fn typos_and_broken_files_name_their_line() {
     assert!(e.contains("multipath.conf:2: no_path_retry"), "{e}");
     let e = err("multipaths {\n  multipath {\n    alias db\n  }\n}\n");
     assert!(e.contains("needs a wwid"), "{e}");
+    // Numbers too large for a duration: an error naming the line, never a panic.
+    let e = err("defaults {\n  polling_interval 18446744073709551615\n  no_path_retry 4\n}\n");
+    assert!(
+        e.contains("multipath.conf:3: no_path_retry") && e.contains("too long"),
+        "{e}"
+    );
 }
 
 #[test]
