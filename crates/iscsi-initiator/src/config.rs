@@ -167,31 +167,10 @@ pub fn read_initiator_name_file(file: &std::path::Path) -> Result<Option<String>
             continue;
         }
         let value = value.trim();
-        check_iscsi_name(value).map_err(|m| format!("line {}: InitiatorName: {m}", n + 1))?;
+        confkit::check_name(value).map_err(|m| format!("line {}: InitiatorName: {m}", n + 1))?;
         return Ok(Some(value.to_string()));
     }
     Err("no InitiatorName= line".to_string())
-}
-
-/// An iSCSI name: `iqn.`, `eui.` or `naa.` form, at most 223 bytes, no white space, commas
-/// or control characters (RFC 7143 §4.2.7).
-fn check_iscsi_name(name: &str) -> Result<(), String> {
-    let lower = name.to_ascii_lowercase();
-    if name.len() > 223 {
-        return Err("iSCSI names are at most 223 bytes".into());
-    }
-    if !(lower.starts_with("iqn.") || lower.starts_with("eui.") || lower.starts_with("naa.")) {
-        return Err(format!(
-            "{name:?} is not an iSCSI name (iqn.YYYY-MM.domain:id)"
-        ));
-    }
-    if name
-        .chars()
-        .any(|c| c.is_whitespace() || c == ',' || c.is_control())
-    {
-        return Err(format!("{name:?} contains characters iSCSI names may not"));
-    }
-    Ok(())
 }
 
 /// `iqn.2026-01.io.mpath:<hostname>`.

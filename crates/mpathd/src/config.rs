@@ -224,7 +224,13 @@ impl DeviceConfig {
 ///   path (multipath-tools' `no_path_retry 12` at 5 s).
 /// - tgt (`IET`, `VIRTUAL-DISK`): no ALUA, every port alike — one group of every path,
 ///   equal priorities.
-pub fn builtin_devices() -> Vec<DeviceConfig> {
+pub fn builtin_devices() -> &'static [DeviceConfig] {
+    // Compiled once: every check and priority of every path resolves through them.
+    static BUILTIN: std::sync::OnceLock<Vec<DeviceConfig>> = std::sync::OnceLock::new();
+    BUILTIN.get_or_init(builtin_table)
+}
+
+fn builtin_table() -> Vec<DeviceConfig> {
     let p = |s: &str| Pattern::new(s).expect("built-in pattern");
     let alua = Settings {
         grouping: Some(Grouping::GroupByPrio),

@@ -655,6 +655,17 @@ impl Shared {
             None => Some("no WWID (VPD 0x83) and no serial (VPD 0x80)".to_string()),
             Some(w) => cfg.blacklist.excludes(w, &lu.vendor, &lu.product),
         };
+        // A LU with a reservation key (`mpath persist`, kept by WWID across restarts): the
+        // key goes on the path before any map can send it I/O — under a registrants-only
+        // reservation an unregistered path's writes conflict. Path I/O, so before the
+        // membership lock, which is never held across it.
+        if excluded.is_none() {
+            let key = wwid.as_ref().and_then(|w| self.state().prkeys.get(w));
+            if let (Some(key), Some(w)) = (key, &wwid) {
+                let map = self.map_name(&cfg, w);
+                self.register_key(key, &map, &name, &path).await;
+            }
+        }
         // Held from here: a path waiting for its map (below) must be recorded before a map
         // for its WWID can be created, or it would miss its adoption.
         let membership = self.membership.lock().await;
@@ -720,13 +731,6 @@ impl Shared {
         match existing {
             Some((map, device)) => self.join_map(&map, &device, &name, target, &lu, spec).await,
             None => {
-                // A key registered before a restart: on the first path too, before the
-                // map can send it I/O.
-                let key = self.state().prkeys.get(&wwid);
-                if let Some(key) = key {
-                    let label = self.map_name(&cfg, &wwid);
-                    self.register_key(key, &label, &name, &path).await;
-                }
                 self.create_map(&cfg, &wwid, &name, &lu, spec);
                 drop(membership);
                 self.adopt_waiting(&wwid).await;
@@ -744,12 +748,6 @@ impl Shared {
         lu: &LuInfo,
         spec: PathSpec,
     ) {
-        // Under a registrants-only reservation an unregistered path's writes conflict:
-        // the map's key goes on the path before the map sends it I/O.
-        let ip = self.state().paths.get(name).map(|p| p.path.clone());
-        if let Some(ip) = ip {
-            self.register_path(map, name, &ip).await;
-        }
         match device.add_path(spec).await {
             Ok(id) => {
                 let mut st = self.state();
@@ -948,6 +946,10 @@ impl Shared {
             write_same_ndob: false,
             fua: lu.fua || !lu.write_cache,
         };
+        // A LU with a reservation key: a path whose session logs in again is reinstated
+        // by the checker, which registers the key on it first (see `persist`).
+        let pr_key = self.state().prkeys.get(wwid);
+        ec.reinstate_on_recovery = pr_key.is_none();
         let device = match MultipathDevice::start(ec, vec![spec]) {
             Ok(d) => Arc::new(d),
             Err(e) => {
@@ -957,13 +959,6 @@ impl Shared {
         };
         let id = PathId(0);
         let name_cell = Arc::new(std::sync::RwLock::new(name.clone()));
-        // A key registered before a restart: go on registering it on new paths, which the
-        // checker reinstates (see `persist`).
-        let pr_key = self.state().prkeys.get(wwid);
-        if pr_key.is_some() {
-            let d = device.clone();
-            tokio::spawn(async move { d.set_reinstate_on_recovery(false).await });
-        }
         {
             let mut st = self.state();
             st.maps.insert(

@@ -7,7 +7,8 @@
 //! - REGISTER / REGISTER AND IGNORE EXISTING KEY go to every path whose session is up; if
 //!   the target refuses it on one, the paths that took it are put back (their old key
 //!   registered again) and the refusal is the answer. A path that joins the map later is
-//!   registered before the map sends it I/O (`Shared::register_path`). A path whose
+//!   registered before the map sends it I/O (`Shared::add_path`, before it takes the
+//!   membership lock: path I/O never runs under it). A path whose
 //!   session logs in again may have lost its registration with its I_T nexus (tgt forgets
 //!   it with the session): while a map has a key, such a path is not reinstated by its
 //!   transport's recovery but by the checker, which registers the key first — as
