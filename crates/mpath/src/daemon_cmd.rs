@@ -202,14 +202,7 @@ async fn daemon(d: DaemonCmd) -> Result<()> {
     let overlay: mpathd::ConfigOverlay = std::sync::Arc::new(move |cfg: &mut DaemonConfig| {
         for &address in &portals {
             if !cfg.portals.iter().any(|q| q.address == address) {
-                cfg.portals.push(PortalConfig {
-                    address,
-                    chap: None,
-                    mutual_chap: None,
-                    targets: vec![],
-                    header_digest: false,
-                    data_digest: false,
-                });
+                cfg.portals.push(PortalConfig::new(address));
             }
         }
         if let Some(i) = &initiator {

@@ -66,14 +66,7 @@ impl Stack {
             .context("NBD listener on 127.0.0.1")?;
         let nbd_addr = nbd.local_addr()?;
         let mut cfg = DaemonConfig {
-            portals: vec![PortalConfig {
-                address: addrs[0],
-                chap: None,
-                mutual_chap: None,
-                targets: vec![],
-                header_digest: false,
-                data_digest: false,
-            }],
+            portals: vec![PortalConfig::new(addrs[0])],
             nbd_listen: Some(nbd_addr),
             // Names in memory: a demo or a benchmark leaves nothing on the host.
             bindings_file: None,

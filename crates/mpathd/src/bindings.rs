@@ -25,11 +25,11 @@ impl Bindings {
         let Some(path) = file else {
             return (b, warnings);
         };
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (b, warnings),
+        let text = match read_state(path) {
+            Ok(Some(t)) => t,
+            Ok(None) => return (b, warnings),
             Err(e) => {
-                warnings.push(format!("{}: cannot read: {e}", path.display()));
+                warnings.push(e);
                 return (b, warnings);
             }
         };
@@ -83,19 +83,44 @@ impl Bindings {
         let Some(path) = &self.file else {
             return Ok(());
         };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        // Write-then-rename: a crash leaves the old file or the new one, never half.
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        writeln!(f, "# mpath bindings: NAME WWID (written by mpath daemon)")?;
-        for (wwid, name) in &self.by_wwid {
-            writeln!(f, "{name} {wwid}")?;
-        }
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        write_state(
+            path,
+            "# mpath bindings: NAME WWID (written by mpath daemon)",
+            self.by_wwid
+                .iter()
+                .map(|(wwid, name)| format!("{name} {wwid}")),
+        )
     }
+}
+
+/// A state file of the daemon's (bindings, reservation keys): its text, `None` when it does
+/// not exist yet, or why it cannot be read.
+pub(crate) fn read_state(path: &Path) -> Result<Option<String>, String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: cannot read: {e}", path.display())),
+    }
+}
+
+/// Write a state file whole: `header`, then one line each. Write-then-rename: a crash
+/// leaves the old file or the new one, never half.
+pub(crate) fn write_state(
+    path: &Path,
+    header: &str,
+    lines: impl Iterator<Item = String>,
+) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    writeln!(f, "{header}")?;
+    for l in lines {
+        writeln!(f, "{l}")?;
+    }
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// a, b, … z, aa, ab, … (multipath-tools' alias suffixes).

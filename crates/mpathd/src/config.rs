@@ -101,6 +101,21 @@ pub struct PortalConfig {
     pub data_digest: bool,
 }
 
+impl PortalConfig {
+    /// A portal with no CHAP, every target it offers, no digests: what `--portal ADDR`
+    /// gives.
+    pub fn new(address: SocketAddr) -> PortalConfig {
+        PortalConfig {
+            address,
+            chap: None,
+            mutual_chap: None,
+            targets: Vec::new(),
+            header_digest: false,
+            data_digest: false,
+        }
+    }
+}
+
 /// The settings a layer of the configuration may give a LU (a `[[device]]` entry,
 /// `[overrides]`, a `[[multipath]]` entry); `None` leaves the layer below in force.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

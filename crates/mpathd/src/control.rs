@@ -1432,14 +1432,9 @@ impl Control {
         let (p, added) = {
             let mut cfg = self.shared.cfg.lock().unwrap_or_else(|e| e.into_inner());
             let i = cfg.portals.iter().position(|p| p.address == addr);
-            let mut p = i.map(|i| cfg.portals[i].clone()).unwrap_or(PortalConfig {
-                address: addr,
-                chap: None,
-                mutual_chap: None,
-                targets: vec![],
-                header_digest: false,
-                data_digest: false,
-            });
+            let mut p = i
+                .map(|i| cfg.portals[i].clone())
+                .unwrap_or(PortalConfig::new(addr));
             match target {
                 // Every target: no filter.
                 None => p.targets.clear(),

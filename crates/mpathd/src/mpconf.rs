@@ -527,39 +527,13 @@ impl Translator {
                         self.overrides = Some(t);
                     }
                     "devices" => {
-                        for d in body {
-                            match d {
-                                Node::Section { name, body, .. } if name == "device" => {
-                                    let mut t = Table::default();
-                                    self.settings(&mut t, body, Scope::Device)?;
-                                    self.devices.push(t);
-                                }
-                                Node::Section { name, at, .. }
-                                | Node::Key { key: name, at, .. } => {
-                                    return Err(
-                                        at.err(name, "devices holds device { … } sections only")
-                                    )
-                                }
-                            }
-                        }
+                        let mut t = self.entries(body, "devices", "device", Scope::Device)?;
+                        self.devices.append(&mut t);
                     }
                     "multipaths" => {
-                        for d in body {
-                            match d {
-                                Node::Section { name, body, .. } if name == "multipath" => {
-                                    let mut t = Table::default();
-                                    self.settings(&mut t, body, Scope::Multipath)?;
-                                    self.multipaths.push(t);
-                                }
-                                Node::Section { name, at, .. }
-                                | Node::Key { key: name, at, .. } => {
-                                    return Err(at.err(
-                                        name,
-                                        "multipaths holds multipath { … } sections only",
-                                    ))
-                                }
-                            }
-                        }
+                        let mut t =
+                            self.entries(body, "multipaths", "multipath", Scope::Multipath)?;
+                        self.multipaths.append(&mut t);
                     }
                     "blacklist" => self.blacklist(0, body)?,
                     "blacklist_exceptions" => self.blacklist(1, body)?,
@@ -584,6 +558,34 @@ impl Translator {
             }
         }
         Ok(())
+    }
+
+    /// The `child { … }` entries of a `section { … }` (`devices`/`device`,
+    /// `multipaths`/`multipath`), one table each.
+    fn entries(
+        &mut self,
+        body: &[Node],
+        section: &str,
+        child: &str,
+        scope: Scope,
+    ) -> Result<Vec<Table>, ConfigError> {
+        let mut out = Vec::new();
+        for n in body {
+            match n {
+                Node::Section { name, body, .. } if name == child => {
+                    let mut t = Table::default();
+                    self.settings(&mut t, body, scope)?;
+                    out.push(t);
+                }
+                Node::Section { name, at, .. } | Node::Key { key: name, at, .. } => {
+                    return Err(at.err(
+                        name,
+                        format!("{section} holds {child} {{ … }} sections only"),
+                    ))
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn blacklist(&mut self, which: usize, body: &[Node]) -> Result<(), ConfigError> {

@@ -4,7 +4,6 @@
 //! daemon goes on registering the key on paths that join or come back.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Keys by WWID.
@@ -27,11 +26,11 @@ impl PrKeys {
         let Some(path) = file else {
             return (k, warnings);
         };
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (k, warnings),
+        let text = match crate::bindings::read_state(&path) {
+            Ok(Some(t)) => t,
+            Ok(None) => return (k, warnings),
             Err(e) => {
-                warnings.push(format!("{}: cannot read: {e}", path.display()));
+                warnings.push(e);
                 return (k, warnings);
             }
         };
@@ -82,21 +81,13 @@ impl PrKeys {
         let Some(path) = &self.file else {
             return Ok(());
         };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        // Write-then-rename: a crash leaves the old file or the new one.
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        writeln!(
-            f,
-            "# mpath reservation keys: 0xKEY WWID (written by mpath daemon)"
-        )?;
-        for (wwid, key) in &self.by_wwid {
-            writeln!(f, "0x{key:x} {wwid}")?;
-        }
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        crate::bindings::write_state(
+            path,
+            "# mpath reservation keys: 0xKEY WWID (written by mpath daemon)",
+            self.by_wwid
+                .iter()
+                .map(|(wwid, key)| format!("0x{key:x} {wwid}")),
+        )
     }
 }
 

@@ -143,14 +143,7 @@ impl Drop for Target {
 }
 
 pub fn portal(address: SocketAddr) -> PortalConfig {
-    PortalConfig {
-        address,
-        chap: None,
-        mutual_chap: None,
-        targets: vec![],
-        header_digest: false,
-        data_digest: false,
-    }
+    PortalConfig::new(address)
 }
 
 /// A configuration with short timers, no NBD, the control socket in `dir`.
