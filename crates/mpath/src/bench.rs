@@ -236,8 +236,11 @@ async fn path_failures(stack: &Stack) -> usize {
             last: None,
         })
         .await;
-    evs.data["events"].as_array().map_or(0, |a| {
-        a.iter().filter(|e| e["kind"] == "path-failed").count()
+    evs.parse::<mpathd::reply::Events>().map_or(0, |r| {
+        r.events
+            .iter()
+            .filter(|e| e.kind == mpathd::EventKind::PathFailed)
+            .count()
     })
 }
 
@@ -356,7 +359,7 @@ async fn fault_trial(
         .target
         .set_fault(portal, Fault::None)
         .map_err(anyhow::Error::msg)?;
-    let found = first_event_after(stack, at, "path-failed").await;
+    let found = first_event_after(stack, at, mpathd::EventKind::PathFailed).await;
     stack
         .wait_for_paths(2, Duration::from_secs(30))
         .await
@@ -365,7 +368,7 @@ async fn fault_trial(
 }
 
 /// Milliseconds from `at` to the first timeline event of `kind` at or after it.
-async fn first_event_after(stack: &Stack, at: Instant, kind: &str) -> Option<f64> {
+async fn first_event_after(stack: &Stack, at: Instant, kind: mpathd::EventKind) -> Option<f64> {
     let evs = stack
         .control
         .handle(Request::ShowEvents {
@@ -374,7 +377,7 @@ async fn first_event_after(stack: &Stack, at: Instant, kind: &str) -> Option<f64
         })
         .await;
     crate::stack::ms_to_event(
-        evs.data["events"].as_array()?,
+        &evs.parse::<mpathd::reply::Events>().ok()?.events,
         stack.daemon_started,
         at,
         kind,
@@ -430,15 +433,19 @@ async fn plot_failover(stack: &Stack, client: &NbdClient, depth: usize, path: &s
         })
         .await;
     let mut event_marks = Vec::new();
-    for e in evs.data["events"].as_array().cloned().unwrap_or_default() {
-        let t = e["t_ms"].as_f64().unwrap_or(0.0) / 1e3 - daemon_offset;
-        let kind = e["kind"].as_str().unwrap_or("");
+    let evs = evs.parse::<mpathd::reply::Events>().unwrap_or_default();
+    for e in evs.events {
+        let t = e.t_ms as f64 / 1e3 - daemon_offset;
+        let kind = e.kind;
         if (0.0..=TOTAL_MS as f64 / 1e3).contains(&t)
-            && ["path-failed", "path-reinstated"].contains(&kind)
+            && matches!(
+                kind,
+                mpathd::EventKind::PathFailed | mpathd::EventKind::PathReinstated
+            )
         {
             event_marks.push((
                 t,
-                if kind == "path-failed" {
+                if kind == mpathd::EventKind::PathFailed {
                     "path failed"
                 } else {
                     "path reinstated"

@@ -31,10 +31,25 @@ pub async fn run(c: Command) -> Result<()> {
         Command::Login {
             portal,
             target,
+            chap_user,
+            chap_secret_file,
+            mutual_chap_user,
+            mutual_chap_secret_file,
             client,
         } => {
             let portal = portal_arg(&portal);
-            call(&client, Request::Login { portal, target }).await
+            let chap = chap_arg(chap_user, chap_secret_file.as_deref())?;
+            let mutual_chap = chap_arg(mutual_chap_user, mutual_chap_secret_file.as_deref())?;
+            call(
+                &client,
+                Request::Login {
+                    portal,
+                    target,
+                    chap,
+                    mutual_chap,
+                },
+            )
+            .await
         }
         Command::Logout {
             portal,
@@ -304,24 +319,49 @@ async fn daemon(d: DaemonCmd) -> Result<()> {
 /// The daemon in one line, for `systemctl status`: maps, paths by checker state, sessions,
 /// unreachable portals.
 async fn status_line(control: &mpathd::Control) -> String {
-    let s = control.status().await.data;
-    let n = |k: &str| s[k].as_u64().unwrap_or(0);
-    let mut line = format!("{} map(s), {} path(s)", n("maps"), n("paths"),);
-    if let Some(by) = s["paths_by_checker"].as_object().filter(|b| !b.is_empty()) {
-        let states: Vec<String> = by
+    let s = match control.status().await.parse::<mpathd::reply::Status>() {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
+    let mut line = format!("{} map(s), {} path(s)", s.maps, s.paths);
+    if !s.paths_by_checker.is_empty() {
+        let states: Vec<String> = s
+            .paths_by_checker
             .iter()
-            .map(|(k, v)| format!("{} {k}", v.as_u64().unwrap_or(0)))
+            .map(|(k, v)| format!("{v} {k}"))
             .collect();
         line.push_str(&format!(" ({})", states.join(", ")));
     }
-    line.push_str(&format!(
-        ", {}/{} session(s) up",
-        n("sessions_up"),
-        n("sessions")
-    ));
-    let unreachable = s["unreachable_portals"].as_array().map_or(0, |a| a.len());
+    line.push_str(&format!(", {}/{} session(s) up", s.sessions_up, s.sessions));
+    let unreachable = s.unreachable_portals.len();
     if unreachable > 0 {
         line.push_str(&format!(", {unreachable} portal(s) unreachable"));
     }
     line
+}
+
+/// CHAP credentials from a user name and a file holding the secret (its first line, `-`:
+/// standard input), so that the secret never shows in the process list.
+fn chap_arg(
+    user: Option<String>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<mpathd::control::ChapSecret>> {
+    let (Some(user), Some(file)) = (user, file) else {
+        return Ok(None);
+    };
+    let text = if file == std::path::Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_line(&mut s)
+            .context("reading the CHAP secret from standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(file)
+            .with_context(|| format!("reading the CHAP secret from {}", file.display()))?
+    };
+    let secret = text.lines().next().unwrap_or_default().to_string();
+    if secret.is_empty() {
+        anyhow::bail!("{}: no CHAP secret in it (its first line)", file.display());
+    }
+    Ok(Some(mpathd::control::ChapSecret { user, secret }))
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use iscsi_target::Fault;
 use mpathd::Request;
-use serde_json::{json, Value};
+use serde_json::json;
 use workload::nbd::NbdClient;
 use workload::verify::{Config as WorkloadConfig, Workload};
 
@@ -143,29 +143,31 @@ pub async fn run(d: DemoCmd) -> Result<()> {
 
     let topology = control.handle(Request::ShowTopology).await;
     let stats = control.handle(Request::ShowStats).await;
-    let map_stats = stats.data["maps"]
-        .as_array()
-        .and_then(|a| a.iter().find(|m| m["map"] == map))
-        .cloned()
+    let map_stats = stats
+        .parse::<mpathd::reply::Stats>()
+        .ok()
+        .and_then(|s| s.maps.into_iter().find(|m| m.map == map))
         .unwrap_or_default();
-    let requeues = map_stats["requeues"].as_u64().unwrap_or(0);
-    let in_doubt = map_stats["in_doubt_writes"].as_u64().unwrap_or(0);
-    let fenced = map_stats["fenced_writes"].as_u64().unwrap_or(0);
+    let (requeues, in_doubt, fenced) = (
+        map_stats.requeues,
+        map_stats.in_doubt_writes,
+        map_stats.fenced_writes,
+    );
     let events = control
         .handle(Request::ShowEvents {
             follow: false,
             last: None,
         })
         .await;
-    let evs: Vec<Value> = events.data["events"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let evs = events
+        .parse::<mpathd::reply::Events>()
+        .unwrap_or_default()
+        .events;
     // Milliseconds from the blackhole to the path's failure, and from the restore to its
     // reinstatement, from the daemon's own timeline.
-    let since = |at: Option<Instant>, kind: &str| ms_to_event(&evs, daemon_started, at?, kind);
-    let failed_after_ms = since(blackholed_at, "path-failed");
-    let reinstated_after_ms = since(restored_at, "path-reinstated");
+    let since = |at: Option<Instant>, kind| ms_to_event(&evs, daemon_started, at?, kind);
+    let failed_after_ms = since(blackholed_at, mpathd::EventKind::PathFailed);
+    let reinstated_after_ms = since(restored_at, mpathd::EventKind::PathReinstated);
 
     let before = report.iops_between(0, plan.blackhole_at as usize);
     let during = report.iops_between(plan.blackhole_at as usize, plan.restore_at as usize);

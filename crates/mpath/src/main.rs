@@ -101,6 +101,23 @@ enum Command {
         /// Only this target of the portal.
         #[arg(long, value_name = "IQN")]
         target: Option<String>,
+        /// CHAP user name for the portal's sessions (node.session.auth.username); the
+        /// secret comes from --chap-secret-file, never from the command line.
+        #[arg(long, value_name = "USER", requires = "chap_secret_file")]
+        chap_user: Option<String>,
+        /// File holding the CHAP secret (its first line; `-`: standard input).
+        #[arg(long, value_name = "FILE", requires = "chap_user")]
+        chap_secret_file: Option<std::path::PathBuf>,
+        /// Mutual CHAP: the user name the target answers with (needs --chap-user).
+        #[arg(
+            long,
+            value_name = "USER",
+            requires_all = ["mutual_chap_secret_file", "chap_user"]
+        )]
+        mutual_chap_user: Option<String>,
+        /// File holding the mutual CHAP secret (its first line; `-`: standard input).
+        #[arg(long, value_name = "FILE", requires = "mutual_chap_user")]
+        mutual_chap_secret_file: Option<std::path::PathBuf>,
         #[command(flatten)]
         client: ClientOpts,
     },

@@ -97,16 +97,10 @@ impl Stack {
     /// Active and total paths of the map, and its queued requests.
     pub async fn paths(&self) -> (u64, u64, u64) {
         let r = self.control.handle(Request::ShowMaps).await;
-        r.data["maps"]
-            .as_array()
-            .and_then(|a| a.iter().find(|m| m["name"] == self.map.as_str()))
-            .map(|m| {
-                (
-                    m["active_paths"].as_u64().unwrap_or(0),
-                    m["paths"].as_u64().unwrap_or(0),
-                    m["queued"].as_u64().unwrap_or(0),
-                )
-            })
+        r.parse::<mpathd::reply::Maps>()
+            .ok()
+            .and_then(|r| r.maps.into_iter().find(|m| m.name == self.map))
+            .map(|m| (m.active_paths as u64, m.paths as u64, m.queued as u64))
             .unwrap_or((0, 0, 0))
     }
 
@@ -125,16 +119,16 @@ impl Stack {
 /// Milliseconds from `at` to the first event of `kind` at or after it, in a timeline
 /// (`show events` data) that counts from `daemon_started`.
 pub fn ms_to_event(
-    events: &[serde_json::Value],
+    events: &[mpathd::TimelineEvent],
     daemon_started: Instant,
     at: Instant,
-    kind: &str,
+    kind: mpathd::EventKind,
 ) -> Option<f64> {
     let at_ms = at.duration_since(daemon_started).as_secs_f64() * 1e3;
     events
         .iter()
-        .filter(|e| e["kind"] == kind)
-        .filter_map(|e| e["t_ms"].as_f64())
+        .filter(|e| e.kind == kind)
+        .map(|e| e.t_ms as f64)
         // The timeline counts whole milliseconds.
         .find(|t| *t + 1.0 >= at_ms)
         .map(|t| (t - at_ms).max(0.0))

@@ -537,4 +537,35 @@ fn logout_and_login_of_a_portal() {
     // A host name that does not resolve: a usage error.
     let o = rig.run(&["login", "no-such-host.invalid"]);
     assert_eq!(o.status.code(), Some(2), "{o:?}");
+
+    // CHAP: a user needs a secret file (usage error); a secret file that cannot be read is
+    // named; the credentials reach the daemon (the target wants none: the login with them
+    // to a portal already up is taken, and `show config` shows the user, not the secret).
+    let o = rig.run(&["login", &portal, "--chap-user", "alice"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(stderr(&o).contains("--chap-secret-file"), "{}", stderr(&o));
+    let o = rig.run(&[
+        "login",
+        &portal,
+        "--chap-user",
+        "alice",
+        "--chap-secret-file",
+        "/nonexistent/secret",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(stderr(&o).contains("/nonexistent/secret"), "{}", stderr(&o));
+    let secret = rig.dir.join("secret");
+    std::fs::write(&secret, "a-12-byte-secret\n").unwrap();
+    let o = rig.run(&[
+        "login",
+        &portal,
+        "--chap-user",
+        "alice",
+        "--chap-secret-file",
+        secret.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    let o = rig.show(&["config"]);
+    assert!(stdout(&o).contains("user = \"alice\""), "{o:?}");
+    assert!(!stdout(&o).contains("a-12-byte-secret"), "{o:?}");
 }

@@ -17,6 +17,8 @@ use tracing::{info, warn};
 
 use crate::config::{self, selector_name, PortalConfig};
 use crate::daemon::Shared;
+use crate::reply;
+use crate::timeline::EventKind;
 
 /// A command to the daemon.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +84,13 @@ pub enum Request {
     Login {
         portal: String,
         target: Option<String>,
+        /// CHAP credentials for the portal's sessions (node.session.auth.*): they replace
+        /// the configured ones until a reconfigure re-reads the file.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        chap: Option<ChapSecret>,
+        /// Mutual CHAP (the target proves itself too); needs `chap`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mutual_chap: Option<ChapSecret>,
     },
     /// Log out of a portal (or of one target of it): its paths leave their maps.
     Logout {
@@ -132,20 +141,47 @@ pub struct Response {
 }
 
 impl Response {
-    fn ok(text: String, data: Value) -> Response {
+    /// A reply whose data is one of [`reply`]'s types.
+    fn ok(text: String, data: impl serde::Serialize) -> Response {
         Response {
             ok: true,
             text,
-            data,
+            data: serde_json::to_value(data).unwrap_or(Value::Null),
         }
     }
+
     fn err(msg: impl Into<String>) -> Response {
         let m = msg.into();
         Response {
             ok: false,
             text: m.clone(),
-            data: json!({ "error": m }),
+            data: json!(reply::Error { error: m }),
         }
+    }
+
+    /// The reply's data as the type the request answers with (`reply::Maps` for
+    /// `ShowMaps`...); a failed request's error text otherwise.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
+        if !self.ok {
+            return Err(self.text.trim_end().to_string());
+        }
+        serde_json::from_value(self.data.clone()).map_err(|e| format!("unexpected reply: {e}"))
+    }
+}
+
+/// A CHAP user and secret given with `login` (never shown: its `Debug` hides the secret).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChapSecret {
+    pub user: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for ChapSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChapSecret")
+            .field("user", &self.user)
+            .field("secret", &"<hidden>")
+            .finish()
     }
 }
 
@@ -182,93 +218,54 @@ pub(crate) struct PathSnap {
 }
 
 impl PathSnap {
-    /// The path's fields in the order `show path` prints them.
-    fn fields(&self) -> Vec<(&'static str, Value)> {
+    /// The path's record (`show path`).
+    fn record(&self) -> reply::PathRecord {
         let now = Instant::now();
         let v = self.view.as_ref();
         let s = self.session.stats();
         let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-        vec![
-            ("path", json!(self.name)),
-            ("portal", json!(self.portal)),
-            ("target", json!(self.target)),
-            ("lun", json!(self.lun)),
-            ("map", json!(self.map)),
-            ("dm_state", json!(self.dm)),
-            ("checker_state", json!(checker_word(self.checker))),
-            ("connection", json!(self.conn)),
-            ("tsih", json!(self.tsih)),
-            ("priority", json!(self.priority)),
-            ("group", json!(v.and_then(|v| v.group).map(|g| g + 1))),
-            ("in_flight", json!(self.in_flight)),
-            ("failures", json!(v.map(|v| v.failures))),
-            (
-                "last_failure",
-                json!(v.and_then(|v| v.last_failure.as_ref().map(|r| r.to_string()))),
-            ),
-            (
-                "operator_failed",
-                json!(v.is_some_and(|v| v.operator_failed)),
-            ),
-            (
-                "held_s",
-                json!(v
-                    .and_then(|v| v.reinstate_at)
-                    .map(|at| at.saturating_duration_since(now).as_secs_f64())),
-            ),
-            (
-                "state_since_s",
-                json!(v.map(|v| now.saturating_duration_since(v.since).as_secs_f64())),
-            ),
-            (
-                "last_check_s_ago",
-                json!(self
-                    .last_check
-                    .map(|t| now.saturating_duration_since(t).as_secs_f64())),
-            ),
-            (
-                "next_check_s",
-                json!(self.next_check.saturating_duration_since(now).as_secs_f64()),
-            ),
-            (
-                "latency_us",
-                json!(self.latency.map(|l| l.as_micros() as u64)),
-            ),
-            ("excluded", json!(self.excluded)),
-            ("wwid", json!(self.lu.wwid)),
-            ("serial", json!(self.lu.serial)),
-            ("vendor", json!(self.lu.vendor)),
-            ("product", json!(self.lu.product)),
-            ("revision", json!(self.lu.revision)),
-            (
-                "size",
-                json!(self.lu.blocks.saturating_mul(self.lu.block_size as u64)),
-            ),
-            ("block_size", json!(self.lu.block_size)),
-            ("target_port_group", json!(self.lu.target_port_group)),
-            ("relative_target_port", json!(self.lu.relative_target_port)),
-            (
-                "alua_state",
-                json!(self.lu.alua.map(|(a, _)| a.to_string())),
-            ),
-            (
-                "alua_preferred",
-                json!(self.lu.alua.is_some_and(|(_, p)| p)),
-            ),
-            ("session_logins", json!(n(&s.logins))),
-            ("session_failures", json!(n(&s.failures))),
-            ("session_commands", json!(n(&s.commands))),
-            ("session_srtt_us", json!(n(&s.srtt_us))),
-        ]
-    }
-
-    fn record(&self) -> Value {
-        Value::Object(
-            self.fields()
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
-        )
+        reply::PathRecord {
+            path: self.name.clone(),
+            portal: self.portal.clone(),
+            target: self.target.clone(),
+            lun: self.lun,
+            map: self.map.clone(),
+            dm_state: self.dm.into(),
+            checker_state: checker_word(self.checker).into(),
+            connection: self.conn.into(),
+            tsih: self.tsih,
+            priority: self.priority,
+            group: v.and_then(|v| v.group).map(|g| g + 1),
+            in_flight: self.in_flight,
+            failures: v.map(|v| v.failures),
+            last_failure: v.and_then(|v| v.last_failure.as_ref().map(|r| r.to_string())),
+            operator_failed: v.is_some_and(|v| v.operator_failed),
+            held_s: v
+                .and_then(|v| v.reinstate_at)
+                .map(|at| at.saturating_duration_since(now).as_secs_f64()),
+            state_since_s: v.map(|v| now.saturating_duration_since(v.since).as_secs_f64()),
+            last_check_s_ago: self
+                .last_check
+                .map(|t| now.saturating_duration_since(t).as_secs_f64()),
+            next_check_s: self.next_check.saturating_duration_since(now).as_secs_f64(),
+            latency_us: self.latency.map(|l| l.as_micros() as u64),
+            excluded: self.excluded.clone(),
+            wwid: self.lu.wwid.clone(),
+            serial: self.lu.serial.clone(),
+            vendor: self.lu.vendor.clone(),
+            product: self.lu.product.clone(),
+            revision: self.lu.revision.clone(),
+            size: self.lu.blocks.saturating_mul(self.lu.block_size as u64),
+            block_size: self.lu.block_size,
+            target_port_group: self.lu.target_port_group,
+            relative_target_port: self.lu.relative_target_port,
+            alua_state: self.lu.alua.map(|(a, _)| a.to_string()),
+            alua_preferred: self.lu.alua.is_some_and(|(_, p)| p),
+            session_logins: n(&s.logins),
+            session_failures: n(&s.failures),
+            session_commands: n(&s.commands),
+            session_srtt_us: n(&s.srtt_us),
+        }
     }
 }
 
@@ -537,7 +534,10 @@ impl Control {
                 let c = self.shared.cfg();
                 Response::ok(
                     config::render(&c),
-                    json!({ "text": config::render(&c), "config": config::render_json(&c) }),
+                    reply::Config {
+                        text: config::render(&c),
+                        config: config::render_json(&c),
+                    },
                 )
             }
             Request::ShowEvents { last, .. } => self.events(last),
@@ -545,10 +545,18 @@ impl Control {
             Request::ReinstatePath { path } => self.reinstate_path(&path).await,
             Request::SwitchGroup { map, group } => self.switch_group(&map, group).await,
             Request::Queueing { map, on } => self.queueing(&map, on).await,
-            Request::Login { portal, target } => self.login(&portal, target.as_deref()).await,
+            Request::Login {
+                portal,
+                target,
+                chap,
+                mutual_chap,
+            } => {
+                self.login(&portal, target.as_deref(), chap, mutual_chap)
+                    .await
+            }
             Request::Logout { portal, target } => self.logout(&portal, target.as_deref()).await,
             Request::Reconfigure => match self.shared.clone().reconfigure().await {
-                Ok(summary) => Response::ok(summary.clone(), json!({ "summary": summary })),
+                Ok(summary) => Response::ok(summary.clone(), reply::Reconfigured { summary }),
                 Err(e) => Response::err(e),
             },
             Request::Persist { map, op } => match self.shared.persist(&map, op).await {
@@ -558,7 +566,7 @@ impl Control {
             Request::Shutdown => {
                 info!("shutdown requested through the control socket");
                 let _ = self.shared.stop.send(true);
-                Response::ok("shutting down".into(), json!({}))
+                Response::ok("shutting down".into(), reply::Done {})
             }
         }
     }
@@ -683,33 +691,48 @@ impl Control {
                         note.push_str("  [failed by operator]");
                     }
                     let _ = writeln!(text, "{cont}{branch} {portal} {target} lun {lun} tsih {tsih}  {dm} {} {conn}{note}", checker_word(pv.state.checker));
-                    paths_json.push(json!({
-                        "path": name, "portal": portal, "target": target, "lun": lun, "tsih": tsih,
-                        "dm_state": dm, "checker_state": checker_word(pv.state.checker), "connection": conn,
-                        "priority": pv.info.effective_priority(),
-                        "last_failure": pv.last_failure.as_ref().map(|r| r.to_string()),
-                        "operator_failed": pv.operator_failed,
-                    }));
+                    paths_json.push(reply::TopologyPath {
+                        path: name,
+                        portal,
+                        target,
+                        lun,
+                        tsih,
+                        dm_state: dm.into(),
+                        checker_state: checker_word(pv.state.checker).into(),
+                        connection: conn.into(),
+                        priority: pv.info.effective_priority(),
+                        last_failure: pv.last_failure.as_ref().map(|r| r.to_string()),
+                        operator_failed: pv.operator_failed,
+                    });
                 }
-                groups_json.push(json!({
-                    "group": gi + 1, "priority": g.priority,
-                    "status": format!("{}", g.status).to_lowercase(), "paths": paths_json,
-                }));
+                groups_json.push(reply::TopologyGroup {
+                    group: gi + 1,
+                    priority: g.priority,
+                    status: format!("{}", g.status).to_lowercase(),
+                    paths: paths_json,
+                });
             }
             if status.view.groups.is_empty() {
                 let _ = writeln!(text, "`-+- (no usable group)");
             }
-            data.push(json!({
-                "name": name, "wwid": wwid, "vendor": vendor, "product": product, "size": size,
-                "queue_if_no_path": queue, "hwhandler": if alua { "alua" } else { "" },
-                "selector": selector_name(&policy.selector), "queued": status.queued,
-                "groups": groups_json, "pending_policy": pending,
-            }));
+            data.push(reply::TopologyMap {
+                name,
+                wwid,
+                vendor,
+                product,
+                size,
+                queue_if_no_path: queue,
+                hwhandler: if alua { "alua" } else { "" }.into(),
+                selector: selector_name(&policy.selector),
+                queued: status.queued,
+                groups: groups_json,
+                pending_policy: pending,
+            });
         }
         if text.is_empty() {
             text = "no maps\n".into();
         }
-        Response::ok(text, json!({ "maps": data }))
+        Response::ok(text, reply::Topology { maps: data })
     }
 
     /// multipathd's `show paths` columns.
@@ -772,15 +795,21 @@ impl Control {
                 map,
                 note
             );
-            data.push(json!({
-                "path": p.name, "target": p.target, "priority": p.priority, "dm_state": p.dm,
-                "checker_state": checker_word(p.checker), "connection": p.conn,
-                "next_check_s": p.next_check.saturating_duration_since(now).as_secs_f64(),
-                "map": map, "note": note, "last_failure": failure,
-                "latency_us": p.latency.map(|l| l.as_micros() as u64),
-            }));
+            data.push(reply::PathRow {
+                path: p.name,
+                target: p.target,
+                priority: p.priority,
+                dm_state: p.dm.into(),
+                checker_state: checker_word(p.checker).into(),
+                connection: p.conn.into(),
+                next_check_s: p.next_check.saturating_duration_since(now).as_secs_f64(),
+                map,
+                note,
+                last_failure: failure,
+                latency_us: p.latency.map(|l| l.as_micros() as u64),
+            });
         }
-        Response::ok(text, json!({ "paths": data }))
+        Response::ok(text, reply::Paths { paths: data })
     }
 
     pub async fn maps(&self) -> Response {
@@ -846,9 +875,19 @@ impl Control {
                 state,
                 device
             );
-            data.push(json!({ "name": name, "wwid": wwid, "size": size, "block_size": block_size, "active_paths": active, "paths": total, "queued": queued, "state": state, "device": device }));
+            data.push(reply::MapRow {
+                name,
+                wwid,
+                size,
+                block_size,
+                active_paths: active,
+                paths: total,
+                queued,
+                state,
+                device,
+            });
         }
-        Response::ok(text, json!({ "maps": data }))
+        Response::ok(text, reply::Maps { maps: data })
     }
 
     /// Counts, paths by checker state (the state in force, as `show paths` gives it),
@@ -897,17 +936,35 @@ impl Control {
                 iscsi_initiator::SessionState::Closed => "closed".to_string(),
             };
             let _ = writeln!(text, "session {portal} {target} down: {why}");
-            down.push(json!({"portal": portal.to_string(), "target": target, "state": why}));
+            down.push(reply::SessionDown {
+                portal: portal.to_string(),
+                target: target.clone(),
+                state: why,
+            });
         }
         Response::ok(
             text,
-            json!({
-                "uptime_s": uptime.as_secs(), "maps": st.maps.len(), "paths": st.paths.len(),
-                "sessions": st.sessions.len(), "sessions_up": sessions_up, "paths_by_checker": by_state,
-                "paths_by_dm_state": by_dm,
-                "unreachable_portals": st.portal_errors.iter().map(|(p, e)| json!({"portal": p.to_string(), "error": e})).collect::<Vec<_>>(),
-                "sessions_down": down,
-            }),
+            reply::Status {
+                uptime_s: uptime.as_secs(),
+                maps: st.maps.len(),
+                paths: st.paths.len(),
+                sessions: st.sessions.len(),
+                sessions_up,
+                paths_by_checker: by_state
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+                paths_by_dm_state: by_dm.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                unreachable_portals: st
+                    .portal_errors
+                    .iter()
+                    .map(|(p, e)| reply::PortalError {
+                        portal: p.to_string(),
+                        error: e.clone(),
+                    })
+                    .collect(),
+                sessions_down: down,
+            },
         )
     }
 
@@ -938,8 +995,13 @@ impl Control {
         };
         let lat_json = |h: &mpath_engine::Histogram| {
             let us = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64() * 1e6);
-            json!({ "count": h.count(), "sum_seconds": h.sum().as_secs_f64(), "mean_us": us(h.mean()),
-                    "p50_us": us(h.quantile(0.5)), "p99_us": us(h.quantile(0.99)) })
+            reply::Latency {
+                count: h.count(),
+                sum_seconds: h.sum().as_secs_f64(),
+                mean_us: us(h.mean()),
+                p50_us: us(h.quantile(0.5)),
+                p99_us: us(h.quantile(0.99)),
+            }
         };
         let mut text = String::new();
         let mut data = Vec::new();
@@ -951,7 +1013,7 @@ impl Control {
                 c.map.ios, c.map.bytes, c.map.errors, c.map.requeues, lat(&c.map.latency),
                 c.no_path_time.as_secs_f64(), c.in_doubt_writes, c.fenced_writes
             );
-            let mut by_op = serde_json::Map::new();
+            let mut by_op = std::collections::BTreeMap::new();
             for op in mpath_engine::IoOp::ALL {
                 let h = c.map.op(op);
                 if h.count() > 0 {
@@ -976,14 +1038,29 @@ impl Control {
                     s.busy,
                     lat(&s.latency)
                 );
-                pj.push(json!({ "path": pn, "ios": s.ios, "bytes": s.bytes, "errors": s.errors, "requeues": s.requeues, "busy": s.busy,
-                                "latency": lat_json(&s.latency) }));
+                pj.push(reply::PathStats {
+                    path: pn,
+                    ios: s.ios,
+                    bytes: s.bytes,
+                    errors: s.errors,
+                    requeues: s.requeues,
+                    busy: s.busy,
+                    latency: lat_json(&s.latency),
+                });
             }
-            data.push(json!({
-                "map": name, "ios": c.map.ios, "bytes": c.map.bytes, "errors": c.map.errors, "requeues": c.map.requeues,
-                "no_path_seconds": c.no_path_time.as_secs_f64(), "in_doubt_writes": c.in_doubt_writes, "fenced_writes": c.fenced_writes,
-                "latency": lat_json(&c.map.latency), "latency_by_op": by_op, "paths": pj,
-            }));
+            data.push(reply::MapStats {
+                map: name,
+                ios: c.map.ios,
+                bytes: c.map.bytes,
+                errors: c.map.errors,
+                requeues: c.map.requeues,
+                no_path_seconds: c.no_path_time.as_secs_f64(),
+                in_doubt_writes: c.in_doubt_writes,
+                fenced_writes: c.fenced_writes,
+                latency: lat_json(&c.map.latency),
+                latency_by_op: by_op,
+                paths: pj,
+            });
         }
         let bounds: Vec<String> = mpath_engine::LATENCY_BOUNDS_NS
             .iter()
@@ -1000,31 +1077,23 @@ impl Control {
         }
         Response::ok(
             text,
-            json!({ "maps": data, "latency_resolution": resolution }),
+            reply::Stats {
+                maps: data,
+                latency_resolution: resolution,
+            },
         )
     }
 
     /// The last `last` events of the timeline (all of them with `None`).
-    pub fn backlog(&self, last: Option<usize>) -> Vec<crate::daemon::TimelineEvent> {
-        let t = self
-            .shared
-            .timeline
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let n = last.unwrap_or(t.len()).min(t.len());
-        t.iter().skip(t.len() - n).cloned().collect()
+    pub fn backlog(&self, last: Option<usize>) -> Vec<crate::timeline::TimelineEvent> {
+        self.shared.timeline.last(last)
     }
 
     /// An event of the control connection's own (not in the timeline), stamped now.
-    fn notice(&self, kind: &str, detail: String) -> crate::daemon::TimelineEvent {
-        crate::daemon::TimelineEvent {
-            t_ms: self.shared.epoch.elapsed().as_millis() as u64,
-            time: crate::daemon::rfc3339(std::time::SystemTime::now()),
-            map: None,
-            path: None,
-            kind: kind.into(),
-            detail,
-        }
+    fn notice(&self, kind: EventKind, detail: String) -> crate::timeline::TimelineEvent {
+        self.shared
+            .timeline
+            .event(std::time::Instant::now(), None, None, kind, detail)
     }
 
     pub fn events(&self, last: Option<usize>) -> Response {
@@ -1033,7 +1102,7 @@ impl Control {
         for e in &evs {
             let _ = writeln!(text, "{}", format_event(e));
         }
-        Response::ok(text, json!({ "events": evs }))
+        Response::ok(text, reply::Events { events: evs })
     }
 
     /// Every path as the views show it, with the engine's view of the maps they are in
@@ -1150,7 +1219,7 @@ impl Control {
         let rows: Vec<Value> = snap
             .iter()
             .map(|p| {
-                let mut r = p.record();
+                let mut r = json!(p.record());
                 let checker = cfg
                     .resolve(p.lu.wwid.as_deref(), &p.lu.vendor, &p.lu.product)
                     .checker;
@@ -1264,9 +1333,10 @@ impl Control {
         };
         // The last failure of each portal's sessions, from the timeline.
         let failures: std::collections::BTreeMap<String, (String, String)> = self
-            .backlog(None)
+            .shared
+            .timeline
+            .filtered(|e| matches!(e.kind, EventKind::SessionFailed | EventKind::SessionGaveUp))
             .into_iter()
-            .filter(|e| e.kind == "session-failed" || e.kind == "session-gave-up")
             .filter_map(|e| Some((e.path?, (e.time, e.detail))))
             .collect();
         let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
@@ -1292,27 +1362,36 @@ impl Control {
             });
             let stats = s.stats();
             let last_failure = failures.get(&portal.to_string());
-            let paths: Vec<Value> = snap
+            let paths: Vec<reply::SessionPath> = snap
                 .iter()
                 .filter(|p| p.portal == portal.to_string() && p.target == target)
-                .map(|p| {
-                    json!({ "path": p.name, "lun": p.lun, "map": p.map, "dm_state": p.dm,
-                            "checker_state": checker_word(p.checker) })
+                .map(|p| reply::SessionPath {
+                    path: p.name.clone(),
+                    lun: p.lun,
+                    map: p.map.clone(),
+                    dm_state: p.dm.into(),
+                    checker_state: checker_word(p.checker).into(),
                 })
                 .collect();
             let negotiated = neg.as_ref().map(|n| {
                 let (c, s) = (&n.connection, &n.session);
-                json!({
-                    "header_digest": digest(c.header_digest), "data_digest": digest(c.data_digest),
-                    "max_recv_data_segment_length": c.max_recv_data_segment_length,
-                    "max_xmit_data_segment_length": c.max_send_data_segment_length,
-                    "first_burst_length": s.first_burst_length, "max_burst_length": s.max_burst_length,
-                    "immediate_data": s.immediate_data, "initial_r2t": s.initial_r2t,
-                    "max_outstanding_r2t": s.max_outstanding_r2t, "max_connections": s.max_connections,
-                    "default_time2wait": s.default_time2wait, "default_time2retain": s.default_time2retain,
-                    "data_pdu_in_order": s.data_pdu_in_order, "data_sequence_in_order": s.data_sequence_in_order,
-                    "error_recovery_level": s.error_recovery_level,
-                })
+                reply::Negotiated {
+                    header_digest: digest(c.header_digest).into(),
+                    data_digest: digest(c.data_digest).into(),
+                    max_recv_data_segment_length: c.max_recv_data_segment_length,
+                    max_xmit_data_segment_length: c.max_send_data_segment_length,
+                    first_burst_length: s.first_burst_length,
+                    max_burst_length: s.max_burst_length,
+                    immediate_data: s.immediate_data,
+                    initial_r2t: s.initial_r2t,
+                    max_outstanding_r2t: s.max_outstanding_r2t,
+                    max_connections: s.max_connections,
+                    default_time2wait: s.default_time2wait,
+                    default_time2retain: s.default_time2retain,
+                    data_pdu_in_order: s.data_pdu_in_order,
+                    data_sequence_in_order: s.data_sequence_in_order,
+                    error_recovery_level: s.error_recovery_level,
+                }
             });
             let _ = writeln!(
                 text,
@@ -1396,39 +1475,60 @@ impl Control {
                     let _ = writeln!(
                         text,
                         "\tLUN {}: path {}, map {}, {} {}",
-                        p["lun"],
-                        p["path"].as_str().unwrap_or_default(),
-                        p["map"].as_str().unwrap_or("-"),
-                        p["dm_state"].as_str().unwrap_or_default(),
-                        p["checker_state"].as_str().unwrap_or_default()
+                        p.lun,
+                        p.path,
+                        p.map.as_deref().unwrap_or("-"),
+                        p.dm_state,
+                        p.checker_state
                     );
                 }
             }
-            data.push(json!({
-                "portal": portal.to_string(), "target": target, "tpgt": tpgt, "isid": isid,
-                "tsih": tsih, "state": conn_word(&state), "state_reason": why,
-                "initiator": initiator, "logins": n(&stats.logins),
-                "connection_failures": n(&stats.failures),
-                "last_failure": last_failure.map(|(t, d)| json!({ "time": t, "reason": d })),
-                "commands": n(&stats.commands), "bytes_in": n(&stats.bytes_in),
-                "bytes_out": n(&stats.bytes_out), "srtt_us": n(&stats.srtt_us),
-                "negotiated": negotiated, "paths": paths,
-            }));
+            data.push(reply::SessionRow {
+                portal: portal.to_string(),
+                target,
+                tpgt,
+                isid,
+                tsih,
+                state: conn_word(&state).into(),
+                state_reason: why,
+                initiator: initiator.clone(),
+                logins: n(&stats.logins),
+                connection_failures: n(&stats.failures),
+                last_failure: last_failure.map(|(t, d)| reply::Failure {
+                    time: t.clone(),
+                    reason: d.clone(),
+                }),
+                commands: n(&stats.commands),
+                bytes_in: n(&stats.bytes_in),
+                bytes_out: n(&stats.bytes_out),
+                srtt_us: n(&stats.srtt_us),
+                negotiated,
+                paths,
+            });
         }
         if text.is_empty() {
             text = "no sessions\n".into();
         }
-        Response::ok(text, json!({ "sessions": data }))
+        Response::ok(text, reply::Sessions { sessions: data })
     }
 
     /// `login PORTAL [--target IQN]` (iscsiadm -m node -l): log in to every target the
     /// portal offers, or to one more of them, until the daemon stops or a reconfigure
     /// re-reads the file. Answers once a session through the portal is up.
-    async fn login(&self, portal: &str, target: Option<&str>) -> Response {
+    async fn login(
+        &self,
+        portal: &str,
+        target: Option<&str>,
+        chap: Option<ChapSecret>,
+        mutual_chap: Option<ChapSecret>,
+    ) -> Response {
         let addr = match parse_portal(portal) {
             Ok(a) => a,
             Err(e) => return Response::err(e),
         };
+        if mutual_chap.is_some() && chap.is_none() {
+            return Response::err("mutual CHAP needs CHAP as well (--chap-user)");
+        }
         let (p, added) = {
             let mut cfg = self.shared.cfg.lock().unwrap_or_else(|e| e.into_inner());
             let i = cfg.portals.iter().position(|p| p.address == addr);
@@ -1445,12 +1545,36 @@ impl Control {
                 }
                 Some(_) => {}
             }
+            if let Some(c) = chap {
+                p.chap = Some((c.user, c.secret));
+                p.mutual_chap = mutual_chap.map(|m| (m.user, m.secret));
+            }
             match i {
                 Some(i) => cfg.portals[i] = p.clone(),
                 None => cfg.portals.push(p.clone()),
             }
             (p, i.is_none())
         };
+        if p.chap.is_some() {
+            // Sessions that gave up (a refused login: the wrong secret, say) are replaced
+            // by sessions with the credentials given; sessions up keep theirs.
+            let gave_up: Vec<String> = self
+                .shared
+                .state()
+                .sessions
+                .iter()
+                .filter(|((a, t), s)| {
+                    *a == addr
+                        && target.is_none_or(|x| x == t)
+                        && matches!(s.state(), SessionState::GaveUp(_))
+                })
+                .map(|((_, t), _)| t.clone())
+                .collect();
+            for t in gave_up {
+                self.logout_sessions(addr, Some(&t), "new CHAP credentials")
+                    .await;
+            }
+        }
         self.shared.start_portals(std::slice::from_ref(&p));
         let what = match target {
             Some(t) => format!("{t} through {addr}"),
@@ -1476,6 +1600,18 @@ impl Control {
                     ours.iter().find(|s| matches!(s, SessionState::GaveUp(_)))
                 {
                     break Some(format!("login to {what} failed: {r}"));
+                }
+                // A refused login (authentication, authorization, no such target) is said
+                // at once, as iscsiadm does, not after the wait.
+                if let Some(SessionState::Recovering { reason, .. }) = ours.iter().find(|s| {
+                    matches!(s, SessionState::Recovering { reason, .. }
+                        if reason.kind == block::PathFailKind::LoginFailed)
+                }) {
+                    break Some(if reason.detail.contains(&addr.to_string()) {
+                        reason.detail.clone()
+                    } else {
+                        format!("login to {what} failed: {}", reason.detail)
+                    });
                 }
             }
             if Instant::now() >= deadline {
@@ -1510,12 +1646,15 @@ impl Control {
         self.shared.record(
             None,
             Some(&addr.to_string()),
-            "operator",
+            EventKind::Operator,
             format!("login {what}"),
         );
         Response::ok(
             format!("ok: logged in to {addr}: {}\n", sessions.join(", ")),
-            json!({ "portal": addr.to_string(), "targets": sessions }),
+            reply::Login {
+                portal: addr.to_string(),
+                targets: sessions,
+            },
         )
     }
 
@@ -1586,12 +1725,17 @@ impl Control {
         self.shared.record(
             None,
             Some(&addr.to_string()),
-            "operator",
+            EventKind::Operator,
             format!("logout {what}"),
         );
         Response::ok(
             format!("ok: logged out of {what}: {sessions} session(s), {paths} path(s) left their maps\n"),
-            json!({ "portal": addr.to_string(), "target": target, "sessions": sessions, "paths": paths }),
+            reply::Logout {
+                portal: addr.to_string(),
+                target: target.map(str::to_string),
+                sessions,
+                paths,
+            },
         )
     }
 
@@ -1641,50 +1785,38 @@ impl Control {
             self.maps_of(Some(&name)).await,
             self.topology_of(Some(&name)).await,
         );
-        let (Some(row), Some(topo)) = (
-            row.data["maps"].get(0).cloned(),
-            topo_resp.data["maps"].get(0).cloned(),
-        ) else {
+        let row = row
+            .parse::<reply::Maps>()
+            .ok()
+            .and_then(|r| r.maps.into_iter().next());
+        let topo = topo_resp
+            .parse::<reply::Topology>()
+            .ok()
+            .and_then(|r| r.maps.into_iter().next());
+        let (Some(row), Some(topo)) = (row, topo) else {
             return Response::err(format!("map {name:?} is gone"));
         };
         let policy = match self.map(&name) {
             Ok(d) => d.status().await.ok().map(|s| s.config),
             Err(e) => return Response::err(e),
         };
-        let mut data = topo.clone();
-        for k in ["block_size", "active_paths", "paths", "state", "device"] {
-            data[k] = row[k].clone();
-        }
-        if let Some(p) = &policy {
-            data["grouping"] = json!(config::grouping_name(p.grouping));
-            data["failback"] = json!(unquote(config::failback_name(&p.failback)));
-            data["no_path_retry"] = json!(unquote(config::no_path_name(&p.no_path)));
-        }
         let mut text = String::new();
         let _ = writeln!(text, "name: {name}");
-        let _ = writeln!(text, "wwid: {}", data["wwid"].as_str().unwrap_or_default());
-        let _ = writeln!(
-            text,
-            "vendor/product: {},{}",
-            data["vendor"].as_str().unwrap_or_default(),
-            data["product"].as_str().unwrap_or_default()
-        );
+        let _ = writeln!(text, "wwid: {}", topo.wwid);
+        let _ = writeln!(text, "vendor/product: {},{}", topo.vendor, topo.product);
         let _ = writeln!(
             text,
             "size: {} ({} bytes, {}-byte blocks)",
-            human_size(data["size"].as_u64().unwrap_or(0)),
-            data["size"],
-            data["block_size"]
+            human_size(topo.size),
+            topo.size,
+            row.block_size
         );
         let _ = writeln!(
             text,
             "state: {} ({}/{} paths active, {} queued)",
-            row["state"].as_str().unwrap_or_default(),
-            row["active_paths"],
-            row["paths"],
-            row["queued"]
+            row.state, row.active_paths, row.paths, row.queued
         );
-        let _ = writeln!(text, "device: {}", row["device"].as_str().unwrap_or("-"));
+        let _ = writeln!(text, "device: {}", row.device);
         if let Some(p) = &policy {
             let _ = writeln!(
                 text,
@@ -1699,6 +1831,23 @@ impl Control {
         for l in topo_resp.text.lines() {
             let _ = writeln!(text, "  {l}");
         }
+        let data = reply::MapRecord {
+            topology: topo,
+            block_size: row.block_size,
+            active_paths: row.active_paths,
+            paths: row.paths,
+            state: row.state,
+            device: row.device,
+            grouping: policy
+                .as_ref()
+                .map(|p| config::grouping_name(p.grouping).to_string()),
+            failback: policy
+                .as_ref()
+                .map(|p| unquote(config::failback_name(&p.failback))),
+            no_path_retry: policy
+                .as_ref()
+                .map(|p| unquote(config::no_path_name(&p.no_path))),
+        };
         Response::ok(text, data)
     }
 
@@ -1712,7 +1861,12 @@ impl Control {
             return Response::err(format!("path {name:?} is gone"));
         };
         let mut text = String::new();
-        for (k, v) in p.fields() {
+        let record = p.record();
+        let fields = match json!(record) {
+            Value::Object(o) => o,
+            _ => Default::default(),
+        };
+        for (k, v) in fields {
             let v = match v {
                 Value::Null => "-".to_string(),
                 Value::String(s) => s,
@@ -1720,7 +1874,7 @@ impl Control {
             };
             let _ = writeln!(text, "{k}: {v}");
         }
-        Response::ok(text, p.record())
+        Response::ok(text, record)
     }
 
     /// Find a path by its name, or by a unique prefix (a portal, say).
@@ -1765,10 +1919,13 @@ impl Control {
                 self.shared.record(
                     Some(dev.name()),
                     Some(&name),
-                    "operator",
+                    EventKind::Operator,
                     "fail path".into(),
                 );
-                Response::ok(format!("ok: {name} failed\n"), json!({ "path": name }))
+                Response::ok(
+                    format!("ok: {name} failed\n"),
+                    reply::PathDone { path: name },
+                )
             }
             Err(e) => Response::err(format!("{name}: {e}")),
         }
@@ -1784,7 +1941,7 @@ impl Control {
                 self.shared.record(
                     Some(dev.name()),
                     Some(&name),
-                    "operator",
+                    EventKind::Operator,
                     "reinstate path".into(),
                 );
                 let text = match r {
@@ -1796,7 +1953,7 @@ impl Control {
                         human_duration(until.saturating_duration_since(std::time::Instant::now()))
                     ),
                 };
-                Response::ok(text, json!({ "path": name }))
+                Response::ok(text, reply::PathDone { path: name })
             }
             Err(e) => Response::err(format!("{name}: {e}")),
         }
@@ -1822,9 +1979,16 @@ impl Control {
         }
         match dev.switch_group(group - 1).await {
             Ok(()) => {
-                self.shared
-                    .record(Some(map), None, "operator", format!("switchgroup {group}"));
-                Response::ok(format!("ok: {map} switched to group {group}\n"), json!({}))
+                self.shared.record(
+                    Some(map),
+                    None,
+                    EventKind::Operator,
+                    format!("switchgroup {group}"),
+                );
+                Response::ok(
+                    format!("ok: {map} switched to group {group}\n"),
+                    reply::Done {},
+                )
             }
             // The policy counts groups from 0; operators, as `show topology`, from 1.
             Err(mpath_engine::MessageError::Policy(
@@ -1851,8 +2015,9 @@ impl Control {
                 } else {
                     "disablequeueing"
                 };
-                self.shared.record(Some(map), None, "operator", what.into());
-                Response::ok(format!("ok: {map} {what}\n"), json!({}))
+                self.shared
+                    .record(Some(map), None, EventKind::Operator, what.into());
+                Response::ok(format!("ok: {map} {what}\n"), reply::Done {})
             }
             Err(e) => Response::err(format!("{map}: {e}")),
         }
@@ -1860,7 +2025,7 @@ impl Control {
 }
 
 /// One timeline line: `+12.345s  mpatha  127.0.0.2:3260/1  path-failed  stalled ...`.
-pub fn format_event(e: &crate::daemon::TimelineEvent) -> String {
+pub fn format_event(e: &crate::timeline::TimelineEvent) -> String {
     format!(
         "{:>10}  {:<8} {:<24} {:<22} {}",
         format!("+{:.3}s", e.t_ms as f64 / 1000.0),
@@ -1872,7 +2037,7 @@ pub fn format_event(e: &crate::daemon::TimelineEvent) -> String {
 }
 
 /// One event of `show events --follow`: its line, and the event as data.
-pub fn event_response(e: &crate::daemon::TimelineEvent) -> Response {
+pub fn event_response(e: &crate::timeline::TimelineEvent) -> Response {
     Response::ok(
         format!("{}\n", format_event(e)),
         serde_json::to_value(e).unwrap_or(Value::Null),
@@ -1931,7 +2096,7 @@ async fn serve_one(stream: UnixStream, control: Control) -> std::io::Result<()> 
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         // Said as an event too, so that every line has the same shape.
                         let e = control.notice(
-                            "events-skipped",
+                            EventKind::EventsSkipped,
                             format!("{n} events skipped: too slow a reader"),
                         );
                         write_resp(&mut w, &event_response(&e)).await?;
@@ -2022,6 +2187,17 @@ mod tests {
             Request::Login {
                 portal: "127.0.0.1".into(),
                 target: None,
+                chap: None,
+                mutual_chap: None,
+            },
+            Request::Login {
+                portal: "127.0.0.1".into(),
+                target: None,
+                chap: Some(ChapSecret {
+                    user: "u".into(),
+                    secret: "s".into(),
+                }),
+                mutual_chap: None,
             },
             Request::Logout {
                 portal: "127.0.0.1:3260".into(),

@@ -5,11 +5,11 @@
 //! owner task. Tasks take what they need (path handles are cheap clones), release the lock,
 //! do the I/O, and take the lock again to record results.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use block::{DeviceInfo, LuChange, PathEvent};
 use export::Exports;
@@ -25,22 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::bindings::Bindings;
 use crate::config::{DaemonConfig, PortalConfig, PrioritizerKind};
-
-/// One entry of the event timeline (`mpath show events`).
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct TimelineEvent {
-    /// Milliseconds since the daemon started.
-    pub t_ms: u64,
-    /// Wall-clock time, RFC 3339.
-    pub time: String,
-    /// The map, if the event belongs to one.
-    pub map: Option<String>,
-    /// The path, if the event concerns one (its name).
-    pub path: Option<String>,
-    /// Short kind: `path-failed`, `group-switched`, `session-recovered`...
-    pub kind: String,
-    pub detail: String,
-}
+use crate::timeline::{EventKind as EvKind, TimelineEvent};
 
 /// Why a path behind an ALUA standby or unavailable port is not in a map yet.
 pub(crate) const WAITING: &str =
@@ -53,10 +38,6 @@ pub(crate) fn lu_wwid(lu: &LuInfo) -> Option<String> {
         .or_else(|| lu.serial.as_ref().map(|s| format!("serial:{s}")))
 }
 
-/// How many events `show events` can replay.
-const TIMELINE_LEN: usize = 10_000;
-
-/// A path: one LUN through one session.
 /// Rescans of one session asked for by UNIT ATTENTIONs (capacity, LUN inventory): one
 /// runs at a time, and a request that comes while one runs makes it run once more, so
 /// that the last change is always read.
@@ -161,10 +142,9 @@ pub(crate) struct Shared {
     pub cfg: Mutex<DaemonConfig>,
     pub state: Mutex<State>,
     pub exports: Exports<MultipathDevice>,
-    pub timeline: Mutex<VecDeque<TimelineEvent>>,
+    pub timeline: crate::timeline::Timeline,
     pub events: broadcast::Sender<TimelineEvent>,
     pub epoch: Instant,
-    pub started: SystemTime,
     pub stop: tokio::sync::watch::Sender<bool>,
     /// The file `reconfigure` re-reads.
     pub config_path: Option<std::path::PathBuf>,
@@ -174,9 +154,6 @@ pub(crate) struct Shared {
     /// not both create a map for one WWID). Held across map start-up and `add_path`, which
     /// talk to the map's owner task only — never across path I/O.
     pub membership: tokio::sync::Mutex<()>,
-    /// Cumulative counts of some timeline kinds (`path-failed`, `group-switched`) by
-    /// (map, path or "", kind), for metrics: the timeline itself is bounded.
-    pub counts: Mutex<BTreeMap<(String, String, String), u64>>,
     /// Serialises reconfigures.
     pub reconfiguring: tokio::sync::Mutex<()>,
     /// The maps' ublk block devices (`[exports] ublk`).
@@ -192,88 +169,27 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn counts(&self) -> BTreeMap<(String, String, String), u64> {
-        self.counts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
     pub fn cfg(&self) -> DaemonConfig {
         self.cfg.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    pub fn record(&self, map: Option<&str>, path: Option<&str>, kind: &str, detail: String) {
+    pub fn record(&self, map: Option<&str>, path: Option<&str>, kind: EvKind, detail: String) {
         self.record_at(Instant::now(), map, path, kind, detail);
     }
 
+    /// Put an event that happened `at` in the timeline and send it to followers.
     pub fn record_at(
         &self,
         at: Instant,
         map: Option<&str>,
         path: Option<&str>,
-        kind: &str,
+        kind: EvKind,
         detail: String,
     ) {
-        if matches!(kind, "path-failed" | "group-switched") {
-            let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-            let m = map.unwrap_or_default().to_string();
-            *c.entry((m.clone(), String::new(), kind.to_string()))
-                .or_insert(0) += 1;
-            if let Some(p) = path {
-                *c.entry((m, p.to_string(), kind.to_string())).or_insert(0) += 1;
-            }
-        }
-        let since = at.saturating_duration_since(self.epoch);
-        let wall = self.started + since;
-        let ev = TimelineEvent {
-            t_ms: since.as_millis() as u64,
-            time: rfc3339(wall),
-            map: map.map(str::to_string),
-            path: path.map(str::to_string),
-            kind: kind.to_string(),
-            detail,
-        };
-        {
-            let mut t = self.timeline.lock().unwrap_or_else(|e| e.into_inner());
-            if t.len() == TIMELINE_LEN {
-                t.pop_front();
-            }
-            // In time order: a map's events arrive through their own task, stamped when
-            // they happened, possibly after later daemon events.
-            let at = t
-                .iter()
-                .rposition(|e| e.t_ms <= ev.t_ms)
-                .map_or(0, |i| i + 1);
-            t.insert(at, ev.clone());
-        }
+        let ev = self.timeline.event(at, map, path, kind, detail);
+        self.timeline.push(ev.clone());
         let _ = self.events.send(ev);
     }
-}
-
-/// `2026-11-25T11:52:28.123Z`, without a date crate.
-pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = if month <= 2 { y + 1 } else { y };
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
 }
 
 /// The name operators use for a path: `PORTAL/LUN` (portals are unique per target here).
@@ -342,7 +258,7 @@ impl Shared {
                     self.record(
                         None,
                         None,
-                        "portal-discovered",
+                        EvKind::PortalDiscovered,
                         format!("{}: {} target portal(s)", p.address, n),
                     );
                     return;
@@ -356,7 +272,7 @@ impl Shared {
                         .is_none();
                     if first {
                         warn!(portal = %p.address, "discovery failed, retrying: {msg}");
-                        self.record(None, None, "portal-unreachable", msg);
+                        self.record(None, None, EvKind::PortalUnreachable, msg);
                     }
                 }
             }
@@ -407,14 +323,14 @@ impl Shared {
         session.subscribe(Box::new(move |ev| {
             if let Some(me) = me.upgrade() {
                 let (kind, detail) = match &ev {
-                    PathEvent::Connected => ("session-up", format!("{tgt} logged in")),
-                    PathEvent::Failed { reason } => ("session-failed", reason.to_string()),
+                    PathEvent::Connected => (EvKind::SessionUp, format!("{tgt} logged in")),
+                    PathEvent::Failed { reason } => (EvKind::SessionFailed, reason.to_string()),
                     PathEvent::Recovering {
                         attempt,
                         next_try_in,
                         last_failure,
                     } => (
-                        "session-recovering",
+                        EvKind::SessionRecovering,
                         match last_failure {
                             Some(why) => format!(
                                 "attempt {attempt}, in {} ms; last: {why}",
@@ -423,10 +339,12 @@ impl Shared {
                             None => format!("attempt {attempt}, in {} ms", next_try_in.as_millis()),
                         },
                     ),
-                    PathEvent::Recovered => ("session-recovered", format!("{tgt} logged in again")),
-                    PathEvent::GaveUp { reason } => ("session-gave-up", reason.to_string()),
+                    PathEvent::Recovered => {
+                        (EvKind::SessionRecovered, format!("{tgt} logged in again"))
+                    }
+                    PathEvent::GaveUp { reason } => (EvKind::SessionGaveUp, reason.to_string()),
                     PathEvent::LuChanged { lun, change } => {
-                        ("lu-changed", format!("{tgt} LUN {lun}: {change}"))
+                        (EvKind::LuChanged, format!("{tgt} LUN {lun}: {change}"))
                     }
                 };
                 me.record(None, Some(&label), kind, detail);
@@ -531,7 +449,7 @@ impl Shared {
                 self.record(
                     None,
                     Some(&addr.to_string()),
-                    "scan-failed",
+                    EvKind::ScanFailed,
                     format!("REPORT LUNS: {e}"),
                 );
                 return;
@@ -597,7 +515,12 @@ impl Shared {
                 warn!(path = %name, "cannot remove the path: {e}");
             }
             info!(path = %name, %map, "path removed: {why}");
-            self.record(Some(&map), Some(&name), "path-removed", why.to_string());
+            self.record(
+                Some(&map),
+                Some(&name),
+                EvKind::PathRemoved,
+                why.to_string(),
+            );
             touched.insert(map);
         }
         for map in touched {
@@ -617,7 +540,7 @@ impl Shared {
                 self.record(
                     Some(&map),
                     None,
-                    "map-removed",
+                    EvKind::MapRemoved,
                     format!("{} has no path left ({why})", m.wwid),
                 );
             }
@@ -714,7 +637,7 @@ impl Shared {
         }
         if let Some(why) = excluded {
             info!(path = %name, "not multipathed: {why}");
-            self.record(None, Some(&name), "path-excluded", why);
+            self.record(None, Some(&name), EvKind::PathExcluded, why);
             return;
         }
         let Some(wwid) = wwid else { return };
@@ -762,7 +685,7 @@ impl Shared {
                 self.record(
                     Some(map),
                     Some(name),
-                    "path-added",
+                    EvKind::PathAdded,
                     format!("{} {}", target, lu.wwid.as_deref().unwrap_or("")),
                 );
             }
@@ -860,7 +783,7 @@ impl Shared {
             self.record(
                 map.as_deref(),
                 Some(&name),
-                "capacity-changed",
+                EvKind::CapacityChanged,
                 format!("{from} -> {to} bytes; {what}"),
             );
         }
@@ -1002,7 +925,7 @@ impl Shared {
         self.record(
             Some(&name),
             Some(path),
-            "map-created",
+            EvKind::MapCreated,
             format!(
                 "{} {} {}, {} bytes",
                 wwid,
@@ -1087,7 +1010,7 @@ impl Shared {
         self.record(
             Some(new),
             None,
-            "map-renamed",
+            EvKind::MapRenamed,
             format!("{old} -> {new}: its exports and device names carry the new name; connections and open files go on"),
         );
         Ok(())
@@ -1254,7 +1177,7 @@ async fn forward_map_events(
     name: Arc<std::sync::RwLock<String>>,
     mut rx: broadcast::Receiver<mpath_policy::Event>,
 ) {
-    let mut floods: BTreeMap<&'static str, Coalesced> = BTreeMap::new();
+    let mut floods: BTreeMap<EvKind, Coalesced> = BTreeMap::new();
     let _leave = LeavePathless {
         me: &me,
         map: &name,
@@ -1286,7 +1209,7 @@ async fn forward_map_events(
                     let Some((kind, path, detail)) = describe(&me, &map, &ev.kind) else {
                         continue;
                     };
-                    if matches!(kind, "io-failed" | "io-requeued") {
+                    if matches!(kind, EvKind::IoFailed | EvKind::IoRequeued) {
                         let c = floods.entry(kind).or_default();
                         if c.last.is_some_and(|t| ev.at.saturating_duration_since(t) < COALESCE) {
                             c.suppressed += 1;
@@ -1302,7 +1225,7 @@ async fn forward_map_events(
                         me.record(
                             Some(&map),
                             None,
-                            "events-lost",
+                            EvKind::EventsLost,
                             format!("{n} events dropped (timeline too slow)"),
                         );
                     }
@@ -1312,7 +1235,7 @@ async fn forward_map_events(
             _ = flush => {
                 let Some(me) = me.upgrade() else { return };
                 let now = Instant::now();
-                for (kind, c) in floods.iter_mut() {
+                for (&kind, c) in floods.iter_mut() {
                     if c.suppressed > 0 && c.last.is_some_and(|t| now >= t + COALESCE) {
                         me.record(
                             Some(&map),
@@ -1331,11 +1254,7 @@ async fn forward_map_events(
 
 /// A map event as a timeline entry: kind, path name, detail. `None` for events the daemon
 /// records itself (paths joining and leaving a map).
-fn describe(
-    me: &Shared,
-    map: &str,
-    k: &EventKind,
-) -> Option<(&'static str, Option<String>, String)> {
+fn describe(me: &Shared, map: &str, k: &EventKind) -> Option<(EvKind, Option<String>, String)> {
     let path_name = |id: &PathId| -> Option<String> {
         me.state().maps.get(map).and_then(|m| {
             m.paths
@@ -1347,13 +1266,15 @@ fn describe(
     Some(match k {
         EventKind::PathAdded { .. } | EventKind::PathRemoved { .. } => return None,
         EventKind::PathFailed { path, reason } => {
-            ("path-failed", path_name(path), reason.to_string())
+            (EvKind::PathFailed, path_name(path), reason.to_string())
         }
-        EventKind::PathFailReasonUpdated { path, to, .. } => {
-            ("path-fail-reason", path_name(path), format!("now: {to}"))
-        }
+        EventKind::PathFailReasonUpdated { path, to, .. } => (
+            EvKind::PathFailReason,
+            path_name(path),
+            format!("now: {to}"),
+        ),
         EventKind::FailbackScheduled { group, at } => (
-            "failback-scheduled",
+            EvKind::FailbackScheduled,
             None,
             format!(
                 "to group {} in {:.1}s",
@@ -1362,26 +1283,26 @@ fn describe(
             ),
         ),
         EventKind::GroupEnabled { group } => {
-            ("group-enabled", None, format!("group {}", group + 1))
+            (EvKind::GroupEnabled, None, format!("group {}", group + 1))
         }
         EventKind::GroupDisabled { group } => {
-            ("group-disabled", None, format!("group {}", group + 1))
+            (EvKind::GroupDisabled, None, format!("group {}", group + 1))
         }
-        EventKind::Regrouped { groups } => ("regrouped", None, format!("{groups} group(s)")),
+        EventKind::Regrouped { groups } => (EvKind::Regrouped, None, format!("{groups} group(s)")),
         EventKind::QueueIfNoPath { on } => (
-            "queue-if-no-path",
+            EvKind::QueueIfNoPath,
             None,
             if *on { "on" } else { "off" }.to_string(),
         ),
         EventKind::PathReinstated { path, cause } => {
-            ("path-reinstated", path_name(path), cause.to_string())
+            (EvKind::PathReinstated, path_name(path), cause.to_string())
         }
         EventKind::PathReinstateDelayed {
             path,
             until,
             recent_failures,
         } => (
-            "path-reinstate-delayed",
+            EvKind::PathReinstateDelayed,
             path_name(path),
             format!(
                 "flapping ({recent_failures} recent failures): held for {}",
@@ -1389,7 +1310,7 @@ fn describe(
             ),
         ),
         EventKind::PathCheckerChanged { path, from, to } => (
-            "checker-changed",
+            EvKind::CheckerChanged,
             path_name(path),
             format!(
                 "{} -> {}",
@@ -1398,10 +1319,10 @@ fn describe(
             ),
         ),
         EventKind::PathGaveUp { path, reason } => {
-            ("path-gave-up", path_name(path), reason.to_string())
+            (EvKind::PathGaveUp, path_name(path), reason.to_string())
         }
         EventKind::GroupSwitched { from, to, cause } => (
-            "group-switched",
+            EvKind::GroupSwitched,
             None,
             format!(
                 "{} -> {} ({cause})",
@@ -1412,7 +1333,7 @@ fn describe(
             ),
         ),
         EventKind::QueueingStarted { until } => (
-            "queueing-started",
+            EvKind::QueueingStarted,
             None,
             match until {
                 Some(u) => format!(
@@ -1423,7 +1344,7 @@ fn describe(
             },
         ),
         EventKind::QueueingEnded { cause } => (
-            "queueing-ended",
+            EvKind::QueueingEnded,
             None,
             match cause {
                 mpath_policy::QueueEndCause::PathAvailable => "a path is usable".to_string(),
@@ -1435,14 +1356,20 @@ fn describe(
             },
         ),
         EventKind::IoRequeued { path, cause } => (
-            "io-requeued",
+            EvKind::IoRequeued,
             path_name(path),
             format!("issued again on another path ({cause})"),
         ),
-        EventKind::IoFailed { kind, detail } => ("io-failed", None, format!("{kind}: {detail}")),
-        EventKind::PolicyChanged { setting, from, to } => {
-            ("policy-applied", None, format!("{setting}: {from} -> {to}"))
+        EventKind::IoFailed { kind, detail } => {
+            (EvKind::IoFailed, None, format!("{kind}: {detail}"))
         }
-        EventKind::Resized { from, to } => ("map-resized", None, format!("{from} -> {to} bytes")),
+        EventKind::PolicyChanged { setting, from, to } => (
+            EvKind::PolicyApplied,
+            None,
+            format!("{setting}: {from} -> {to}"),
+        ),
+        EventKind::Resized { from, to } => {
+            (EvKind::MapResized, None, format!("{from} -> {to} bytes"))
+        }
     })
 }

@@ -21,9 +21,11 @@ mod nbd_device;
 pub mod persist;
 mod prkeys;
 mod probe;
+pub mod reply;
+pub mod timeline;
 mod ublk;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -39,7 +41,7 @@ pub use config::{ConfigError, DaemonConfig};
 /// start and at every `reconfigure`.
 pub type ConfigOverlay = Arc<dyn Fn(&mut DaemonConfig) + Send + Sync>;
 pub use control::{Control, Request, Response};
-pub use daemon::TimelineEvent;
+pub use timeline::{EventKind, TimelineEvent};
 
 use crate::bindings::Bindings;
 use crate::daemon::{Shared, State};
@@ -164,6 +166,7 @@ impl Daemon {
             warn!("{w}");
         }
         let (events, _) = tokio::sync::broadcast::channel(1024);
+        let (epoch, started) = (Instant::now(), SystemTime::now());
         let shared = Arc::new(Shared {
             cfg: Mutex::new(cfg.clone()),
             state: Mutex::new(State {
@@ -175,15 +178,13 @@ impl Daemon {
                 portal_errors: BTreeMap::new(),
             }),
             exports: Exports::new(),
-            timeline: Mutex::new(VecDeque::new()),
+            timeline: timeline::Timeline::new(epoch, started),
             events,
-            epoch: Instant::now(),
-            started: SystemTime::now(),
+            epoch,
             stop: tokio::sync::watch::Sender::new(false),
             config_path: config_path.clone(),
             overlay,
             membership: tokio::sync::Mutex::new(()),
-            counts: Mutex::new(BTreeMap::new()),
             reconfiguring: tokio::sync::Mutex::new(()),
             ublk: Default::default(),
             nbd_devices: Default::default(),
@@ -192,7 +193,7 @@ impl Daemon {
         shared.record(
             None,
             None,
-            "daemon-started",
+            EventKind::DaemonStarted,
             format!("{} portal(s) configured", cfg.portals.len()),
         );
         let mut tasks = tokio::task::JoinSet::new();
@@ -437,7 +438,12 @@ impl Shared {
             summary.push_str(&l);
             summary.push('\n');
         }
-        self.record(None, None, "reconfigured", summary.trim().to_string());
+        self.record(
+            None,
+            None,
+            EventKind::Reconfigured,
+            summary.trim().to_string(),
+        );
         Ok(summary)
     }
 
@@ -563,7 +569,7 @@ impl Shared {
                     pending.join(", ")
                 ));
             }
-            self.record(Some(&name), None, "policy-changed", line.clone());
+            self.record(Some(&name), None, EventKind::PolicyChanged, line.clone());
             lines.push(line);
         }
         lines

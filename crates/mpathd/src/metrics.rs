@@ -24,6 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::daemon::Shared;
+use crate::timeline::EventKind;
 
 pub(crate) async fn serve(l: TcpListener, shared: Arc<Shared>) {
     let mut stop = shared.stop.subscribe();
@@ -199,10 +200,10 @@ pub(crate) async fn gather(shared: &Shared) -> Scrape {
             })
             .collect()
     };
-    let counts = shared.counts();
-    let count = |map: &str, path: &str, kind: &str| {
+    let counts = shared.timeline.counts();
+    let count = |map: &str, path: &str, kind: EventKind| {
         counts
-            .get(&(map.to_string(), path.to_string(), kind.to_string()))
+            .get(&(map.to_string(), path.to_string(), kind))
             .copied()
             .unwrap_or(0)
     };
@@ -229,7 +230,7 @@ pub(crate) async fn gather(shared: &Shared) -> Scrape {
                     failed: !dm_active,
                     priority,
                     stats,
-                    failures: count(&name, pname, "path-failed"),
+                    failures: count(&name, pname, EventKind::PathFailed),
                     name: pname.clone(),
                 }
             })
@@ -238,8 +239,8 @@ pub(crate) async fn gather(shared: &Shared) -> Scrape {
             paths,
             stats: c.map,
             queued: status.as_ref().map(|s| s.queued).unwrap_or(0),
-            failovers: count(&name, "", "path-failed"),
-            group_switches: count(&name, "", "group-switched"),
+            failovers: count(&name, "", EventKind::PathFailed),
+            group_switches: count(&name, "", EventKind::GroupSwitched),
             no_path_seconds: c.no_path_time.as_secs_f64(),
             name,
         });

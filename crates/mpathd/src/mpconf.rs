@@ -572,7 +572,17 @@ impl Translator {
         let mut out = Vec::new();
         for n in body {
             match n {
-                Node::Section { name, body, .. } if name == child => {
+                Node::Section { name, body, at } if name == child => {
+                    // An empty entry names nothing to match (a non-empty one without its
+                    // key is refused at its first line, by `settings`).
+                    let needs = match scope {
+                        Scope::Device => Some(("vendor", "a device entry needs a vendor")),
+                        Scope::Multipath => Some(("wwid", "a multipath entry needs a wwid")),
+                        _ => None,
+                    };
+                    if let (true, Some((key, why))) = (body.is_empty(), needs) {
+                        return Err(at.err(key, why));
+                    }
                     let mut t = Table::default();
                     self.settings(&mut t, body, scope)?;
                     out.push(t);
@@ -972,6 +982,23 @@ fn yes_no(v: &str, at: &At, key: &str) -> Result<bool, ConfigError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// An empty `device { }` or `multipath { }` entry is refused at its line (it once
+    /// became a TOML entry without the key every entry needs).
+    #[test]
+    fn empty_entries_are_refused_at_their_line() {
+        for (text, key) in [
+            ("devices {\n device {\n}\n}\n", "vendor"),
+            ("multipaths {\n multipath {\n}\n}\n", "wwid"),
+        ] {
+            let dir = std::env::temp_dir().join("mpath-mpconf-prop-none");
+            let e = import_text(text, Path::new("m.conf"), Some(&dir))
+                .err()
+                .unwrap_or_else(|| panic!("{text:?} taken"))
+                .to_string();
+            assert!(e.contains(":2") && e.contains(key), "{text:?}: {e}");
+        }
+    }
 
     /// Pieces of multipath.conf text, glued at random: braces anywhere, keywords in any
     /// section, values of every shape (huge numbers, regexes, quotes left open).

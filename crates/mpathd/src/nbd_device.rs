@@ -14,6 +14,7 @@ use export::nbd::{NbdConfig, NbdServer};
 use tracing::{info, warn};
 
 use crate::daemon::Shared;
+use crate::timeline::EventKind;
 use crate::ublk::names;
 
 /// A map's NBD device as `show maps` reports it.
@@ -83,11 +84,11 @@ impl Shared {
                         }
                     );
                     info!(%map, "NBD device {what}");
-                    me.record(Some(&map), None, "nbd-device-attached", what);
+                    me.record(Some(&map), None, EventKind::NbdDeviceAttached, what);
                     if names {
                         if let Err(err) = names::link(&map, &wwid, &format!("nbd{}", d.index())) {
                             warn!(%map, "stable names: {err}");
-                            me.record(Some(&map), None, "nbd-device-names-failed", err);
+                            me.record(Some(&map), None, EventKind::NbdDeviceNamesFailed, err);
                         }
                     }
                     // A map removed while its device attached: disconnect it too.
@@ -107,7 +108,7 @@ impl Shared {
                 }
                 Err(e) => {
                     warn!(%map, "no NBD device: {e}");
-                    me.record(Some(&map), None, "nbd-device-failed", e.to_string());
+                    me.record(Some(&map), None, EventKind::NbdDeviceFailed, e.to_string());
                     me.nbd_devices
                         .lock_all()
                         .insert(map, (NbdDeviceState::Failed(e.to_string()), None));
@@ -132,7 +133,7 @@ impl Shared {
                     Ok(()) => me.record(
                         Some(&map),
                         None,
-                        "nbd-device-removed",
+                        EventKind::NbdDeviceRemoved,
                         format!("{} disconnected with its map", path.display()),
                     ),
                     Err(e) => warn!(%map, "NBD device: {e}"),

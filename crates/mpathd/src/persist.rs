@@ -33,10 +33,18 @@ use iscsi_initiator::IscsiPath;
 use scsi::cdb::build;
 use scsi::pr::{PrInAction, PrOutAction, PrOutParams, PrType};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
+
+use crate::reply;
+
+/// A reply's data (one of [`reply`]'s types) as JSON.
+fn to_data(d: impl serde::Serialize) -> Value {
+    serde_json::to_value(d).unwrap_or(Value::Null)
+}
 use tracing::{info, warn};
 
 use crate::daemon::Shared;
+use crate::timeline::EventKind;
 
 /// A persistent-reservation request for a map (`mpath persist`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -228,7 +236,10 @@ impl Shared {
                 }
                 Ok((
                     text,
-                    json!({ "generation": generation, "keys": keys.iter().map(|k| format!("0x{k:x}")).collect::<Vec<_>>() }),
+                    to_data(reply::PrKeys {
+                        generation,
+                        keys: keys.iter().map(|k| format!("0x{k:x}")).collect(),
+                    }),
                 ))
             }
             PersistOp::ReadReservation => {
@@ -237,14 +248,24 @@ impl Shared {
                 Ok(match r {
                     None => (
                         format!("PR generation=0x{generation:x}, there is no reservation (through {p})\n"),
-                        json!({ "generation": generation, "reservation": null }),
+                        to_data(reply::PrReservation {
+                            generation,
+                            reservation: None,
+                        }),
                     ),
                     Some((key, t)) => (
                         format!(
                             "PR generation=0x{generation:x}, reservation follows (through {p}):\n    Key = 0x{key:x}\n    scope = LU_SCOPE, type = {}\n",
                             type_name(t)
                         ),
-                        json!({ "generation": generation, "reservation": { "key": format!("0x{key:x}"), "type": t, "type_name": type_name(t) } }),
+                        to_data(reply::PrReservation {
+                            generation,
+                            reservation: Some(reply::PrHolder {
+                                key: format!("0x{key:x}"),
+                                kind: t,
+                                type_name: type_name(t).into(),
+                            }),
+                        }),
                     ),
                 })
             }
@@ -269,13 +290,13 @@ impl Shared {
                 .filter(|(bit, _)| d[3] & 0x80 != 0 && mask & bit != 0)
                 .map(|(_, t)| type_name(*t))
                 .collect();
-                let flags = json!({
-                    "crh": d[2] & 0x10 != 0,
-                    "sip_c": d[2] & 0x08 != 0,
-                    "atp_c": d[2] & 0x04 != 0,
-                    "ptpl_c": d[2] & 0x01 != 0,
-                    "ptpl_a": d[3] & 0x01 != 0,
-                    "types": types,
+                let flags = to_data(reply::PrCapabilities {
+                    crh: d[2] & 0x10 != 0,
+                    sip_c: d[2] & 0x08 != 0,
+                    atp_c: d[2] & 0x04 != 0,
+                    ptpl_c: d[2] & 0x01 != 0,
+                    ptpl_a: d[3] & 0x01 != 0,
+                    types: types.iter().map(|t| t.to_string()).collect(),
                 });
                 let text = format!(
                     "Report capabilities response (through {p}):\n  Compatible Reservation Handling(CRH): {}\n  Specify Initiator Ports Capable(SIP_C): {}\n  All Target Ports Capable(ATP_C): {}\n  Persist Through Power Loss Capable(PTPL_C): {}\n  Persist Through Power Loss Active(PTPL_A): {}\n  Supported types: {}\n",
@@ -390,12 +411,15 @@ impl Shared {
                 self.record(
                     Some(map),
                     None,
-                    "pr-registered",
+                    EventKind::PrRegistered,
                     format!("{what} on {} path(s)", done.len()),
                 );
                 Ok((
                     format!("{what} through map {map}:\n  {}\n", lines.join("\n  ")),
-                    json!({ "key": format!("0x{key:x}"), "paths": lines }),
+                    to_data(reply::PrRegistered {
+                        key: format!("0x{key:x}"),
+                        paths: lines,
+                    }),
                 ))
             }
             PersistOp::Reserve { key, pr_type } => {
@@ -408,8 +432,11 @@ impl Shared {
                     .await?
                     .0;
                 let what = format!("reserved with key 0x{key:x}, type {}", type_name(pr_type));
-                self.record(Some(map), Some(&via), "pr-reserved", what.clone());
-                Ok((format!("{what} (through {via})\n"), json!({ "path": via })))
+                self.record(Some(map), Some(&via), EventKind::PrReserved, what.clone());
+                Ok((
+                    format!("{what} (through {via})\n"),
+                    to_data(reply::PathDone { path: via }),
+                ))
             }
             PersistOp::Release { key, pr_type } => {
                 let key = key_or(key)?;
@@ -454,10 +481,15 @@ impl Shared {
                         }
                     }
                 }
-                self.record(Some(map), None, "pr-released", format!("key 0x{key:x}"));
+                self.record(
+                    Some(map),
+                    None,
+                    EventKind::PrReleased,
+                    format!("key 0x{key:x}"),
+                );
                 Ok((
                     format!("released (key 0x{key:x}) on {ok} path(s)\n"),
-                    json!({ "paths": ok }),
+                    to_data(reply::PrReleased { paths: ok }),
                 ))
             }
             PersistOp::Clear { key } => {
@@ -473,12 +505,12 @@ impl Shared {
                 self.record(
                     Some(map),
                     Some(&via),
-                    "pr-cleared",
+                    EventKind::PrCleared,
                     format!("key 0x{key:x}"),
                 );
                 Ok((
                     format!("cleared every registration and the reservation (through {via})\n"),
-                    json!({ "path": via }),
+                    to_data(reply::PathDone { path: via }),
                 ))
             }
             PersistOp::Preempt {
@@ -504,8 +536,11 @@ impl Shared {
                     if abort { " and its tasks aborted" } else { "" },
                     type_name(pr_type)
                 );
-                self.record(Some(map), Some(&via), "pr-preempted", what.clone());
-                Ok((format!("{what} (through {via})\n"), json!({ "path": via })))
+                self.record(Some(map), Some(&via), EventKind::PrPreempted, what.clone());
+                Ok((
+                    format!("{what} (through {via})\n"),
+                    to_data(reply::PathDone { path: via }),
+                ))
             }
         }
     }
@@ -561,7 +596,7 @@ impl Shared {
                 self.record(
                     Some(map),
                     Some(name),
-                    "pr-registered",
+                    EventKind::PrRegistered,
                     format!("key 0x{key:x} on a path that joined or came back"),
                 );
             }
@@ -570,7 +605,7 @@ impl Shared {
                 self.record(
                     Some(map),
                     Some(name),
-                    "pr-register-failed",
+                    EventKind::PrRegisterFailed,
                     format!("key 0x{key:x}: {e}"),
                 );
             }

@@ -18,6 +18,7 @@ use mpath_engine::MultipathDevice;
 use tracing::{info, warn};
 
 use crate::daemon::Shared;
+use crate::timeline::EventKind;
 
 /// How long a stopping daemon waits for the requests its devices already handed to the
 /// maps: a path that fails meanwhile re-issues elsewhere within a second; a map with no path
@@ -305,7 +306,7 @@ impl Shared {
                 entry.export = Some(e);
                 drop(all);
                 info!(%map, "ublk device {what}");
-                self.record(Some(&map), None, "ublk-attached", what);
+                self.record(Some(&map), None, EventKind::UblkAttached, what);
                 if has_map {
                     self.ublk_names(&map, wwid, dev_id);
                 }
@@ -314,7 +315,7 @@ impl Shared {
                 entry.state = UblkState::Failed(e.to_string());
                 drop(all);
                 warn!(%map, "no ublk device: {e}");
-                self.record(Some(&map), None, "ublk-failed", e.to_string());
+                self.record(Some(&map), None, EventKind::UblkFailed, e.to_string());
             }
         }
     }
@@ -322,7 +323,7 @@ impl Shared {
     fn ublk_names(&self, map: &str, wwid: &str, dev_id: u32) {
         if let Err(err) = names::link(map, wwid, &format!("ublkb{dev_id}")) {
             warn!(%map, "stable names: {err}");
-            self.record(Some(map), None, "ublk-names-failed", err);
+            self.record(Some(map), None, EventKind::UblkNamesFailed, err);
         }
     }
 
@@ -342,7 +343,7 @@ impl Shared {
                     Ok(()) => me.record(
                         Some(&map),
                         None,
-                        "ublk-removed",
+                        EventKind::UblkRemoved,
                         format!("{} removed with its map", dev.display()),
                     ),
                     Err(e) => warn!(%map, "ublk device: {e}"),

@@ -607,7 +607,9 @@ async fn login_and_logout_of_one_portal() {
     };
     assert!(Request::Login {
         portal: second.clone(),
-        target: None
+        target: None,
+        chap: None,
+        mutual_chap: None,
     }
     .mutates());
     assert!(Request::Logout {
@@ -653,6 +655,8 @@ async fn login_and_logout_of_one_portal() {
         Request::Login {
             portal: second.clone(),
             target: Some(IQN.into()),
+            chap: None,
+            mutual_chap: None,
         },
     )
     .await;
@@ -702,6 +706,8 @@ async fn login_and_logout_of_one_portal() {
         .handle(Request::Login {
             portal: dead.clone(),
             target: None,
+            chap: None,
+            mutual_chap: None,
         })
         .await;
     assert!(!no.ok);
@@ -718,6 +724,8 @@ async fn login_and_logout_of_one_portal() {
         .handle(Request::Login {
             portal: "not-a-portal".into(),
             target: None,
+            chap: None,
+            mutual_chap: None,
         })
         .await;
     assert!(
@@ -726,4 +734,187 @@ async fn login_and_logout_of_one_portal() {
         bad.text
     );
     r.stop().await;
+}
+
+/// Every reply's data is exactly its type in `mpathd::reply`: parsed and serialized again
+/// it is the same JSON (no field the type does not name, none it names missing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reply_is_its_type() {
+    use mpathd::persist::PersistOp;
+    use mpathd::reply;
+    use serde::{de::DeserializeOwned, Serialize};
+
+    async fn typed<T: DeserializeOwned + Serialize>(c: &mpathd::Control, r: Request) -> T {
+        let resp = ask(c, r.clone()).await;
+        let parsed: T = resp
+            .parse()
+            .unwrap_or_else(|e| panic!("{r:?}: {e}\n{}", resp.data));
+        assert_eq!(
+            serde_json::to_value(&parsed).unwrap(),
+            resp.data,
+            "{r:?}: the type and the reply differ"
+        );
+        parsed
+    }
+
+    let r = TwoPaths::start("views-typed", IQN, |_| {}).await;
+    let (t, c, map) = (&r.t, &r.c, r.map.clone());
+    let p0 = format!("{}/1", t.portals[0]);
+
+    let topo: reply::Topology = typed(c, Request::ShowTopology).await;
+    assert_eq!(topo.maps.len(), 1);
+    assert_eq!(
+        topo.maps[0]
+            .groups
+            .iter()
+            .map(|g| g.paths.len())
+            .sum::<usize>(),
+        2
+    );
+    let paths: reply::Paths = typed(c, Request::ShowPaths).await;
+    assert_eq!(paths.paths.len(), 2);
+    let maps: reply::Maps = typed(c, Request::ShowMaps).await;
+    assert_eq!(maps.maps[0].name, map);
+    let status: reply::Status = typed(c, Request::ShowStatus).await;
+    assert_eq!((status.maps, status.paths), (1, 2));
+    let stats: reply::Stats = typed(c, Request::ShowStats).await;
+    assert_eq!(stats.maps[0].map, map);
+    let sessions: reply::Sessions = typed(c, Request::ShowSessions { verbose: true }).await;
+    assert_eq!(sessions.sessions.len(), 2);
+    assert!(sessions.sessions.iter().all(|s| s.negotiated.is_some()));
+    let one: reply::MapRecord = typed(c, Request::ShowMap { map: map.clone() }).await;
+    assert_eq!(
+        (one.topology.name.as_str(), one.active_paths),
+        (map.as_str(), 2)
+    );
+    let path: reply::PathRecord = typed(c, Request::ShowPath { path: p0.clone() }).await;
+    assert_eq!(path.map.as_deref(), Some(map.as_str()));
+    let _: reply::Config = typed(c, Request::ShowConfig).await;
+    let keys: reply::PrKeys = typed(
+        c,
+        Request::Persist {
+            map: map.clone(),
+            op: PersistOp::ReadKeys,
+        },
+    )
+    .await;
+    assert!(keys.keys.is_empty());
+    let _: reply::PrCapabilities = typed(
+        c,
+        Request::Persist {
+            map: map.clone(),
+            op: PersistOp::Capabilities,
+        },
+    )
+    .await;
+    let _: reply::PathDone = typed(c, Request::FailPath { path: p0.clone() }).await;
+    let _: reply::PathDone = typed(c, Request::ReinstatePath { path: p0.clone() }).await;
+    let events: reply::Events = typed(
+        c,
+        Request::ShowEvents {
+            follow: false,
+            last: None,
+        },
+    )
+    .await;
+    let kinds: Vec<mpathd::EventKind> = events.events.iter().map(|e| e.kind).collect();
+    for k in [
+        mpathd::EventKind::DaemonStarted,
+        mpathd::EventKind::MapCreated,
+        mpathd::EventKind::Operator,
+    ] {
+        assert!(kinds.contains(&k), "{k} in {kinds:?}");
+    }
+    let no = c
+        .handle(Request::ShowMap {
+            map: "nosuch".into(),
+        })
+        .await;
+    let err: reply::Error = serde_json::from_value(no.data).unwrap();
+    assert!(err.error.contains("no map"), "{}", err.error);
+}
+
+/// `login --chap-user`: a target that wants CHAP refuses a login without it or with the
+/// wrong secret (nothing left behind), and takes the right one; the secret is never shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_with_chap() {
+    use iscsi_target::config::Chap;
+    use mpathd::control::ChapSecret;
+    const CHAP_IQN: &str = "iqn.2026-01.io.mpath:views-chap";
+    let dir = testkit::TempDir::new("views-chap");
+    let t = Target::start_tuned(
+        CHAP_IQN,
+        vec![group(
+            [127, 0, 0, 4],
+            0,
+            iscsi_target::AluaState::ActiveOptimized,
+        )],
+        &[(
+            1,
+            iscsi_target::backend::BackingSpec::parse("mem:1048576").unwrap(),
+        )],
+        |spec| {
+            spec.chap = Some(Chap {
+                user: "alice".into(),
+                secret: "a-12-byte-secret".into(),
+            })
+        },
+    )
+    .await;
+    let (mut d, c) = start(config(&dir, &[]));
+    let portal = t.portals[0].to_string();
+    let login = |chap: Option<ChapSecret>| Request::Login {
+        portal: portal.clone(),
+        target: None,
+        chap,
+        mutual_chap: None,
+    };
+    let secret = |s: &str| {
+        Some(ChapSecret {
+            user: "alice".into(),
+            secret: s.into(),
+        })
+    };
+    assert!(!format!("{:?}", login(secret("a-12-byte-secret"))).contains("a-12-byte"));
+
+    for (chap, why) in [
+        (None, "without CHAP"),
+        (secret("wrong-secret-00"), "wrong secret"),
+    ] {
+        let no = c.handle(login(chap)).await;
+        assert!(!no.ok, "{why}: {}", no.text);
+        assert!(
+            no.text.contains("refused") && no.text.contains("Authentication failure"),
+            "{why}: {}",
+            no.text
+        );
+        let cfg = ask(&c, Request::ShowConfig).await;
+        assert!(!cfg.text.contains(&portal), "{why}: {}", cfg.text);
+        let s = ask(&c, Request::ShowSessions { verbose: false }).await;
+        assert_eq!(s.data["sessions"].as_array().unwrap().len(), 0, "{why}");
+    }
+
+    let ok = ask(&c, login(secret("a-12-byte-secret"))).await;
+    assert!(ok.text.contains(CHAP_IQN), "{}", ok.text);
+    wait_map_by_wwid(&c, &t.wwid(1), 1, std::time::Duration::from_secs(10)).await;
+    let cfg = ask(&c, Request::ShowConfig).await;
+    assert!(cfg.text.contains("user = \"alice\""), "{}", cfg.text);
+    assert!(!cfg.text.contains("a-12-byte-secret"), "{}", cfg.text);
+
+    let mutual_alone = c
+        .handle(Request::Login {
+            portal: portal.clone(),
+            target: None,
+            chap: None,
+            mutual_chap: secret("another-secret"),
+        })
+        .await;
+    assert!(!mutual_alone.ok);
+    assert!(
+        mutual_alone.text.contains("needs CHAP"),
+        "{}",
+        mutual_alone.text
+    );
+    d.stop().await;
+    t.stop().await;
 }
