@@ -94,6 +94,15 @@ async fn engine(dev: MultipathDevice, ops: u64) -> f64 {
 }
 
 fn null_device(paths: usize, selector: SelectorKind, io_stats: bool) -> MultipathDevice {
+    null_device_hedged(paths, selector, io_stats, true)
+}
+
+fn null_device_hedged(
+    paths: usize,
+    selector: SelectorKind,
+    io_stats: bool,
+    hedge: bool,
+) -> MultipathDevice {
     let specs = (0..paths)
         .map(|i| {
             PathSpec::new(
@@ -108,6 +117,7 @@ fn null_device(paths: usize, selector: SelectorKind, io_stats: bool) -> Multipat
             ..MapConfig::default()
         },
         io_stats,
+        hedge: hedge.then(Default::default),
         ..EngineConfig::new("bench", device())
     };
     MultipathDevice::start(config, specs).expect("start")
@@ -216,23 +226,27 @@ fn engine_overhead(quick: bool) {
         let dev2 = null_device(2, SelectorKind::ServiceTime, true);
         let dev8 = null_device(8, SelectorKind::ServiceTime, true);
         let dev2q = null_device(2, SelectorKind::ServiceTime, false);
+        let dev2h = null_device_hedged(2, SelectorKind::ServiceTime, true, false);
         // Warm up, then alternate the variants so that drift hits them alike.
         direct(path.clone(), ops / 10).await;
         engine(dev1.clone(), ops / 10).await;
-        let (mut d, mut e1, mut e2, mut e8, mut e2q) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut d, mut e1, mut e2, mut e8, mut e2q, mut e2h) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
         for _ in 0..7 {
             d.push(direct(path.clone(), ops / 5).await);
             e1.push(engine(dev1.clone(), ops / 5).await);
             e2.push(engine(dev2.clone(), ops / 5).await);
             e8.push(engine(dev8.clone(), ops / 5).await);
             e2q.push(engine(dev2q.clone(), ops / 5).await);
+            e2h.push(engine(dev2h.clone(), ops / 5).await);
         }
-        let (d, e1, e2, e8, e2q) = (
+        let (d, e1, e2, e8, e2q, e2h) = (
             highest(d),
             highest(e1),
             highest(e2),
             highest(e8),
             highest(e2q),
+            highest(e2h),
         );
         println!("\n### Engine overhead over a null path (4 KiB reads, one core)\n");
         println!("| variant | IOPS | ns/IO | vs direct |");
@@ -250,6 +264,7 @@ fn engine_overhead(quick: bool) {
         row("engine, 2 paths (service-time)", e2);
         row("engine, 8 paths (service-time)", e8);
         row("engine, 2 paths, io_stats off", e2q);
+        row("engine, 2 paths, hedged reads off", e2h);
         tokio::time::sleep(Duration::from_millis(1)).await;
     });
 }

@@ -65,6 +65,41 @@ pub struct EngineConfig {
     /// long. `None` (the default) issues every write at once and only counts the exposure;
     /// see `docs/engine.md`, "The stale-write hazard".
     pub stale_write_fence: Option<Duration>,
+    /// Hedged reads: a READ outstanding on one path longer than that path's deadline is
+    /// issued again on another usable path, and the first good answer completes it. `None`
+    /// turns them off. See `docs/engine.md`, "Hedged reads".
+    pub hedge: Option<HedgeConfig>,
+}
+
+/// When a read is hedged (issued again on a second path while the first attempt is
+/// still outstanding), and how often at most.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HedgeConfig {
+    /// The deadline is the path's high-latency estimate (smoothed read latency plus four
+    /// mean deviations, as TCP's retransmission timeout) times `factor`...
+    pub factor: u32,
+    /// ...but never below `floor`...
+    pub floor: Duration,
+    /// ...nor above `ceiling` (also the deadline of a path with no read answered yet).
+    pub ceiling: Duration,
+    /// Hedges allowed per thousand reads, over time (a token bucket)...
+    pub per_mille: u32,
+    /// ...with at most this many in a burst: enough for every read a queue of usual depth
+    /// has stuck on a path that just went silent (after the first hedge won, new I/O
+    /// avoids that path for a while, so one burst covers a failure).
+    pub burst: u32,
+}
+
+impl Default for HedgeConfig {
+    fn default() -> HedgeConfig {
+        HedgeConfig {
+            factor: 2,
+            floor: Duration::from_millis(5),
+            ceiling: Duration::from_millis(100),
+            per_mille: 20,
+            burst: 64,
+        }
+    }
 }
 
 impl EngineConfig {
@@ -78,6 +113,7 @@ impl EngineConfig {
             reinstate_on_recovery: true,
             io_stats: true,
             stale_write_fence: None,
+            hedge: Some(HedgeConfig::default()),
         }
     }
 }

@@ -221,6 +221,8 @@ pub struct IoCounters {
     errors: AtomicU64,
     requeues: AtomicU64,
     busy: AtomicU64,
+    hedged: AtomicU64,
+    hedges_won: AtomicU64,
     /// Indexed by [`IoOp`].
     latency: [LatencyHistogram; 3],
 }
@@ -246,6 +248,14 @@ impl IoCounters {
         self.busy.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn hedged(&self) {
+        self.hedged.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn hedge_won(&self) {
+        self.hedges_won.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> IoStats {
         let by_op: [Histogram; 3] = std::array::from_fn(|i| self.latency[i].snapshot());
         let mut latency = Histogram::default();
@@ -258,6 +268,8 @@ impl IoCounters {
             errors: self.errors.load(Ordering::Relaxed),
             requeues: self.requeues.load(Ordering::Relaxed),
             busy: self.busy.load(Ordering::Relaxed),
+            hedged: self.hedged.load(Ordering::Relaxed),
+            hedges_won: self.hedges_won.load(Ordering::Relaxed),
             latency,
             by_op,
         }
@@ -278,6 +290,11 @@ pub struct IoStats {
     pub errors: u64,
     pub requeues: u64,
     pub busy: u64,
+    /// Reads hedged: for a path, reads that waited too long on it and were issued on
+    /// another path too; for the map, its hedged reads.
+    pub hedged: u64,
+    /// Of those, how many the second attempt answered first.
+    pub hedges_won: u64,
     /// Every operation's latencies together.
     pub latency: Histogram,
     /// Latencies per operation, indexed by [`IoOp`] (`by_op[IoOp::Write as usize]`).

@@ -30,7 +30,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::clock::Clock;
-use crate::config::{EngineConfig, IoLimits, PathSpec};
+use crate::config::{EngineConfig, HedgeConfig, IoLimits, PathSpec};
 use crate::counters::{IoCounters, IoOp, MapCounters};
 use crate::fence::Fence;
 use crate::inflight::{Attempt, Inflight, InflightTable, CLOSED};
@@ -62,10 +62,18 @@ pub(crate) struct PathShared {
     /// Until when (ns of the map's epoch) new I/O avoids this path because the target
     /// answered BUSY or TASK SET FULL through it; 0: never did.
     pub busy_until_ns: AtomicU64,
+    /// Smoothed read latency and its mean deviation, in ns of the fast path's clock
+    /// (hedged reads' deadline); 0: no read answered yet.
+    pub read_srtt_ns: AtomicU64,
+    pub read_rttvar_ns: AtomicU64,
 }
 
 /// How long new I/O avoids a path after a BUSY answer through it, when the map has another.
 const BUSY_STEER: Duration = Duration::from_millis(100);
+
+/// How long a read abandoned by a hedge stays counted in its path's load at most (see
+/// [`mpath_policy::PathLoad::strand`]): longer than a silent path takes to be failed.
+const STRANDED_FOR: Duration = Duration::from_secs(1);
 
 impl PathShared {
     /// Subscribe the owner to the path's events under `id`, then read whether it is up:
@@ -90,8 +98,43 @@ impl PathShared {
             incarnation: AtomicU64::new(0),
             counters: IoCounters::default(),
             busy_until_ns: AtomicU64::new(0),
+            read_srtt_ns: AtomicU64::new(0),
+            read_rttvar_ns: AtomicU64::new(0),
         };
         (path, up)
+    }
+
+    /// Fold a read's latency into the path's estimate (RFC 6298's SRTT and RTTVAR, gains
+    /// 1/8 and 1/4). Concurrent completions may lose a sample now and then: harmless for
+    /// an estimate, and no lock on the fast path.
+    #[inline]
+    fn note_read_latency(&self, ns: u64) {
+        let ns = ns.max(1);
+        let srtt = self.read_srtt_ns.load(Ordering::Relaxed);
+        if srtt == 0 {
+            self.read_srtt_ns.store(ns, Ordering::Relaxed);
+            self.read_rttvar_ns.store(ns / 2, Ordering::Relaxed);
+            return;
+        }
+        let var = self.read_rttvar_ns.load(Ordering::Relaxed);
+        self.read_rttvar_ns
+            .store(var - var / 4 + srtt.abs_diff(ns) / 4, Ordering::Relaxed);
+        self.read_srtt_ns
+            .store((srtt - srtt / 8 + ns / 8).max(1), Ordering::Relaxed);
+    }
+
+    /// How long a read may be outstanding on this path before it is hedged.
+    fn hedge_deadline(&self, h: &HedgeConfig) -> Duration {
+        let srtt = self.read_srtt_ns.load(Ordering::Relaxed);
+        if srtt == 0 {
+            return h.ceiling;
+        }
+        let high = srtt.saturating_add(
+            self.read_rttvar_ns
+                .load(Ordering::Relaxed)
+                .saturating_mul(4),
+        );
+        Duration::from_nanos(high.saturating_mul(u64::from(h.factor))).clamp(h.floor, h.ceiling)
     }
 }
 
@@ -191,6 +234,11 @@ pub(crate) struct Shared {
     pub in_doubt_writes: AtomicU64,
     /// Writes the fence held back.
     pub fenced_writes: AtomicU64,
+    /// Hedged reads ([`EngineConfig::hedge`]).
+    pub hedge: Option<HedgeConfig>,
+    /// The hedge budget, in thousandths of a hedge: each read adds `per_mille`, each
+    /// hedge takes 1000, up to `burst` hedges.
+    pub hedge_tokens: AtomicU64,
 }
 
 /// The selector's choice among `r`'s candidates but the one at `skip` (when there are
@@ -343,12 +391,173 @@ impl Shared {
         if needs_time && start != 0 {
             path.load.record_service_time(start, end, candidates);
         }
+        if attempt.is_ok() {
+            // It answers: what hedges left on it is not stuck.
+            path.load.clear_stranded();
+            if self.hedge.is_some() && start != 0 && cmd.is_read() {
+                path.note_read_latency(end.saturating_sub(start));
+            }
+        }
         Some(Tried {
             path,
             incarnation,
             attempt,
             end,
         })
+    }
+
+    /// A read's first attempt, hedged: if it is still outstanding after its path's
+    /// deadline, [`hedge`](Self::hedge) takes over.
+    async fn attempt_or_hedge(
+        &self,
+        picked: Picked,
+        cmd: &Cmd,
+        start: u64,
+        needs_time: bool,
+        h: &HedgeConfig,
+    ) -> Option<Tried> {
+        self.earn_hedge(h);
+        let (slow, deadline) = (picked.path.id, picked.path.hedge_deadline(h));
+        let first = self.attempt(picked, cmd, start, needs_time);
+        let mut first = std::pin::pin!(first);
+        // A command answered at its first poll needs no timer (nor the clock a timer reads).
+        let mut polled = false;
+        let ready = std::future::poll_fn(|cx| {
+            if polled {
+                return Poll::Ready(None);
+            }
+            polled = true;
+            match first.as_mut().poll(cx) {
+                Poll::Ready(t) => Poll::Ready(Some(t)),
+                Poll::Pending => Poll::Ready(None),
+            }
+        })
+        .await;
+        if let Some(tried) = ready {
+            return tried;
+        }
+        // Still waiting: the timer and the hedge live in a boxed continuation, so that
+        // the common request's future does not grow by them.
+        Box::pin(async move {
+            match tokio::time::timeout(deadline, first.as_mut()).await {
+                Ok(tried) => tried,
+                Err(_) => self.hedge(first, slow, deadline, cmd, needs_time).await,
+            }
+        })
+        .await
+    }
+
+    /// Each read earns a share of a hedge, up to the burst.
+    #[inline]
+    fn earn_hedge(&self, h: &HedgeConfig) {
+        // A full bucket (the usual state) costs a load, not a write to a shared line.
+        let cap = u64::from(h.burst) * 1000;
+        if self.hedge_tokens.load(Ordering::Relaxed) < cap {
+            let before = self
+                .hedge_tokens
+                .fetch_add(u64::from(h.per_mille), Ordering::Relaxed);
+            if before >= cap {
+                self.hedge_tokens.store(cap, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// `first` (a read on `slow`) has waited `waited`: issue it on another usable path
+    /// too — unless there is none, that path is as slow (its smoothed read latency is no
+    /// better than what `first` has waited), or the budget is spent — and take the first
+    /// good answer. The other attempt is dropped: its load ends, its answer is dropped
+    /// when it comes. If neither succeeds, the first attempt's outcome is what
+    /// [`recover`](Self::recover) handles (the hedge's failure is seen again by whatever
+    /// uses that path next).
+    async fn hedge(
+        &self,
+        mut first: Pin<&mut impl Future<Output = Option<Tried>>>,
+        slow: PathId,
+        waited: Duration,
+        cmd: &Cmd,
+        needs_time: bool,
+    ) -> Option<Tried> {
+        // Looked up only now: the common read never pays for a reference to its path.
+        let Some(slow) = self.members().into_iter().find(|p| p.id == slow) else {
+            return first.await;
+        };
+        let start = self.now_ns();
+        let other = self
+            .pick_avoiding(cmd.bytes, if needs_time { start } else { 0 }, slow.id)
+            .filter(|p| p.path.id != slow.id)
+            .filter(|p| {
+                let srtt = p.path.read_srtt_ns.load(Ordering::Relaxed);
+                srtt == 0 || Duration::from_nanos(srtt) < waited
+            });
+        let Some(other) = other else {
+            tracing::debug!(map = %self.name, path = %slow.id, ?waited, "read not hedged: no other path as fast");
+            return first.await;
+        };
+        if self
+            .hedge_tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                t.checked_sub(1000)
+            })
+            .is_err()
+        {
+            tracing::debug!(map = %self.name, path = %slow.id, ?waited, "read not hedged: budget spent");
+            return first.await;
+        }
+        slow.counters.hedged();
+        self.counters.hedged();
+        let second = self.attempt(other, cmd, start, needs_time);
+        let mut second = std::pin::pin!(second);
+        let (mut a, mut b): (Option<Option<Tried>>, Option<Option<Tried>>) = (None, None);
+        let good = |t: &Option<Option<Tried>>| {
+            matches!(
+                t,
+                Some(Some(Tried {
+                    attempt: Attempt::Done(Ok(_)),
+                    ..
+                }))
+            )
+        };
+        std::future::poll_fn(|cx| {
+            if a.is_none() {
+                if let Poll::Ready(t) = first.as_mut().poll(cx) {
+                    a = Some(t);
+                }
+            }
+            if b.is_none() {
+                if let Poll::Ready(t) = second.as_mut().poll(cx) {
+                    b = Some(t);
+                }
+            }
+            if good(&a) || good(&b) || (a.is_some() && b.is_some()) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        // The first attempt's answer when it is good (both may be ready at once).
+        if good(&a) {
+            return a.flatten();
+        }
+        if good(&b) {
+            slow.counters.hedge_won();
+            self.counters.hedge_won();
+            // The abandoned attempt is still outstanding on the slow path: its load stays
+            // there until that path answers something, fails, or `STRANDED_FOR` has
+            // passed, so that the selectors do not refill a path that holds requests it
+            // does not answer.
+            slow.load.strand(cmd.bytes);
+            let bytes = cmd.bytes;
+            tokio::spawn(async move {
+                tokio::time::sleep(STRANDED_FOR).await;
+                slow.load.unstrand(bytes);
+            });
+            return b.flatten();
+        }
+        match a {
+            Some(Some(t)) => Some(t),
+            _ => b.flatten(),
+        }
     }
 
     /// Issue one command until it completes: on a path error the path is failed and the
@@ -367,7 +576,14 @@ impl Shared {
         let Some(picked) = self.pick(cmd.bytes, if needs_time { start } else { 0 }) else {
             return Box::pin(self.recover(cmd, start, None)).await;
         };
-        match self.attempt(picked, cmd, start, needs_time).await {
+        let tried = match &self.hedge {
+            Some(h) if picked.candidates > 1 && cmd.is_read() => {
+                self.attempt_or_hedge(picked, cmd, start, needs_time, h)
+                    .await
+            }
+            _ => self.attempt(picked, cmd, start, needs_time).await,
+        };
+        match tried {
             Some(Tried {
                 path,
                 attempt: Attempt::Done(Ok(data)),
@@ -786,7 +1002,9 @@ impl MultipathDevice {
             clock: crate::clock::shared(),
             selector_needs_time: AtomicBool::new(config.policy.selector.needs_time()),
             io_stats: config.io_stats,
-            timed: AtomicBool::new(config.io_stats || config.policy.selector.needs_time()),
+            timed: AtomicBool::new(
+                config.io_stats || config.hedge.is_some() || config.policy.selector.needs_time(),
+            ),
             decay_shift: AtomicU32::new(decay_shift),
             members: Mutex::new(shared_paths.clone()),
             routing: RwLock::new(Routing {
@@ -802,6 +1020,13 @@ impl MultipathDevice {
             fence: config.stale_write_fence.map(Fence::new),
             in_doubt_writes: AtomicU64::new(0),
             fenced_writes: AtomicU64::new(0),
+            hedge_tokens: AtomicU64::new(
+                config
+                    .hedge
+                    .as_ref()
+                    .map_or(0, |h| u64::from(h.burst) * 1000),
+            ),
+            hedge: config.hedge.clone(),
         });
         let mut owner = Owner::new(
             shared.clone(),

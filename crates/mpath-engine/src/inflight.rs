@@ -143,6 +143,14 @@ pub(crate) enum Attempt {
     Orphaned,
 }
 
+impl Attempt {
+    /// It succeeded.
+    #[inline]
+    pub(crate) fn is_ok(&self) -> bool {
+        matches!(self, Attempt::Done(Ok(_)))
+    }
+}
+
 /// A command in flight on a path: its future, registered in the path's table while it
 /// waits.
 pub(crate) struct Inflight<'a> {

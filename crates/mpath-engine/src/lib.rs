@@ -30,7 +30,8 @@ mod owner;
 mod plan;
 
 pub use config::{
-    EngineConfig, IoLimits, PathSpec, DEFAULT_MAX_UNMAP_BLOCKS, DEFAULT_MAX_WRITE_SAME_BLOCKS,
+    EngineConfig, HedgeConfig, IoLimits, PathSpec, DEFAULT_MAX_UNMAP_BLOCKS,
+    DEFAULT_MAX_WRITE_SAME_BLOCKS,
 };
 pub use counters::{
     Histogram, IoOp, IoStats, LatencyHistogram, MapCounters, LATENCY_BOUNDS_NS, LATENCY_BUCKETS,

@@ -364,7 +364,10 @@ impl Owner {
         }
         // Before the new routing is published (at this turn's sync): an I/O that finds
         // the new selector also reads the clock for it.
-        s.timed.store(s.io_stats || needs_time, Ordering::Relaxed);
+        s.timed.store(
+            s.io_stats || s.hedge.is_some() || needs_time,
+            Ordering::Relaxed,
+        );
         s.selector_needs_time.store(needs_time, Ordering::Relaxed);
         s.transition_retry_ns
             .store(nanos(config.alua_transition_retry), Ordering::Relaxed);
@@ -408,6 +411,8 @@ impl Owner {
                 EventKind::PathReinstated { path, .. } => {
                     if let Some(p) = self.path(*path) {
                         p.incarnation.fetch_add(1, Ordering::AcqRel);
+                        // A new connection: what hedges left on the old one is gone.
+                        p.load.clear_stranded();
                     }
                 }
                 // An operator's fail leaves a working path's commands to finish there;
@@ -426,7 +431,11 @@ impl Owner {
         self.orphan.sort_unstable();
         self.orphan.dedup();
         for path in std::mem::take(&mut self.orphan) {
-            let n = self.path(path).map_or(0, |p| p.inflight.orphan_all());
+            let n = self.path(path).map_or(0, |p| {
+                // Its stuck commands are written off with the connection.
+                p.load.clear_stranded();
+                p.inflight.orphan_all()
+            });
             if n > 0 {
                 tracing::info!(map = %self.shared.name, "{path}: re-issuing {n} commands that were in flight");
             }

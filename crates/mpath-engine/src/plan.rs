@@ -34,6 +34,13 @@ impl Cmd {
         }
     }
 
+    /// A READ: it changes nothing, so it may be hedged (issued on a second path while
+    /// the first attempt is outstanding).
+    #[inline]
+    pub fn is_read(&self) -> bool {
+        matches!(self.data, DataPhase::In { .. }) && self.modifies.is_none()
+    }
+
     fn modifying(mut self, lba: u64, blocks: u32) -> Cmd {
         self.modifies = Some((lba, u64::from(blocks)));
         self

@@ -1322,3 +1322,188 @@ async fn a_cancelled_request_leaves_no_load_on_its_path() {
     let on1 = r.paths[1].commands() - before.1;
     assert!(on0 >= 5 && on1 >= 5, "path 0: {on0}, path 1: {on1}");
 }
+
+// Hedged reads.
+
+/// Both paths hold what they get; one request spawned; which path holds it. The other
+/// path stops holding.
+async fn held_on_one_path(
+    r: &Rig,
+    op: BlockOp,
+) -> (JoinHandle<Result<Outcome, block::IoError>>, usize) {
+    for p in &r.paths {
+        p.set_hold(true);
+    }
+    let h = spawn(&r.dev, op);
+    settle().await;
+    let slow = r
+        .paths
+        .iter()
+        .position(|p| p.held() == 1)
+        .expect("held somewhere");
+    assert_eq!(r.paths.iter().map(|p| p.held()).sum::<usize>(), 1);
+    r.paths[1 - slow].set_hold(false);
+    (h, slow)
+}
+
+/// Reads on both paths, so that each has a latency estimate (its deadline is the floor,
+/// 5 ms, then: the fake paths answer in microseconds).
+async fn warm_up(r: &Rig) {
+    for i in 0..64 {
+        r.dev.submit(read(i, 1)).await.unwrap();
+    }
+}
+
+/// A read stuck on one path is issued on the other once its deadline passes, not before;
+/// the first good answer completes it, with the data; the stuck attempt's late answer is
+/// dropped.
+#[tokio::test(start_paused = true)]
+async fn a_read_stuck_past_its_deadline_is_hedged_and_the_first_good_answer_wins() {
+    let r = rig(2);
+    r.dev.submit(write(7, 0xab)).await.unwrap();
+    warm_up(&r).await;
+    let before = r.dev.counters();
+    let (h, slow) = held_on_one_path(&r, read(7, 1)).await;
+    let fast = 1 - slow;
+    let fast_cmds = r.paths[fast].commands();
+
+    // Before the floor (5 ms): nothing on the other path yet.
+    tokio::time::advance(Duration::from_millis(4)).await;
+    settle().await;
+    assert!(!h.is_finished());
+    assert_eq!(r.paths[fast].commands(), fast_cmds);
+
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let out = tokio::time::timeout(Duration::from_millis(10), h)
+        .await
+        .expect("answered by the other path")
+        .unwrap()
+        .unwrap();
+    assert_eq!(out, Outcome::Data(Bytes::from(vec![0xab; BS as usize])));
+    assert_eq!(r.paths[fast].commands(), fast_cmds + 1);
+    let c = r.dev.counters();
+    assert_eq!(c.map.hedged - before.map.hedged, 1);
+    assert_eq!(c.map.hedges_won - before.map.hedges_won, 1);
+    assert_eq!(c.paths[slow].1.hedged - before.paths[slow].1.hedged, 1);
+    assert_eq!(c.map.ios - before.map.ios, 1);
+    assert_eq!(c.map.errors, 0);
+
+    // The stuck attempt answers late: nothing more happens.
+    assert_eq!(r.paths[slow].release_all(), 1);
+    settle().await;
+    let after = r.dev.counters();
+    assert_eq!(after.map.ios, c.map.ios);
+    assert_eq!(after.map.hedged, c.map.hedged);
+    assert_eq!(after.map.errors, 0);
+}
+
+/// Writes and flushes are never hedged: one stuck on a path waits there, however long,
+/// and nothing else is sent.
+#[tokio::test(start_paused = true)]
+async fn a_hedge_never_duplicates_a_write_or_a_flush() {
+    let r = rig(2);
+    warm_up(&r).await;
+    for op in [write(9, 0x5a), BlockOp::Flush] {
+        let (h, slow) = held_on_one_path(&r, op).await;
+        let fast = 1 - slow;
+        let fast_cmds = r.paths[fast].commands();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!h.is_finished());
+        assert_eq!(
+            r.paths[fast].commands(),
+            fast_cmds,
+            "nothing sent elsewhere"
+        );
+        assert_eq!(r.paths[slow].release_all(), 1);
+        h.await.unwrap().unwrap();
+        r.paths[slow].set_hold(false);
+    }
+    assert_eq!(r.dev.counters().map.hedged, 0);
+    assert_eq!(r.lu.writes(), 1);
+}
+
+/// A target slow on every path alike: reads all pass their deadline, but hedges stay
+/// within the budget (2 % of reads, after a burst of 64), and every read completes once.
+#[tokio::test(start_paused = true)]
+async fn the_hedge_budget_holds_when_every_path_is_slow() {
+    let r = rig(2);
+    warm_up(&r).await;
+    for p in &r.paths {
+        p.set_delay(Some(Duration::from_millis(50)));
+    }
+    let before = r.dev.counters();
+    let n = 8000u64;
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..16u64 {
+        let dev = r.dev.clone();
+        tasks.spawn(async move {
+            for i in 0..n / 16 {
+                dev.submit(read((w * 512 + i) % BLOCKS, 1)).await.unwrap();
+            }
+        });
+    }
+    while let Some(t) = tasks.join_next().await {
+        t.unwrap();
+    }
+    let c = r.dev.counters();
+    let hedged = c.map.hedged - before.map.hedged;
+    assert!(
+        hedged > 0,
+        "reads past the 5 ms floor are hedged while the budget lasts"
+    );
+    assert!(
+        // The burst, and 2 % of every read so far (the warm-up's too).
+        hedged <= 64 + (n + 64) * 20 / 1000 + 1,
+        "{hedged} hedges for {n} reads"
+    );
+    assert_eq!(c.map.ios - before.map.ios, n);
+    assert_eq!(c.map.errors, 0);
+}
+
+/// `hedge: None` turns hedging off: a stuck read waits on its path.
+#[tokio::test(start_paused = true)]
+async fn hedging_off_leaves_a_stuck_read_on_its_path() {
+    let r = rig_with(
+        &[None, None],
+        EngineConfig {
+            hedge: None,
+            ..config(quiet_policy())
+        },
+    );
+    warm_up(&r).await;
+    let (h, slow) = held_on_one_path(&r, read(3, 1)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!h.is_finished());
+    r.paths[slow].release_all();
+    h.await.unwrap().unwrap();
+    assert_eq!(r.dev.counters().map.hedged, 0);
+}
+
+/// A read a hedge abandoned stays counted on the path that holds it: new reads go to the
+/// other path instead of piling up there; after a second (or once the path answers) the
+/// path takes its share again.
+#[tokio::test(start_paused = true)]
+async fn a_path_holding_an_abandoned_read_is_not_refilled() {
+    let r = rig(2);
+    warm_up(&r).await;
+    let (h, slow) = held_on_one_path(&r, read(1, 1)).await;
+    tokio::time::sleep(Duration::from_millis(6)).await;
+    h.await.unwrap().unwrap();
+    assert_eq!(r.dev.counters().map.hedges_won, 1);
+    let slow_cmds = r.paths[slow].commands();
+    for i in 0..20 {
+        r.dev.submit(read(i, 1)).await.unwrap();
+    }
+    assert_eq!(
+        r.paths[slow].commands(),
+        slow_cmds,
+        "nothing more for the path that holds a read"
+    );
+    r.paths[slow].set_hold(false);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for i in 0..20 {
+        r.dev.submit(read(i, 1)).await.unwrap();
+    }
+    assert!(r.paths[slow].commands() > slow_cmds, "its share again");
+    assert_eq!(r.paths[slow].release_all(), 1);
+}

@@ -97,6 +97,9 @@ const IN_FLIGHT_BYTES_MASK: u64 = (1 << IN_FLIGHT_BYTES_BITS) - 1;
 pub struct PathLoad {
     /// I/Os in flight (high 24 bits) and their bytes (low 40 bits).
     in_flight: AtomicU64,
+    /// Of those, the ones *stranded*: attempts the map gave up waiting for (a hedged
+    /// read answered by another path) that the path still holds, in the same packing.
+    stranded: AtomicU64,
     relative_throughput: AtomicU32,
     /// Decaying average service time in ns (0: none measured yet).
     hst_ns: AtomicU64,
@@ -120,6 +123,7 @@ impl PathLoad {
         PathLoad {
             decay_shift: AtomicU32::new(decay_shift.min(16)),
             in_flight: AtomicU64::new(0),
+            stranded: AtomicU64::new(0),
             relative_throughput: AtomicU32::new(relative_throughput.min(MAX_RELATIVE_THROUGHPUT)),
             hst_ns: AtomicU64::new(0),
             last_finish_ns: AtomicU64::new(0),
@@ -167,6 +171,38 @@ impl PathLoad {
     pub fn end_io(&self, bytes: u64) {
         self.in_flight
             .fetch_sub(Self::packed(bytes), Ordering::Relaxed);
+    }
+
+    /// An attempt of `bytes` was abandoned while the path still holds it (its own
+    /// `end_io` has run or will): it stays counted as in flight until
+    /// [`clear_stranded`](Self::clear_stranded), so that the path does not look idle.
+    pub fn strand(&self, bytes: u64) {
+        let p = Self::packed(bytes);
+        // In this order: `in_flight` never holds less than `stranded` says.
+        self.in_flight.fetch_add(p, Ordering::Relaxed);
+        self.stranded.fetch_add(p, Ordering::Relaxed);
+    }
+
+    /// One attempt of `bytes` stranded earlier is no longer counted (its time is up),
+    /// unless [`clear_stranded`](Self::clear_stranded) already took it.
+    pub fn unstrand(&self, bytes: u64) {
+        let p = Self::packed(bytes);
+        if self
+            .stranded
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| s.checked_sub(p))
+            .is_ok()
+        {
+            self.in_flight.fetch_sub(p, Ordering::Relaxed);
+        }
+    }
+
+    /// The path answered (or is a new connection): nothing it holds is stranded any more.
+    #[inline]
+    pub fn clear_stranded(&self) {
+        if self.stranded.load(Ordering::Relaxed) != 0 {
+            let s = self.stranded.swap(0, Ordering::Relaxed);
+            self.in_flight.fetch_sub(s, Ordering::Relaxed);
+        }
     }
 
     /// One I/O of `bytes`, as added to `in_flight`. A single I/O larger than the bytes

@@ -41,8 +41,20 @@ pub async fn run(b: BenchCmd) -> Result<()> {
             trials,
             fault,
             depth,
+            read_pct,
+            no_hedge,
             plot,
-        } => failover(*trials, fault, *depth, plot.as_deref()).await?,
+        } => {
+            failover(
+                *trials,
+                fault,
+                *depth,
+                *read_pct,
+                !*no_hedge,
+                plot.as_deref(),
+            )
+            .await?
+        }
         BenchWhat::Starved {
             minutes,
             depth,
@@ -88,7 +100,14 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 /// waited. Between trials the fault is cleared and the path comes back. Flap damping is
 /// off, so every trial starts with both paths in service. The same-run baseline is the
 /// longest wait of trials with no fault.
-async fn failover(trials: usize, fault: &str, depth: usize, plot: Option<&str>) -> Result<Value> {
+async fn failover(
+    trials: usize,
+    fault: &str,
+    depth: usize,
+    read_pct: u8,
+    hedge: bool,
+    plot: Option<&str>,
+) -> Result<Value> {
     let faults: Vec<&str> = match fault {
         "both" => vec!["blackhole", "reset"],
         "blackhole" | "reset" => vec![fault],
@@ -97,20 +116,26 @@ async fn failover(trials: usize, fault: &str, depth: usize, plot: Option<&str>) 
     if trials == 0 {
         bail!("--trials: at least 1");
     }
-    let stack = Stack::start(LUN_SIZE, 2, |c| c.policy.flap = None).await?;
+    let stack = Stack::start(LUN_SIZE, 2, |c| {
+        c.policy.flap = None;
+        c.hedge_reads = hedge;
+    })
+    .await?;
     let client = NbdClient::connect_tcp(stack.nbd, &stack.map)
         .await
         .context("NBD client")?;
     let cfg = WorkloadConfig {
         duration: Duration::from_millis(2500),
         depth,
+        read_percent: read_pct,
         drain_timeout: Duration::from_secs(90),
         ..WorkloadConfig::for_region(0, client.size())
     };
     let workload = Workload::new(client.clone(), cfg)?;
     println!("# mpath bench failover — {}", machine());
     println!(
-        "# {trials} trials per fault, verifying 4 KiB 50/50 load at depth {depth} through NBD, 2 paths"
+        "# {trials} trials per fault, verifying 4 KiB load ({read_pct} % reads) at depth {depth} through NBD, 2 paths, hedged reads {}",
+        if hedge { "on" } else { "off" }
     );
 
     // Same-run baseline: trials without a fault.
@@ -128,6 +153,8 @@ async fn failover(trials: usize, fault: &str, depth: usize, plot: Option<&str>) 
 
     let mut results = serde_json::Map::new();
     for f in faults {
+        let (mut worst_reads, mut worst_writes) = (Vec::new(), Vec::new());
+        let hedged_before = hedged_reads(&stack).await;
         let mut stalls = Vec::new();
         let mut detect = Vec::new();
         let mut errors = 0;
@@ -143,14 +170,21 @@ async fn failover(trials: usize, fault: &str, depth: usize, plot: Option<&str>) 
                 eprintln!("  {f} trial {:>2}: ! {m}", t + 1);
             }
             stalls.push(report.latency_max_ms);
+            worst_reads.push(report.read_latency_max_ms);
+            worst_writes.push(report.write_latency_max_ms);
             detect.extend(found);
             eprintln!(
-                "  {f} trial {:>2}: stall {:>7.1} ms, errors {}",
+                "  {f} trial {:>2}: stall {:>7.1} ms (worst read {:.1} ms, worst write {:.1} ms), errors {}",
                 t + 1,
                 report.latency_max_ms,
+                report.read_latency_max_ms,
+                report.write_latency_max_ms,
                 report.errors
             );
         }
+        worst_reads.sort_by(f64::total_cmp);
+        worst_writes.sort_by(f64::total_cmp);
+        let hedged = hedged_reads(&stack).await.saturating_sub(hedged_before);
         stalls.sort_by(f64::total_cmp);
         detect.sort_by(f64::total_cmp);
         let (p50, p99, max) = (
@@ -163,10 +197,20 @@ async fn failover(trials: usize, fault: &str, depth: usize, plot: Option<&str>) 
              path failed after p50 {:.1} ms; workload errors {errors}, bad blocks {bad}",
             quantile(&detect, 0.5)
         );
+        println!(
+            "{f}: worst read per trial p50 {:.1} ms, p99 {:.1} ms; worst write per trial p50 {:.1} ms, p99 {:.1} ms; {hedged} reads hedged",
+            quantile(&worst_reads, 0.5),
+            quantile(&worst_reads, 0.99),
+            quantile(&worst_writes, 0.5),
+            quantile(&worst_writes, 0.99),
+        );
         results.insert(
             f.to_string(),
             json!({
                 "trials": trials, "stall_ms": { "p50": p50, "p99": p99, "max": max, "all": stalls },
+                "worst_read_ms": { "p50": quantile(&worst_reads, 0.5), "p99": quantile(&worst_reads, 0.99), "all": worst_reads },
+                "worst_write_ms": { "p50": quantile(&worst_writes, 0.5), "p99": quantile(&worst_writes, 0.99), "all": worst_writes },
+                "hedged_reads": hedged,
                 "path_failed_after_ms": { "p50": quantile(&detect, 0.5), "p99": quantile(&detect, 0.99) },
                 "workload_errors": errors, "bad_blocks": bad,
             }),
@@ -184,7 +228,8 @@ async fn failover(trials: usize, fault: &str, depth: usize, plot: Option<&str>) 
     let _ = client.disconnect().await;
     stack.stop().await;
     Ok(json!({
-        "machine": machine(), "depth": depth, "baseline_no_fault_max_ms": base_max,
+        "machine": machine(), "depth": depth, "read_percent": read_pct, "hedged_reads": hedge,
+        "baseline_no_fault_max_ms": base_max,
         "faults": results, "verify_clean": check.clean(),
     }))
 }
@@ -225,6 +270,19 @@ impl Drop for Burners {
             let _ = t.join();
         }
     }
+}
+
+/// The map's hedged reads so far, and its I/Os.
+async fn hedge_counts(stack: &Stack) -> (u64, u64) {
+    let r = stack.control.handle(Request::ShowStats).await;
+    r.parse::<mpathd::reply::Stats>()
+        .ok()
+        .and_then(|s| s.maps.into_iter().find(|m| m.map == stack.map))
+        .map_or((0, 0), |m| (m.hedged_reads, m.ios))
+}
+
+async fn hedged_reads(stack: &Stack) -> u64 {
+    hedge_counts(stack).await.0
 }
 
 /// How many `path-failed` events the timeline holds.
@@ -568,15 +626,39 @@ async fn paths(seconds: u64, depth: usize) -> Result<Value> {
     println!("# 4 KiB random reads, depth {depth}, {seconds} s per round, through NBD");
     let mut one = Vec::new();
     let mut two = Vec::new();
+    let mut two_unhedged = Vec::new();
+    let mut hedged_pct = Vec::new();
     for round in 0..5 {
-        for n in [1usize, 2] {
-            let stack = Stack::start(LUN_SIZE, n, |_| {}).await?;
+        for (n, hedge) in [(1usize, true), (2, true), (2, false)] {
+            let stack = Stack::start(LUN_SIZE, n, |c| c.hedge_reads = hedge).await?;
             let iops = randread_iops(&stack, seconds, depth).await?;
+            let (hedged, ios) = hedge_counts(&stack).await;
             stack.stop().await;
-            eprintln!("  round {}: {n} path(s) {iops:.0} IOPS", round + 1);
-            if n == 1 { &mut one } else { &mut two }.push(iops);
+            let pct = 100.0 * hedged as f64 / ios.max(1) as f64;
+            eprintln!(
+                "  round {}: {n} path(s), hedging {}: {iops:.0} IOPS, {hedged} of {ios} reads hedged ({pct:.3} %)",
+                round + 1,
+                if hedge { "on" } else { "off" }
+            );
+            match (n, hedge) {
+                (1, _) => one.push(iops),
+                (_, true) => {
+                    two.push(iops);
+                    hedged_pct.push(pct);
+                }
+                _ => two_unhedged.push(iops),
+            }
         }
     }
+    let mut hedge_ratios: Vec<f64> = two_unhedged.iter().zip(&two).map(|(a, b)| b / a).collect();
+    hedge_ratios.sort_by(f64::total_cmp);
+    let hedge_ratio = quantile(&hedge_ratios, 0.5);
+    hedged_pct.sort_by(f64::total_cmp);
+    println!(
+        "2 paths, hedging on / off = {hedge_ratio:.3} (median of the rounds' ratios {hedge_ratios:.3?}); \
+         reads hedged without a fault: max {:.3} % of reads",
+        hedged_pct.last().copied().unwrap_or(0.0)
+    );
     // Each round's two runs share the machine's conditions of the moment: the figure is
     // the median of the per-round ratios.
     let mut ratios: Vec<f64> = one.iter().zip(&two).map(|(a, b)| b / a).collect();
@@ -595,6 +677,8 @@ async fn paths(seconds: u64, depth: usize) -> Result<Value> {
     Ok(json!({
         "machine": machine(), "depth": depth, "seconds": seconds,
         "one_path_iops": one, "two_paths_iops": two, "ratio": r,
+        "two_paths_unhedged_iops": two_unhedged, "hedge_on_off_ratio": hedge_ratio,
+        "hedged_percent": hedged_pct,
     }))
 }
 

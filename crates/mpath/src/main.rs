@@ -276,6 +276,12 @@ enum BenchWhat {
         /// Requests the load keeps outstanding.
         #[arg(long, default_value_t = 16)]
         depth: usize,
+        /// Share of reads in the load, in percent (100: P1r, reads only).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
+        read_pct: u8,
+        /// Hedged reads off (`hedge_reads = false`), for a comparison.
+        #[arg(long)]
+        no_hedge: bool,
         /// Also draw IOPS over time around one blackhole and its restore, as SVG.
         #[arg(long, value_name = "FILE.svg")]
         plot: Option<String>,

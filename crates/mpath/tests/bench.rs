@@ -74,8 +74,9 @@ fn bench_metrics_measures_every_layout_at_both_sizes() {
             assert!(r[l]["text_ms"]["median"].as_f64().unwrap() > 0.0, "{r:#}");
         }
     }
-    // 1024 x 4, every series: 9 + 11 lines per path, 9 + 3 x 11 per map, and 2 per family.
+    // 1024 x 4, every series: 10 + 11 lines per path, 11 + 3 x 11 per map, and 2 per
+    // family (11 per path, 12 per map).
     let lines = scrapes[1]["now"]["lines"].as_u64().unwrap();
-    assert_eq!(lines, 4096 * 20 + 1024 * 42 + 2 * 20, "{s:#}");
+    assert_eq!(lines, 4096 * 21 + 1024 * 44 + 2 * 23, "{s:#}");
     assert!(s["record_ns"]["now"]["median"].as_f64().unwrap() > 0.0);
 }

@@ -10,6 +10,7 @@
 //! checker = "tur"                  # tur | readsector0 | directio
 //! checker_interval = "2s"
 //! stale_write_fence = "off"        # off | <duration>: see docs/daemon.md
+//! hedge_reads = true               # a read stuck on a slow path is issued on another too
 //! prioritizer = "alua"             # const | alua | weightedpath | path_latency
 //! user_friendly_names = true
 //! bindings_file = "/var/lib/mpath/bindings"
@@ -396,6 +397,9 @@ pub struct DaemonConfig {
     /// that path logs in again (its old tasks are then gone), at most this long. `None`:
     /// off. See the engine's "stale-write hazard".
     pub stale_write_fence: Option<Duration>,
+    /// Hedged reads (the engine's defaults): a read outstanding on one path past that
+    /// path's deadline is issued on another too; the first good answer wins.
+    pub hedge_reads: bool,
     pub prioritizer: PrioritizerKind,
     pub user_friendly_names: bool,
     /// Where names given to WWIDs are kept (`None`: in memory only, for tests and the
@@ -511,6 +515,7 @@ impl Default for DaemonConfig {
             checker_interval: Duration::from_secs(2),
             checker_interval_ok: Duration::from_secs(10),
             stale_write_fence: None,
+            hedge_reads: true,
             prioritizer: PrioritizerKind::Alua,
             user_friendly_names: true,
             bindings_file: Some(default_bindings_file()),
@@ -737,6 +742,7 @@ layered_section!(Defaults {
     #[serde(alias = "max_polling_interval")]
     checker_interval_ok: Option<Str>,
     stale_write_fence: Option<Str>,
+    hedge_reads: Option<bool>,
     user_friendly_names: Option<bool>,
     bindings_file: Option<PathBuf>,
     initiator_name: Option<Str>,
@@ -1168,6 +1174,9 @@ fn apply_defaults(ctx: &Ctx, d: Defaults, c: &mut DaemonConfig) -> Result<(), Co
             _ => Some(duration(ctx, s, "defaults.stale_write_fence")?),
         };
     }
+    if let Some(v) = d.hedge_reads {
+        c.hedge_reads = v;
+    }
     if let Some(v) = d.user_friendly_names {
         c.user_friendly_names = v;
     }
@@ -1491,6 +1500,7 @@ pub fn render(c: &DaemonConfig) -> String {
         let args: Vec<String> = w.iter().map(|(p, n)| format!("[{}, {n}]", q(p))).collect();
         let _ = writeln!(s, "prio_args = [{}]", args.join(", "));
     }
+    let _ = writeln!(s, "hedge_reads = {}", c.hedge_reads);
     let _ = writeln!(s, "user_friendly_names = {}", c.user_friendly_names);
     let bindings = c.bindings_file.as_ref().map(|b| b.display().to_string());
     let _ = writeln!(

@@ -1009,9 +1009,10 @@ impl Control {
             let c = dev.counters();
             let _ = writeln!(
                 text,
-                "{name}: ios {} bytes {} errors {} requeues {} {} no-path {:.1}s in-doubt writes {} fenced writes {}",
+                "{name}: ios {} bytes {} errors {} requeues {} {} no-path {:.1}s in-doubt writes {} fenced writes {} hedged reads {} (won {})",
                 c.map.ios, c.map.bytes, c.map.errors, c.map.requeues, lat(&c.map.latency),
-                c.no_path_time.as_secs_f64(), c.in_doubt_writes, c.fenced_writes
+                c.no_path_time.as_secs_f64(), c.in_doubt_writes, c.fenced_writes,
+                c.map.hedged, c.map.hedges_won
             );
             let mut by_op = std::collections::BTreeMap::new();
             for op in mpath_engine::IoOp::ALL {
@@ -1030,12 +1031,13 @@ impl Control {
                     .unwrap_or_else(|| id.to_string());
                 let _ = writeln!(
                     text,
-                    "  {pn}: ios {} bytes {} errors {} requeues {} busy {} {}",
+                    "  {pn}: ios {} bytes {} errors {} requeues {} busy {} hedged {} {}",
                     s.ios,
                     s.bytes,
                     s.errors,
                     s.requeues,
                     s.busy,
+                    s.hedged,
                     lat(&s.latency)
                 );
                 pj.push(reply::PathStats {
@@ -1045,6 +1047,7 @@ impl Control {
                     errors: s.errors,
                     requeues: s.requeues,
                     busy: s.busy,
+                    hedged_reads: s.hedged,
                     latency: lat_json(&s.latency),
                 });
             }
@@ -1057,6 +1060,8 @@ impl Control {
                 no_path_seconds: c.no_path_time.as_secs_f64(),
                 in_doubt_writes: c.in_doubt_writes,
                 fenced_writes: c.fenced_writes,
+                hedged_reads: c.map.hedged,
+                hedges_won: c.map.hedges_won,
                 latency: lat_json(&c.map.latency),
                 latency_by_op: by_op,
                 paths: pj,

@@ -855,6 +855,9 @@ impl Shared {
         let mut ec = EngineConfig::new(name.clone(), device);
         ec.policy = policy.clone();
         ec.stale_write_fence = cfg.stale_write_fence;
+        if !cfg.hedge_reads {
+            ec.hedge = None;
+        }
         ec.limits = IoLimits {
             max_unmap_blocks: if lu.max_unmap_blocks > 0 {
                 lu.max_unmap_blocks

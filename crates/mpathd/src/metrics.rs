@@ -141,6 +141,8 @@ impl Scrape {
                 errors: seed * 7,
                 requeues: seed * 3,
                 busy: seed,
+                hedged: seed / 2,
+                hedges_won: seed / 4,
                 latency,
                 by_op,
             }
@@ -421,6 +423,12 @@ const PATH_FAMILIES: &[(&str, MetricType, &str, PathValue)] = &[
         "Times the map failed the path",
         |p| Value::U(p.failures),
     ),
+    (
+        "mpath_path_hedged_reads",
+        MetricType::Counter,
+        "Reads that waited past the path's hedge deadline and were issued on another path too",
+        |p| Value::U(p.stats.hedged),
+    ),
 ];
 
 const MAP_FAMILIES: &[(&str, MetricType, &str, MapValue)] = &[
@@ -453,6 +461,18 @@ const MAP_FAMILIES: &[(&str, MetricType, &str, MapValue)] = &[
         MetricType::Counter,
         "I/Os the map completed with an error",
         |m| Value::U(m.stats.errors),
+    ),
+    (
+        "mpath_map_hedged_reads",
+        MetricType::Counter,
+        "Reads issued on a second path while the first attempt was outstanding",
+        |m| Value::U(m.stats.hedged),
+    ),
+    (
+        "mpath_map_hedges_won",
+        MetricType::Counter,
+        "Hedged reads the second path answered first",
+        |m| Value::U(m.stats.hedges_won),
     ),
     (
         "mpath_map_queued",

@@ -172,6 +172,10 @@ pub struct MapStats {
     pub no_path_seconds: f64,
     pub in_doubt_writes: u64,
     pub fenced_writes: u64,
+    /// Reads issued on a second path while their first attempt was outstanding.
+    pub hedged_reads: u64,
+    /// Of those, how many the second path answered first.
+    pub hedges_won: u64,
     pub latency: Latency,
     /// By operation (`read`, `write`, `flush`...).
     pub latency_by_op: BTreeMap<String, Latency>,
@@ -187,6 +191,8 @@ pub struct PathStats {
     pub errors: u64,
     pub requeues: u64,
     pub busy: u64,
+    /// Reads that waited past this path's hedge deadline (and went to another path too).
+    pub hedged_reads: u64,
     pub latency: Latency,
 }
 

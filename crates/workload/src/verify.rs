@@ -151,6 +151,9 @@ pub struct Report {
     /// Successful completions in each second of the run.
     pub iops: Vec<u64>,
     pub latency_max_ms: f64,
+    /// The longest read and the longest write.
+    pub read_latency_max_ms: f64,
+    pub write_latency_max_ms: f64,
     pub latency_mean_ms: f64,
     /// The longest gaps without any completion, longest first.
     pub longest_gaps: Vec<Gap>,
@@ -344,6 +347,8 @@ impl<C: BlockClient> Workload<C> {
             unwritten_reads: st.unwritten_reads,
             iops: st.iops.clone(),
             latency_max_ms: st.latency_max.as_secs_f64() * 1e3,
+            read_latency_max_ms: st.read_latency_max.as_secs_f64() * 1e3,
+            write_latency_max_ms: st.write_latency_max.as_secs_f64() * 1e3,
             latency_mean_ms: if done + st.errors == 0 {
                 0.0
             } else {
@@ -486,6 +491,8 @@ struct Stats {
     unwritten_reads: u64,
     iops: Vec<u64>,
     latency_max: Duration,
+    read_latency_max: Duration,
+    write_latency_max: Duration,
     latency_sum: Duration,
     gaps: Vec<Gap>,
     messages: Vec<String>,
@@ -507,6 +514,8 @@ impl Stats {
             unwritten_reads: 0,
             iops: Vec::new(),
             latency_max: Duration::ZERO,
+            read_latency_max: Duration::ZERO,
+            write_latency_max: Duration::ZERO,
             latency_sum: Duration::ZERO,
             gaps: Vec::new(),
             messages: Vec::new(),
@@ -518,10 +527,16 @@ impl Stats {
         push_message(&mut self.messages, self.max_messages, m);
     }
 
-    fn completed(&mut self, now: Instant, latency: Duration, ok: bool) {
+    fn completed(&mut self, now: Instant, latency: Duration, ok: bool, write: bool) {
         push_gap(&mut self.gaps, self.last_completion, now, self.start);
         self.last_completion = self.last_completion.max(now);
         self.latency_max = self.latency_max.max(latency);
+        let per_op = if write {
+            &mut self.write_latency_max
+        } else {
+            &mut self.read_latency_max
+        };
+        *per_op = (*per_op).max(latency);
         self.latency_sum += latency;
         if ok {
             let second = now.saturating_duration_since(self.start).as_secs() as usize;
@@ -783,7 +798,7 @@ async fn worker<C: BlockClient>(sh: Arc<Shared<C>>, index: usize, deadline: Inst
         };
         sh.release(lba, (write && outcome.is_ok()).then_some(generation));
         let mut st = lock(&sh.stats);
-        st.completed(now, now - t0, outcome.is_ok());
+        st.completed(now, now - t0, outcome.is_ok(), write);
         match outcome {
             Err(e) => {
                 st.errors += 1;

@@ -6,6 +6,7 @@ mod checkers;
 mod common;
 mod config_errors;
 mod damping;
+mod hedge;
 mod live_changes;
 mod observe;
 mod outcomes;

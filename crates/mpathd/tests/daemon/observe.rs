@@ -256,9 +256,9 @@ fn synthetic_scrapes_are_well_formed() {
         let s = mpathd::metrics::Scrape::synthetic(maps, paths);
         let text = mpathd::metrics::encode(std::sync::Arc::new(s));
         let (samples, _) = parse(&text);
-        // Per path 9 samples and a histogram of 11 (9 buckets, sum, count), per map 9 and
+        // Per path 10 samples and a histogram of 11 (9 buckets, sum, count), per map 11 and
         // three histograms.
-        assert_eq!(samples.len(), maps * paths * (9 + 11) + maps * (9 + 3 * 11));
+        assert_eq!(samples.len(), maps * paths * (10 + 11) + maps * (11 + 3 * 11));
         // Compressed as it is written: the same text.
         let gz = mpathd::metrics::encode_gzip(std::sync::Arc::new(
             mpathd::metrics::Scrape::synthetic(maps, paths),
@@ -271,7 +271,7 @@ fn synthetic_scrapes_are_well_formed() {
         let s = std::sync::Arc::new(mpathd::metrics::Scrape::synthetic(maps, paths));
         let text = mpathd::metrics::encode_with_bounds(s, &mpath_engine::LATENCY_BOUNDS_NS);
         let (samples, _) = parse(&text);
-        assert_eq!(samples.len(), maps * paths * (9 + 20) + maps * (9 + 3 * 20));
+        assert_eq!(samples.len(), maps * paths * (10 + 20) + maps * (11 + 3 * 20));
     }
 }
 
