@@ -258,7 +258,10 @@ fn synthetic_scrapes_are_well_formed() {
         let (samples, _) = parse(&text);
         // Per path 10 samples and a histogram of 11 (9 buckets, sum, count), per map 11 and
         // three histograms.
-        assert_eq!(samples.len(), maps * paths * (10 + 11) + maps * (11 + 3 * 11));
+        assert_eq!(
+            samples.len(),
+            maps * paths * (10 + 11) + maps * (11 + 3 * 11)
+        );
         // Compressed as it is written: the same text.
         let gz = mpathd::metrics::encode_gzip(std::sync::Arc::new(
             mpathd::metrics::Scrape::synthetic(maps, paths),
@@ -271,7 +274,10 @@ fn synthetic_scrapes_are_well_formed() {
         let s = std::sync::Arc::new(mpathd::metrics::Scrape::synthetic(maps, paths));
         let text = mpathd::metrics::encode_with_bounds(s, &mpath_engine::LATENCY_BOUNDS_NS);
         let (samples, _) = parse(&text);
-        assert_eq!(samples.len(), maps * paths * (10 + 20) + maps * (11 + 3 * 20));
+        assert_eq!(
+            samples.len(),
+            maps * paths * (10 + 20) + maps * (11 + 3 * 20)
+        );
     }
 }
 
