@@ -197,4 +197,9 @@ pub trait PathTransport: Send + Sync + 'static {
     fn subscribe(&self, sink: EventSink);
     /// Whether the path can take commands right now (logged in, not failed).
     fn is_up(&self) -> bool;
+    /// The map suspects this path: a command on it went unanswered well past the path's
+    /// usual latency while another path answered the same read. A transport that can check
+    /// its connection now (the iSCSI path sends its stall ping at once) does; it must not
+    /// fail the path for this alone. Nothing by default.
+    fn suspect(&self) {}
 }

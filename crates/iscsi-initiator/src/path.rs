@@ -147,4 +147,8 @@ impl PathTransport for IscsiPath {
     fn is_up(&self) -> bool {
         self.session.is_up()
     }
+
+    fn suspect(&self) {
+        self.session.probe();
+    }
 }

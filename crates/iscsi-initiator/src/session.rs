@@ -84,6 +84,8 @@ enum Msg {
     Logout {
         done: oneshot::Sender<()>,
     },
+    /// Check the connection now (`Session::probe`).
+    Probe,
 }
 
 struct Shared {
@@ -192,6 +194,13 @@ impl Session {
             return Err(SessionError::Closed);
         }
         rx.await.unwrap_or(Err(SessionError::Closed))
+    }
+
+    /// Check the connection now: with commands outstanding and no ping out, the stall
+    /// ping goes at once instead of after `stall_silence` (see
+    /// `iscsi_session::InitiatorConnection::probe`). Nothing happens while logged out.
+    pub fn probe(&self) {
+        let _ = self.shared.tx.send(Msg::Probe);
     }
 
     /// Log out and stop. Commands in flight are completed first by the target or, if it
@@ -453,6 +462,7 @@ impl Supervisor {
                                     let _ = done.send(());
                                     return None;
                                 }
+                                Msg::Probe => {}
                             }
                         }
                         return None;
@@ -499,6 +509,8 @@ impl Supervisor {
                 }
                 true
             }
+            // No connection to check.
+            Msg::Probe => true,
             Msg::Logout { done } => {
                 self.close_all();
                 if let Some(shared) = self.shared.upgrade() {
@@ -697,9 +709,11 @@ impl Supervisor {
                                     logout_done = Some(done);
                                     conn.logout(std::time::Instant::now());
                                 }
+                                Msg::Probe => conn.probe(std::time::Instant::now()),
                             }
                         }
                     }
+                    Some(Msg::Probe) => conn.probe(std::time::Instant::now()),
                     Some(Msg::Logout { done }) => {
                         logout_done = Some(done);
                         conn.logout(std::time::Instant::now());

@@ -418,6 +418,17 @@ impl InitiatorConnection {
         }
     }
 
+    /// The layer above suspects this connection: a command on it has gone unanswered well
+    /// past its usual latency while another path answered the same request. With commands
+    /// outstanding and no ping out, the stall ping goes now instead of after
+    /// `stall_silence`; its timeout is the usual one, and any byte that arrives answers it.
+    /// It only starts the check earlier: it never fails the connection by itself.
+    pub fn probe(&mut self, now: Instant) {
+        if self.state != State::Done && self.sent_count() > 0 && self.ping.is_none() {
+            self.send_ping(now);
+        }
+    }
+
     /// When [`InitiatorConnection::handle_timeout`] should next run.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.state == State::Done {

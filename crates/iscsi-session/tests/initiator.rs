@@ -717,3 +717,41 @@ fn logout() {
         .any(|e| matches!(e, InitiatorEvent::LoggedOut)));
     assert!(l.i.poll_timeout().is_none());
 }
+
+/// `probe`: with a command outstanding the stall ping goes at once, and an unanswered one
+/// fails the connection one ping timeout later (not 100 ms of silence first); idle, or with
+/// a ping already out, a probe sends nothing; any byte answers it.
+#[test]
+fn a_probe_sends_the_stall_ping_at_once() {
+    let mut l = lone();
+    l.at(1);
+    l.i.probe(l.now);
+    assert!(l.sent().is_empty(), "idle: nothing to check");
+    l.read(4096);
+    l.sent();
+    l.at(5);
+    l.i.probe(l.now);
+    let ping = l.sent();
+    assert!(matches!(&ping[..], [p] if matches!(&p.bhs, Bhs::NopOut(n) if n.immediate)));
+    l.i.probe(l.now);
+    assert!(l.sent().is_empty(), "one ping out at a time");
+    l.at(254);
+    assert!(l.failure().is_none());
+    l.at(255);
+    assert_eq!(
+        l.failure().expect("declared dead").kind,
+        FailureKind::Stalled
+    );
+
+    // Alive: a byte after the probe answers it; nothing fails.
+    let mut l = lone();
+    l.read(4096);
+    l.sent();
+    l.at(5);
+    l.i.probe(l.now);
+    l.sent();
+    l.at(20);
+    l.i.on_bytes_received(l.now);
+    l.at(260);
+    assert!(l.failure().is_none());
+}

@@ -547,6 +547,9 @@ impl Shared {
             // passed, so that the selectors do not refill a path that holds requests it
             // does not answer.
             slow.load.strand(cmd.bytes);
+            // And its transport checks the connection now rather than after its own
+            // silence limit: a silent path is failed sooner, writes on it wait less.
+            slow.transport.suspect();
             let bytes = cmd.bytes;
             tokio::spawn(async move {
                 tokio::time::sleep(STRANDED_FOR).await;

@@ -1385,6 +1385,12 @@ async fn a_read_stuck_past_its_deadline_is_hedged_and_the_first_good_answer_wins
     assert_eq!(c.map.hedged - before.map.hedged, 1);
     assert_eq!(c.map.hedges_won - before.map.hedges_won, 1);
     assert_eq!(c.paths[slow].1.hedged - before.paths[slow].1.hedged, 1);
+    assert_eq!(
+        r.paths[slow].suspects(),
+        1,
+        "its transport is asked to check now"
+    );
+    assert_eq!(r.paths[fast].suspects(), 0);
     assert_eq!(c.map.ios - before.map.ios, 1);
     assert_eq!(c.map.errors, 0);
 

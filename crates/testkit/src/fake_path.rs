@@ -218,6 +218,7 @@ struct Inner {
     switches: Mutex<Switches>,
     sinks: Mutex<Vec<EventSink>>,
     commands: AtomicU64,
+    suspects: AtomicU64,
     cdbs: Mutex<Vec<Bytes>>,
 }
 
@@ -248,6 +249,7 @@ impl FakePath {
                 switches: Mutex::new(Switches::default()),
                 sinks: Mutex::new(Vec::new()),
                 commands: AtomicU64::new(0),
+                suspects: AtomicU64::new(0),
                 cdbs: Mutex::new(Vec::new()),
             }),
         }
@@ -255,6 +257,11 @@ impl FakePath {
 
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// Times the map suspected this path (`PathTransport::suspect`).
+    pub fn suspects(&self) -> u64 {
+        self.inner.suspects.load(Ordering::Relaxed)
     }
 
     /// Commands submitted to this path.
@@ -449,5 +456,9 @@ impl PathTransport for FakePath {
 
     fn is_up(&self) -> bool {
         self.inner.up.load(Ordering::SeqCst)
+    }
+
+    fn suspect(&self) {
+        self.inner.suspects.fetch_add(1, Ordering::Relaxed);
     }
 }
