@@ -85,8 +85,8 @@ pub struct HedgeConfig {
     /// Hedges allowed per thousand reads, over time (a token bucket)...
     pub per_mille: u32,
     /// ...with at most this many in a burst: enough for every read a queue of usual depth
-    /// has stuck on a path that just went silent (after the first hedge won, new I/O
-    /// avoids that path for a while, so one burst covers a failure).
+    /// has stuck on a path that just went silent (the reads a hedge abandoned stay counted
+    /// in that path's load, so new ones go elsewhere: one burst covers a failure).
     pub burst: u32,
 }
 

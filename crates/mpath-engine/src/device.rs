@@ -421,19 +421,9 @@ impl Shared {
         let first = self.attempt(picked, cmd, start, needs_time);
         let mut first = std::pin::pin!(first);
         // A command answered at its first poll needs no timer (nor the clock a timer reads).
-        let mut polled = false;
-        let ready = std::future::poll_fn(|cx| {
-            if polled {
-                return Poll::Ready(None);
-            }
-            polled = true;
-            match first.as_mut().poll(cx) {
-                Poll::Ready(t) => Poll::Ready(Some(t)),
-                Poll::Pending => Poll::Ready(None),
-            }
-        })
-        .await;
-        if let Some(tried) = ready {
+        if let Poll::Ready(tried) =
+            std::future::poll_fn(|cx| Poll::Ready(first.as_mut().poll(cx))).await
+        {
             return tried;
         }
         // Still waiting: the timer and the hedge live in a boxed continuation, so that

@@ -58,7 +58,7 @@ use confkit::Ctx;
 use mpath_policy::{
     Failback, FlapDamping, Grouping, HstParams, MapConfig, NoPathPolicy, SelectorKind,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 /// How the checker probes a path.
@@ -89,12 +89,37 @@ pub enum PrioritizerKind {
     PathLatency,
 }
 
+/// A CHAP user and secret: `chap = { user, secret }` in a `[[portal]]`, or given with
+/// `mpath login`. Its `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChapSecret {
+    pub user: String,
+    pub secret: String,
+}
+
+impl ChapSecret {
+    /// The initiator's credentials.
+    pub fn credentials(&self) -> iscsi_initiator::ChapCredentials {
+        iscsi_initiator::ChapCredentials::new(&self.user, self.secret.as_bytes())
+    }
+}
+
+impl std::fmt::Debug for ChapSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChapSecret")
+            .field("user", &self.user)
+            .field("secret", &"<hidden>")
+            .finish()
+    }
+}
+
 /// A portal to log in through.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortalConfig {
     pub address: SocketAddr,
-    pub chap: Option<(String, String)>,
-    pub mutual_chap: Option<(String, String)>,
+    pub chap: Option<ChapSecret>,
+    pub mutual_chap: Option<ChapSecret>,
     /// Only these target IQNs (empty: every target the portal offers).
     pub targets: Vec<String>,
     /// Offer CRC32C digests.
@@ -778,21 +803,14 @@ layered_section!(MultipathSection {
 #[serde(deny_unknown_fields)]
 struct PortalSection {
     address: Str,
-    chap: Option<Credentials>,
-    mutual_chap: Option<Credentials>,
+    chap: Option<ChapSecret>,
+    mutual_chap: Option<ChapSecret>,
     #[serde(default)]
     targets: Vec<String>,
     #[serde(default)]
     header_digest: bool,
     #[serde(default)]
     data_digest: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Credentials {
-    user: String,
-    secret: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -881,8 +899,8 @@ pub fn parse_str(src: &str, file: Option<&Path>) -> Result<DaemonConfig, ConfigE
         }
         c.portals.push(PortalConfig {
             address,
-            chap: p.chap.map(|k| (k.user, k.secret)),
-            mutual_chap: p.mutual_chap.map(|k| (k.user, k.secret)),
+            chap: p.chap,
+            mutual_chap: p.mutual_chap,
             targets: p.targets,
             header_digest: p.header_digest,
             data_digest: p.data_digest,
@@ -1539,10 +1557,10 @@ pub fn render(c: &DaemonConfig) -> String {
     }
     for pc in &c.portals {
         let _ = writeln!(s, "\n[[portal]]\naddress = {}", q(&pc.address.to_string()));
-        if let Some((u, _)) = &pc.chap {
+        if let Some(ChapSecret { user: u, .. }) = &pc.chap {
             let _ = writeln!(s, "chap = {{ user = {}, secret = \"<hidden>\" }}", q(u));
         }
-        if let Some((u, _)) = &pc.mutual_chap {
+        if let Some(ChapSecret { user: u, .. }) = &pc.mutual_chap {
             let _ = writeln!(
                 s,
                 "mutual_chap = {{ user = {}, secret = \"<hidden>\" }}",
@@ -1840,7 +1858,11 @@ nbd = "127.0.0.1:10900"
         assert!(!text.contains("a-long-secret"), "{text}");
         let mut back = parse_str(&text, None).unwrap_or_else(|e| panic!("{e}\n{text}"));
         // Only the hidden secret differs.
-        assert_eq!(back.portals[0].chap.as_ref().unwrap().1, "<hidden>");
+        assert_eq!(back.portals[0].chap.as_ref().unwrap().secret, "<hidden>");
+        assert!(
+            !format!("{c:?}").contains("a-long-secret"),
+            "Debug hides it"
+        );
         back.portals[0].chap = c.portals[0].chap.clone();
         assert_eq!(back, c, "{text}");
         let j = render_json(&c);

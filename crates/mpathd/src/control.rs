@@ -15,6 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{info, warn};
 
+pub use crate::config::ChapSecret;
 use crate::config::{self, selector_name, PortalConfig};
 use crate::daemon::Shared;
 use crate::reply;
@@ -166,22 +167,6 @@ impl Response {
             return Err(self.text.trim_end().to_string());
         }
         serde_json::from_value(self.data.clone()).map_err(|e| format!("unexpected reply: {e}"))
-    }
-}
-
-/// A CHAP user and secret given with `login` (never shown: its `Debug` hides the secret).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChapSecret {
-    pub user: String,
-    pub secret: String,
-}
-
-impl std::fmt::Debug for ChapSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChapSecret")
-            .field("user", &self.user)
-            .field("secret", &"<hidden>")
-            .finish()
     }
 }
 
@@ -1551,8 +1536,8 @@ impl Control {
                 Some(_) => {}
             }
             if let Some(c) = chap {
-                p.chap = Some((c.user, c.secret));
-                p.mutual_chap = mutual_chap.map(|m| (m.user, m.secret));
+                p.chap = Some(c);
+                p.mutual_chap = mutual_chap;
             }
             match i {
                 Some(i) => cfg.portals[i] = p.clone(),

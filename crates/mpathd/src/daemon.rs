@@ -15,8 +15,7 @@ use block::{DeviceInfo, LuChange, PathEvent};
 use export::Exports;
 use iscsi_initiator::probe::{self, LuInfo};
 use iscsi_initiator::{
-    discover, ChapCredentials, DiscoveryConfig, IscsiPath, RetryPolicy, Session, SessionConfig,
-    SessionState,
+    discover, DiscoveryConfig, IscsiPath, RetryPolicy, Session, SessionConfig, SessionState,
 };
 use mpath_engine::{EngineConfig, IoLimits, MultipathDevice, PathSpec};
 use mpath_policy::{CheckerState, EventKind, MapConfig, PathId, PathInfo};
@@ -24,7 +23,7 @@ use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
 
 use crate::bindings::Bindings;
-use crate::config::{DaemonConfig, PortalConfig, PrioritizerKind};
+use crate::config::{ChapSecret, DaemonConfig, PortalConfig, PrioritizerKind};
 use crate::timeline::{EventKind as EvKind, TimelineEvent};
 
 /// Why a path behind an ALUA standby or unavailable port is not in a map yet.
@@ -89,6 +88,7 @@ impl Rescan {
     }
 }
 
+/// A path: one LUN through one session.
 pub(crate) struct PathRec {
     pub name: String,
     pub portal: SocketAddr,
@@ -223,10 +223,7 @@ impl Shared {
             }
             let dc = DiscoveryConfig {
                 initiator_name: cfg.initiator_name.clone(),
-                chap: p
-                    .chap
-                    .as_ref()
-                    .map(|(u, s)| ChapCredentials::new(u, s.as_bytes())),
+                chap: p.chap.as_ref().map(ChapSecret::credentials),
                 timeout: Duration::from_secs(3),
             };
             let answer = discover(p.address, &dc).await;
@@ -294,14 +291,8 @@ impl Shared {
         // The same ISID after a restart: the target reinstates the session, ending the old
         // process's tasks before the new process's I/O starts.
         sc.isid = iscsi_initiator::stable_isid(&cfg.initiator_name, target, addr);
-        sc.chap = p
-            .chap
-            .as_ref()
-            .map(|(u, s)| ChapCredentials::new(u, s.as_bytes()));
-        sc.mutual_chap = p
-            .mutual_chap
-            .as_ref()
-            .map(|(u, s)| ChapCredentials::new(u, s.as_bytes()));
+        sc.chap = p.chap.as_ref().map(ChapSecret::credentials);
+        sc.mutual_chap = p.mutual_chap.as_ref().map(ChapSecret::credentials);
         // The engine routes around a down path itself: commands must not wait for it.
         sc.replacement_timeout = Duration::ZERO;
         // Check and claim under one lock: two portals' discoveries may both list this

@@ -95,7 +95,10 @@ async fn a_wrong_chap_secret_is_an_event_with_its_reason() {
     )
     .await;
     let mut cfg = config(&dir, &t.portals);
-    cfg.portals[0].chap = Some(("alice".into(), "not-the-secret".into()));
+    cfg.portals[0].chap = Some(mpathd::config::ChapSecret {
+        user: "alice".into(),
+        secret: "not-the-secret".into(),
+    });
     let started = Instant::now();
     let (mut d, c) = start(cfg);
     wait_for(
